@@ -1,0 +1,181 @@
+import Foundation
+
+/// A value sent as a bound parameter or read from a result column.
+///
+/// Parameters are always bound (`PQexecParams`), never interpolated into SQL text.
+public enum PostgresValue: Sendable, Hashable {
+    case null
+    case text(String)
+    case int(Int64)
+    case bool(Bool)
+    case double(Double)
+    case uuid(UUID)
+    /// JSON text, sent with type `jsonb`.
+    case jsonb(String)
+    case timestamptz(Date)
+    case bytea([UInt8])
+
+    public var isNull: Bool { self == .null }
+}
+
+extension PostgresValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral,
+    ExpressibleByFloatLiteral, ExpressibleByNilLiteral
+{
+    public init(stringLiteral value: String) { self = .text(value) }
+    public init(integerLiteral value: Int64) { self = .int(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+    public init(floatLiteral value: Double) { self = .double(value) }
+    public init(nilLiteral: ()) { self = .null }
+}
+
+/// Postgres type OIDs the driver encodes and decodes (`pg_type.dat`).
+enum PostgresOID {
+    static let bool: UInt32 = 16
+    static let bytea: UInt32 = 17
+    static let name: UInt32 = 19
+    static let int8: UInt32 = 20
+    static let int2: UInt32 = 21
+    static let int4: UInt32 = 23
+    static let text: UInt32 = 25
+    static let oid: UInt32 = 26
+    static let json: UInt32 = 114
+    static let float4: UInt32 = 700
+    static let float8: UInt32 = 701
+    static let bpchar: UInt32 = 1042
+    static let varchar: UInt32 = 1043
+    static let timestamp: UInt32 = 1114
+    static let timestamptz: UInt32 = 1184
+    static let numeric: UInt32 = 1700
+    static let uuid: UInt32 = 2950
+    static let jsonb: UInt32 = 3802
+}
+
+/// The wire form of one parameter: type OID, bytes, and format (0 text, 1 binary).
+struct EncodedParameter {
+    var oid: UInt32
+    var bytes: [UInt8]?
+    var format: Int32
+
+    init(_ value: PostgresValue) {
+        switch value {
+        case .null: self.init(oid: 0, bytes: nil, format: 0)
+        case .text(let s): self.init(oid: PostgresOID.text, bytes: Array(s.utf8), format: 0)
+        case .int(let i): self.init(oid: PostgresOID.int8, bytes: Array(String(i).utf8), format: 0)
+        case .bool(let b): self.init(oid: PostgresOID.bool, bytes: Array((b ? "t" : "f").utf8), format: 0)
+        case .double(let d): self.init(oid: PostgresOID.float8, bytes: Array(PostgresText.double(d).utf8), format: 0)
+        case .uuid(let u): self.init(oid: PostgresOID.uuid, bytes: Array(u.uuidString.lowercased().utf8), format: 0)
+        case .jsonb(let j): self.init(oid: PostgresOID.jsonb, bytes: Array(j.utf8), format: 0)
+        case .timestamptz(let d):
+            self.init(oid: PostgresOID.timestamptz, bytes: Array(PostgresText.timestamp(d).utf8), format: 0)
+        // Binary format: bytea bytes go over the wire untouched, NULs included.
+        case .bytea(let b): self.init(oid: PostgresOID.bytea, bytes: b, format: 1)
+        }
+    }
+
+    private init(oid: UInt32, bytes: [UInt8]?, format: Int32) {
+        self.oid = oid
+        self.bytes = bytes
+        self.format = format
+    }
+}
+
+/// Text-format conversions shared by encoding and decoding.
+enum PostgresText {
+    static func double(_ d: Double) -> String {
+        if d.isNaN { return "NaN" }
+        if d.isInfinite { return d > 0 ? "Infinity" : "-Infinity" }
+        return "\(d)"
+    }
+
+    /// `2024-01-02 03:04:05.123456+00` — microsecond precision, UTC.
+    static func timestamp(_ date: Date) -> String {
+        let micros = (date.timeIntervalSince1970 * 1_000_000).rounded()
+        let seconds = Int((micros / 1_000_000).rounded(.down))
+        let fraction = Int(micros - Double(seconds) * 1_000_000)
+        var t = time_t(seconds)
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        return String(
+            format: "%04d-%02d-%02d %02d:%02d:%02d.%06d+00",
+            Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
+            Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), fraction
+        )
+    }
+
+    /// Parses timestamptz output in the ISO DateStyle: `2024-01-02 03:04:05.123+05:30`.
+    /// The driver sets `DateStyle=ISO` and `TimeZone=UTC` on every connection.
+    static func parseTimestamp(_ text: String) -> Date? {
+        let bytes = Array(text.utf8)
+        func number(_ range: Range<Int>) -> Int? {
+            guard range.upperBound <= bytes.count else { return nil }
+            var n = 0
+            for b in bytes[range] {
+                guard b >= 48, b <= 57 else { return nil }
+                n = n * 10 + Int(b - 48)
+            }
+            return n
+        }
+        guard bytes.count >= 19,
+            let year = number(0..<4), let month = number(5..<7), let day = number(8..<10),
+            let hour = number(11..<13), let minute = number(14..<16), let second = number(17..<19)
+        else { return nil }
+        var index = 19
+        var fraction = 0.0
+        if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+            index += 1
+            var scale = 0.1
+            while index < bytes.count, bytes[index] >= 48, bytes[index] <= 57 {
+                fraction += Double(bytes[index] - 48) * scale
+                scale /= 10
+                index += 1
+            }
+        }
+        var offset = 0
+        if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
+            let sign = bytes[index] == UInt8(ascii: "+") ? 1 : -1
+            let rest = Array(bytes[(index + 1)...])
+            let digits = rest.filter { $0 != UInt8(ascii: ":") }
+            var values: [Int] = []
+            var i = 0
+            while i + 1 < digits.count {
+                values.append(Int(digits[i] - 48) * 10 + Int(digits[i + 1] - 48))
+                i += 2
+            }
+            offset = sign * ((values.first ?? 0) * 3600 + (values.dropFirst().first ?? 0) * 60
+                + (values.dropFirst(2).first ?? 0))
+        }
+        var parts = tm()
+        parts.tm_year = Int32(year - 1900)
+        parts.tm_mon = Int32(month - 1)
+        parts.tm_mday = Int32(day)
+        parts.tm_hour = Int32(hour)
+        parts.tm_min = Int32(minute)
+        parts.tm_sec = Int32(second)
+        let epoch = timegm(&parts)
+        return Date(timeIntervalSince1970: Double(epoch - offset) + fraction)
+    }
+
+    /// Decodes bytea text output in hex format (`\x0102…`), the server default since 9.0.
+    static func parseByteaHex(_ bytes: UnsafeBufferPointer<UInt8>) -> [UInt8]? {
+        guard bytes.count >= 2, bytes[0] == UInt8(ascii: "\\"), bytes[1] == UInt8(ascii: "x"),
+            bytes.count % 2 == 0
+        else { return nil }
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: return c - 48
+            case 97...102: return c - 87
+            case 65...70: return c - 55
+            default: return nil
+            }
+        }
+        var out = [UInt8]()
+        out.reserveCapacity((bytes.count - 2) / 2)
+        var i = 2
+        while i < bytes.count {
+            guard let hi = nibble(bytes[i]), let lo = nibble(bytes[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        return out
+    }
+}
