@@ -1,0 +1,68 @@
+import Foundation
+import Logging
+
+/// Connects to each store named in the configuration and reports what answered.
+/// Used by `outbox-relay check` and `outbox-reconciler check`.
+public enum Connectivity {
+    public struct Probe: Sendable {
+        public let store: String
+        /// The address with secrets removed.
+        public let address: String
+        /// nil when reachable; otherwise the (secret-free) reason.
+        public let problem: String?
+        public let detail: String
+    }
+
+    public static func probe(_ config: OutboxConfiguration, logger: Logger) async -> [Probe] {
+        async let postgres = probePostgres(config.postgres, logger: logger)
+        async let redis = probeRedis(config.redis, logger: logger)
+        async let qdrant = probeQdrant(config.qdrant, logger: logger)
+        return await [postgres, redis, qdrant]
+    }
+
+    static func probePostgres(_ config: PostgresConfiguration, logger: Logger) async -> Probe {
+        do {
+            let connection = try await PostgresConnection.connect(config, logger: logger)
+            let row = try await connection.query("""
+                SELECT current_setting('server_version') AS version,
+                       to_regclass('outbox.events') IS NOT NULL AS migrated
+                """).first!
+            let migrated: Bool = try row.decode("migrated")
+            return Probe(
+                store: "postgres", address: config.redactedURL, problem: nil,
+                detail: "server \(try row.decode("version", as: String.self)), "
+                    + (migrated ? "outbox schema present" : "outbox schema missing: run `outbox-relay migrate`"))
+        } catch {
+            return Probe(store: "postgres", address: config.redactedURL, problem: "\(error)", detail: "")
+        }
+    }
+
+    static func probeRedis(_ config: RedisConfiguration, logger: Logger) async -> Probe {
+        do {
+            let connection = try await RedisConnection.connect(config, logger: logger)
+            let info = try await connection.command("INFO", "server").string ?? ""
+            let version = info.split(whereSeparator: \.isNewline)
+                .first { $0.hasPrefix("redis_version:") }?.dropFirst("redis_version:".count) ?? "?"
+            return Probe(store: "redis", address: config.redactedURL, problem: nil, detail: "server \(version)")
+        } catch {
+            return Probe(store: "redis", address: config.redactedURL, problem: "\(error)", detail: "")
+        }
+    }
+
+    static func probeQdrant(_ config: QdrantConfiguration, logger: Logger) async -> Probe {
+        let http = HTTPConnection(logger: logger, secrets: [config.apiKey].compactMap { $0 })
+        var headers: [(name: String, value: String)] = []
+        if let key = config.apiKey { headers.append(("api-key", key)) }
+        do {
+            let response = try await http.perform(
+                HTTPRequest(method: .GET, url: config.url + "/collections", headers: headers, timeout: .seconds(5)))
+            guard response.status == 200 else {
+                return Probe(store: "qdrant", address: config.url, problem: "GET /collections answered \(response.status)", detail: "")
+            }
+            let count = (try? response.decode(JSONValue.self))?["result"]?["collections"]?.arrayValue?.count ?? 0
+            return Probe(store: "qdrant", address: config.url, problem: nil, detail: "\(count) collection(s)")
+        } catch {
+            return Probe(store: "qdrant", address: config.url, problem: "\(error)", detail: "")
+        }
+    }
+}

@@ -1,0 +1,184 @@
+import Configuration
+import Foundation
+import SystemPackage
+
+/// A configuration problem, reported as one line naming the key (DESIGN §5: exit 2).
+public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
+    public let key: String
+    public let problem: String
+
+    public init(key: String, problem: String) {
+        self.key = key
+        self.problem = problem
+    }
+
+    public var description: String { key.isEmpty ? "config: \(problem)" : "config: \(key): \(problem)" }
+}
+
+/// Qdrant's HTTP endpoint. `apiKey` is a secret.
+public struct QdrantConfiguration: Sendable {
+    public var url: String
+    public var apiKey: String?
+    public var timeout: Duration
+
+    public init(url: String, apiKey: String? = nil, timeout: Duration = .seconds(30)) {
+        self.url = url
+        self.apiKey = apiKey
+        self.timeout = timeout
+    }
+}
+
+/// Everything both daemons read from `config/outbox.yaml`, with environment overrides.
+///
+/// Keys (YAML path → environment variable; relative paths resolve against the config file's folder):
+///
+/// | key | type | default | secret |
+/// |---|---|---|---|
+/// | `postgres.url` (`OUTBOX_POSTGRES_URL`) | URL or conninfo | `postgresql://outbox@127.0.0.1:55432/outbox` | password part |
+/// | `postgres.password` (`OUTBOX_POSTGRES_PASSWORD`) | string | none | yes |
+/// | `postgres.password_file` (`OUTBOX_POSTGRES_PASSWORD_FILE`) | path | none | contents |
+/// | `postgres.connect_timeout` | duration | `5s` | |
+/// | `redis.url` (`OUTBOX_REDIS_URL`) | `redis://[:password@]host:port/db` | `redis://127.0.0.1:56379/0` | password part |
+/// | `redis.password` / `redis.password_file` | string / path | none | yes |
+/// | `redis.connect_timeout`, `redis.command_timeout` | duration | `5s`, `10s` | |
+/// | `qdrant.url` (`OUTBOX_QDRANT_URL`) | URL | `http://127.0.0.1:56333` | |
+/// | `qdrant.api_key` / `qdrant.api_key_file` | string / path | none | yes |
+/// | `qdrant.timeout` | duration | `30s` | |
+/// | `schema.directory` | path | `../schema` | |
+///
+/// Durations are a number with a unit: `250ms`, `5s`, `2m`, `1h` (a bare number means seconds).
+public struct OutboxConfiguration: Sendable {
+    public var postgres: PostgresConfiguration
+    public var redis: RedisConfiguration
+    public var qdrant: QdrantConfiguration
+    public var schemaDirectory: String
+
+    /// Reads `path` (YAML) with `OUTBOX_*` environment overrides.
+    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment)
+        async throws -> OutboxConfiguration
+    {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw ConfigurationError(key: "", problem: "config file \(path) not found (pass --config PATH)")
+        }
+        let file: FileProvider<YAMLSnapshot>
+        do {
+            file = try await FileProvider<YAMLSnapshot>(filePath: FilePath(path))
+        } catch {
+            throw ConfigurationError(key: "", problem: "\(path) is not valid YAML: \(error)")
+        }
+        let env = EnvironmentVariablesProvider(
+            environmentVariables: environment.filter { $0.key.hasPrefix("OUTBOX_") },
+            secretsSpecifier: .dynamic { key, _ in
+                key.hasSuffix("PASSWORD") || key.hasSuffix("API_KEY") || key.hasSuffix("_URL")
+            }
+        ).prefixKeys(with: "outbox")
+        let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        return try OutboxConfiguration(reader: ConfigValues(ConfigReader(providers: [env, file]), baseDirectory: base))
+    }
+
+    init(reader c: ConfigValues) throws {
+        var postgres = PostgresConfiguration(
+            url: try c.string("postgres.url", default: "postgresql://outbox@127.0.0.1:55432/outbox", secret: true))
+        postgres.password = try c.secret("postgres.password")
+        postgres.connectTimeout = try c.duration("postgres.connect_timeout", default: .seconds(5))
+        self.postgres = postgres
+
+        var redis = RedisConfiguration(url: try c.string("redis.url", default: "redis://127.0.0.1:56379/0", secret: true))
+        redis.password = try c.secret("redis.password")
+        redis.connectTimeout = try c.duration("redis.connect_timeout", default: .seconds(5))
+        redis.commandTimeout = try c.duration("redis.command_timeout", default: .seconds(10))
+        do {
+            _ = try redis.endpoint()
+        } catch let error as RedisError {
+            throw ConfigurationError(key: "redis.url", problem: error.message)
+        }
+        self.redis = redis
+
+        qdrant = QdrantConfiguration(
+            url: try c.string("qdrant.url", default: "http://127.0.0.1:56333"),
+            apiKey: try c.secret("qdrant.api_key"),
+            timeout: try c.duration("qdrant.timeout", default: .seconds(30)))
+        guard qdrant.url.hasPrefix("http://") || qdrant.url.hasPrefix("https://") else {
+            throw ConfigurationError(key: "qdrant.url", problem: "must start with http:// or https://")
+        }
+        schemaDirectory = c.path(try c.string("schema.directory", default: "../schema"))
+    }
+}
+
+/// Typed, key-naming access to a `ConfigReader`.
+///
+/// swift-configuration's optional getters return the default when a value does not convert;
+/// this wrapper turns that case into a ``ConfigurationError`` naming the key instead.
+struct ConfigValues {
+    let reader: ConfigReader
+    let baseDirectory: String
+
+    init(_ reader: ConfigReader, baseDirectory: String) {
+        self.reader = reader
+        self.baseDirectory = baseDirectory
+    }
+
+    func raw(_ key: String, secret: Bool = false) -> String? {
+        reader.string(forKey: ConfigKey(key), isSecret: secret)
+    }
+
+    func string(_ key: String, default value: String, secret: Bool = false) throws -> String {
+        guard let text = raw(key, secret: secret) else { return value }
+        guard !text.trimmingCharacters(in: .whitespaces).isEmpty else {
+            throw ConfigurationError(key: key, problem: "must not be empty")
+        }
+        return text
+    }
+
+    func int(_ key: String, default value: Int, range: ClosedRange<Int> = Int.min...Int.max) throws -> Int {
+        guard let text = raw(key) else { return value }
+        guard let number = Int(text.trimmingCharacters(in: .whitespaces)) else {
+            throw ConfigurationError(key: key, problem: "expected an integer, got \"\(text)\"")
+        }
+        guard range.contains(number) else {
+            throw ConfigurationError(key: key, problem: "must be between \(range.lowerBound) and \(range.upperBound), got \(number)")
+        }
+        return number
+    }
+
+    func duration(_ key: String, default value: Duration) throws -> Duration {
+        guard let text = raw(key) else { return value }
+        guard let duration = parseDuration(text) else {
+            throw ConfigurationError(key: key, problem: "expected a duration like 250ms, 5s, 2m or 1h, got \"\(text)\"")
+        }
+        guard duration > .zero else {
+            throw ConfigurationError(key: key, problem: "must be positive, got \"\(text)\"")
+        }
+        return duration
+    }
+
+    /// A secret given inline (`key`) or in a file (`key_file`); never echoed in errors.
+    func secret(_ key: String) throws -> String? {
+        if let inline = raw(key, secret: true) { return inline }
+        guard let file = raw(key + "_file") else { return nil }
+        let path = self.path(file)
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigurationError(key: key + "_file", problem: "cannot read \(path)")
+        }
+        let value = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !value.isEmpty else { throw ConfigurationError(key: key + "_file", problem: "\(path) is empty") }
+        return value
+    }
+
+    func path(_ text: String) -> String {
+        text.hasPrefix("/") ? text : URL(fileURLWithPath: baseDirectory).appendingPathComponent(text).standardized.path
+    }
+}
+
+/// Parses `250ms`, `5s`, `1.5s`, `2m`, `1h`, or a bare number of seconds. Negative values parse
+/// (so the caller can say "must be positive").
+func parseDuration(_ text: String) -> Duration? {
+    let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
+    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+    for (suffix, scale) in units where trimmed.hasSuffix(suffix) {
+        guard let number = Double(trimmed.dropLast(suffix.count)), number.isFinite else { return nil }
+        return .milliseconds(Int64((number * scale * 1000).rounded()))
+    }
+    guard let seconds = Double(trimmed), seconds.isFinite else { return nil }
+    return .milliseconds(Int64((seconds * 1000).rounded()))
+}
