@@ -1,0 +1,166 @@
+import Foundation
+import OutboxCore
+import Testing
+
+/// The writer contract: `outbox.enqueue(...)` in the writer's own transaction (DESIGN §3).
+@Suite struct OutboxWriterTests {
+    func count(_ db: PostgresConnection, _ sql: String, _ parameters: [PostgresValue]) async throws -> Int {
+        try await db.query(sql, parameters).first!.decode("n")
+    }
+
+    @Test func committedTransactionHasRowAndEventRolledBackHasNeither() async throws {
+        let db = try await TestEnvironment.migratedConnection()
+        let kept = UUID()
+        let dropped = UUID()
+        try await db.transaction { tx in
+            try await tx.query("INSERT INTO extractions (id, source_id, content) VALUES ($1, 'doc-1', 'kept')", [.uuid(kept)])
+            try await OutboxWriter.enqueue(
+                .qdrantUpsert(collection: "extractions", id: .uuid(kept), text: "kept",
+                              source: ("extractions", kept.uuidString.lowercased())), on: tx)
+        }
+        struct WriterCrashed: Error {}
+        await #expect(throws: WriterCrashed.self) {
+            try await db.transaction { tx in
+                try await tx.query("INSERT INTO extractions (id, source_id, content) VALUES ($1, 'doc-2', 'dropped')", [.uuid(dropped)])
+                try await OutboxWriter.enqueue(
+                    .qdrantUpsert(collection: "extractions", id: .uuid(dropped), text: "dropped",
+                                  source: ("extractions", dropped.uuidString.lowercased())), on: tx)
+                throw WriterCrashed()
+            }
+        }
+        let rowsSQL = "SELECT count(*) AS n FROM extractions WHERE id = $1"
+        let eventsSQL = "SELECT count(*) AS n FROM outbox.events WHERE destination = 'qdrant' AND key = $1"
+        #expect(try await count(db, rowsSQL, [.uuid(kept)]) == 1)
+        #expect(try await count(db, eventsSQL, [.text(kept.uuidString.lowercased())]) == 1)
+        #expect(try await count(db, rowsSQL, [.uuid(dropped)]) == 0)
+        #expect(try await count(db, eventsSQL, [.text(dropped.uuidString.lowercased())]) == 0)
+        try await db.query("DELETE FROM outbox.events WHERE key = $1", [.text(kept.uuidString.lowercased())])
+    }
+
+    @Test func enqueueStoresTheEventAsGiven() async throws {
+        let db = try await TestEnvironment.migratedConnection()
+        let key = TestEnvironment.uniqueName("writer")
+        var event = OutboxEvent.redisXAdd(stream: "s:\(key)", fields: ["seq": "1", "note": "héllo"], key: key)
+        event.headers = ["traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
+        let id = try await db.transaction { tx in try await OutboxWriter.enqueue(event, on: tx) }
+        let row = try await db.query(
+            "SELECT destination, operation, key, payload::text AS payload, headers->>'traceparent' AS tp, attempts FROM outbox.events WHERE id = $1",
+            [.int(id)]).first!
+        #expect(try row.decode("destination", as: String.self) == "redis")
+        #expect(try row.decode("operation", as: String.self) == "xadd")
+        #expect(try row.decode("key", as: String.self) == key)
+        #expect(try JSONValue.parse(row.decode("payload")) == event.payload)
+        #expect(try row.decode("tp", as: String.self) == event.headers["traceparent"])
+        #expect(try row.decode("attempts", as: Int.self) == 0)
+        try await db.query("DELETE FROM outbox.events WHERE id = $1", [.int(id)])
+    }
+
+    @Test(arguments: [
+        ("kafka", "xadd", #"{"stream":"s","fields":{"a":"b"}}"#, #"unknown destination "kafka""#),
+        ("redis", "zadd", #"{"stream":"s"}"#, #"unknown operation "zadd" for destination redis"#),
+        ("qdrant", "upsert", #"{"id":1,"vector":[1]}"#, #"qdrant.upsert payload is missing required field "collection""#),
+        ("redis", "xadd", #"{"fields":{"a":"b"}}"#, #"redis.xadd payload is missing required field "stream""#),
+        ("redis", "publish", #"{"channel":"c"}"#, #"redis.publish payload is missing required field "message""#),
+        ("qdrant", "delete", #"{"collection":"c"}"#, #"qdrant.delete payload is missing required field "ids""#),
+        ("qdrant", "upsert", #"{"collection":"c","id":"not-a-uuid","vector":[1]}"#, #"field "id" is "not-a-uuid""#),
+        ("qdrant", "upsert", #"{"collection":"c","id":1}"#, #"needs "vector" or "text""#),
+        ("redis", "xadd", #"{"stream":"s","fields":{"n":1}}"#, #""n" is not a string"#),
+        ("redis", "set", #"{"key":"k","value":"v","ttl_seconds":0}"#, #""ttl_seconds" must be a positive integer"#),
+        ("redis", "del", #"[1,2]"#, "payload must be a JSON object, got array"),
+    ])
+    func enqueueRejectsBadEventsNamingTheProblem(destination: String, operation: String, payload: String, message: String)
+        async throws
+    {
+        let db = try await TestEnvironment.migratedConnection()
+        let key = TestEnvironment.uniqueName("bad")
+        let error = try await #require(throws: PostgresError.self) {
+            try await db.transaction { tx in
+                try await tx.query(
+                    "SELECT outbox.enqueue($1, $2, $3, $4::jsonb)", [.text(destination), .text(operation), .text(key), .jsonb(payload)])
+            }
+        }
+        #expect(error.sqlState == "22023")
+        #expect(error.message.contains(message), "got: \(error.message)")
+        #expect(try await count(db, "SELECT count(*) AS n FROM outbox.events WHERE key = $1", [.text(key)]) == 0)
+    }
+
+    @Test func oneTransactionWakesListenersOncePerDestination() async throws {
+        let db = try await TestEnvironment.migratedConnection()
+        let listener = try await TestEnvironment.connect()
+        try await listener.listen("outbox_events")
+        _ = try await listener.waitForNotifications(timeout: .milliseconds(10))  // drop leftovers from other tests
+        let key = TestEnvironment.uniqueName("wake")
+        let events = (0..<50).map { OutboxEvent.redisSet(key: "k\($0)", value: "v", key: "\(key)-\($0)") }
+        try await db.transaction { tx in _ = try await OutboxWriter.enqueue(events, on: tx) }
+
+        let writerPID = await db.backendPID()
+        var payloads: [String] = []
+        let deadline = ContinuousClock.now + .milliseconds(500)
+        while ContinuousClock.now < deadline {
+            payloads += try await listener.waitForNotifications(timeout: .milliseconds(100))
+                .filter { $0.backendPID == writerPID }.map(\.payload)
+        }
+        #expect(payloads == ["redis"])
+        try await db.query("DELETE FROM outbox.events WHERE key LIKE $1", [.text(key + "-%")])
+    }
+
+    /// In its own database: a backfill holds all 1,024 lock slots until it commits, and concurrent
+    /// multi-key writers would wait on it (or, enqueueing in another order, deadlock with it).
+    @Test func backfillOf100000DistinctKeysInOneTransactionSucceeds() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { _, db in
+            let inserted = try await db.transaction { tx in
+                try await tx.query(
+                    """
+                    SELECT count(outbox.enqueue('redis', 'set', 'backfill-' || g, jsonb_build_object('key', 'k' || g, 'value', 'v'))) AS n
+                    FROM generate_series(1, 100000) g
+                    """).first!.decode("n", as: Int.self)
+            }
+            #expect(inserted == 100_000)
+            #expect(try await count(db, "SELECT count(DISTINCT key) AS n FROM outbox.events", []) == 100_000)
+        }
+    }
+
+    @Test func writersOfTheSameKeyGetIdsInCommitOrder() async throws {
+        let first = try await TestEnvironment.migratedConnection()
+        let second = try await TestEnvironment.connect()
+        let key = TestEnvironment.uniqueName("order")
+        let event = OutboxEvent.redisPublish(channel: "c", message: "m", key: key)
+        // The first writer enqueues, then holds its transaction open; the second writer's enqueue
+        // of the same key must wait, so its id is allotted after the first commits.
+        let holder = Task {
+            try await first.transaction { tx in
+                let id = try await OutboxWriter.enqueue(event, on: tx)
+                try await Task.sleep(for: .milliseconds(400))
+                return id
+            }
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        let started = ContinuousClock.now
+        let secondID = try await second.transaction { tx in try await OutboxWriter.enqueue(event, on: tx) }
+        let firstID = try await holder.value
+        #expect(ContinuousClock.now - started >= .milliseconds(200), "the second writer did not wait")
+        #expect(firstID < secondID)
+        try await first.query("DELETE FROM outbox.events WHERE key = $1", [.text(key)])
+    }
+}
+
+/// The Python example in docs/ runs against the real database and does what it says.
+@Suite struct PythonWriterExampleTests {
+    @Test func pythonExampleCommitsRowAndEvents() async throws {
+        let python = URL(fileURLWithPath: try TestEnvironment.variable("OUTBOX_VENV")).appendingPathComponent("bin/python")
+        let db = try await TestEnvironment.migratedConnection()
+        let text = "python example \(UUID().uuidString)"
+        let result = try await runProcess(python, ["docs/examples/python_writer.py", text])
+        #expect(result.status == 0, "\(result.stderr)")
+        let id = try #require(UUID(uuidString: result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
+        let row = try await db.query("SELECT content FROM extractions WHERE id = $1", [.uuid(id)]).first
+        #expect(try row?.decode("content", as: String.self) == text)
+        let events = try await db.query(
+            "SELECT destination || '.' || operation AS op FROM outbox.events WHERE payload->>'id' = $1 OR payload->'fields'->>'extraction_id' = $1 ORDER BY id",
+            [.text(id.uuidString.lowercased())])
+        #expect(try events.rows.map { try $0.decode("op", as: String.self) } == ["qdrant.upsert", "redis.xadd"])
+        try await db.query(
+            "DELETE FROM outbox.events WHERE payload->>'id' = $1 OR payload->'fields'->>'extraction_id' = $1",
+            [.text(id.uuidString.lowercased())])
+    }
+}

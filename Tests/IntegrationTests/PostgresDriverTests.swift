@@ -1,0 +1,229 @@
+import Foundation
+@testable import OutboxCore
+import Testing
+
+@Suite struct PostgresDriverTests {
+    @Test func typedValuesRoundTripIncludingNullUnicodeJSONAndBytea() async throws {
+        let db = try await TestEnvironment.connect()
+        let id = UUID()
+        let when = Date(timeIntervalSince1970: 1_700_000_000.25)
+        let bytes: [UInt8] = Array(0...255) + [0, 0, 255]
+        let unicode = "naïve café — 日本語 🚀 \"quoted\" 'single' \\ back"
+        let row = try await db.query(
+            """
+            SELECT $1::text AS t, $2::int8 AS i, $3::bool AS b, $4::float8 AS f, $5::uuid AS u,
+                   $6::jsonb AS j, $7::timestamptz AS ts, $8::bytea AS by, $9::text AS n,
+                   42::int4 AS i4, 7::int2 AS i2, 1.5::float4 AS f4, 12.345::numeric AS num
+            """,
+            [.text(unicode), .int(-9_007_199_254_740_993), .bool(true), .double(0.1), .uuid(id),
+             .jsonb(#"{"k": ["v", 1, null], "emoji": "🚀"}"#), .timestamptz(when), .bytea(bytes), .null]
+        ).first!
+
+        #expect(try row.decode("t", as: String.self) == unicode)
+        #expect(try row.decode("i", as: Int64.self) == -9_007_199_254_740_993)
+        #expect(try row.decode("b", as: Bool.self) == true)
+        #expect(try row.decode("f", as: Double.self) == 0.1)
+        #expect(try row.decode("u", as: UUID.self) == id)
+        let json = try JSONValue.parse(try row.decode("j", as: String.self))
+        #expect(json == ["emoji": "🚀", "k": ["v", 1, nil]])
+        #expect(try row.decode("ts", as: Date.self) == when)
+        #expect(try row.decode("by", as: [UInt8].self) == bytes)
+        #expect(row["n"] == .null)
+        #expect(try row.decode("n", as: String?.self) == nil)
+        #expect(try row.decode("i4", as: Int.self) == 42)
+        #expect(try row.decode("i2", as: Int.self) == 7)
+        #expect(try row.decode("f4", as: Double.self) == 1.5)
+        #expect(row["num"] == .text("12.345"))
+    }
+
+    @Test func decodingTheWrongTypeNamesTheColumn() async throws {
+        let db = try await TestEnvironment.connect()
+        let row = try await db.query("SELECT 'x'::text AS word").first!
+        let error = try #require(throws: PostgresError.self) { try row.decode("word", as: Int.self) }
+        #expect(error.message.contains("\"word\""))
+    }
+
+    @Test func serverErrorsCarrySQLState() async throws {
+        let db = try await TestEnvironment.connect()
+        let error = try await #require(throws: PostgresError.self) { try await db.query("SELECT 1/0") }
+        #expect(error.code == .server)
+        #expect(error.sqlState == "22012")
+        #expect(error.message == "division by zero")
+        // The connection stays usable after a statement error.
+        #expect(try await db.query("SELECT 1 AS one").first!.decode("one", as: Int.self) == 1)
+    }
+
+    @Test func wrongPasswordFailsWithoutLeakingIt() async throws {
+        var config = try TestEnvironment.postgresConfiguration()
+        config.password = "definitely-wrong-password-xyz"
+        let error = try await #require(throws: PostgresError.self) {
+            try await PostgresConnection.connect(config, logger: TestEnvironment.logger)
+        }
+        #expect(error.code == .connectionFailed)
+        #expect(error.message.contains("password authentication failed"))
+        #expect(!"\(error)".contains("definitely-wrong-password-xyz"))
+        let realPassword = try #require(URLParts(config.url)?.password)
+        #expect(!"\(error)".contains(realPassword))
+    }
+
+    @Test func unreachableServerFailsWithinTheConnectTimeout() async throws {
+        var config = PostgresConfiguration(url: "postgresql://outbox@127.0.0.1:1/outbox")
+        config.connectTimeout = .seconds(2)
+        let started = ContinuousClock.now
+        let error = try await #require(throws: PostgresError.self) {
+            try await PostgresConnection.connect(config, logger: TestEnvironment.logger)
+        }
+        #expect(error.code == .connectionFailed)
+        #expect(ContinuousClock.now - started < .seconds(3))
+    }
+
+    @Test func transactionCommitsAndRollsBack() async throws {
+        let db = try await TestEnvironment.connect()
+        let table = TestEnvironment.uniqueName("tx_test")
+        try await db.query("CREATE TABLE \(table) (v int)")
+        defer { Task { try? await db.query("DROP TABLE \(table)") } }
+
+        try await db.transaction { tx in
+            try await tx.query("INSERT INTO \(table) VALUES (1)")
+        }
+        struct Boom: Error {}
+        await #expect(throws: Boom.self) {
+            try await db.transaction { tx in
+                try await tx.query("INSERT INTO \(table) VALUES (2)")
+                throw Boom()
+            }
+        }
+        await #expect(throws: PostgresError.self) {
+            try await db.transaction { tx in
+                try await tx.query("INSERT INTO \(table) VALUES (3)")
+                try await tx.query("SELECT * FROM no_such_table_here")
+            }
+        }
+        let values = try await db.query("SELECT v FROM \(table) ORDER BY v").rows.map { try $0.decode("v", as: Int.self) }
+        #expect(values == [1])
+    }
+
+    @Test func cancellationStopsAQueryAndRollsBackItsTransaction() async throws {
+        let db = try await TestEnvironment.connect()
+        let table = TestEnvironment.uniqueName("cancel_test")
+        try await db.query("CREATE TABLE \(table) (v int)")
+        let started = ContinuousClock.now
+        let task = Task {
+            try await db.transaction { tx in
+                try await tx.query("INSERT INTO \(table) VALUES (1)")
+                try await tx.query("SELECT pg_sleep(30)")
+            }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+        #expect(ContinuousClock.now - started < .seconds(5))
+        // Rolled back, and the connection is usable.
+        #expect(try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self) == 0)
+        try await db.query("DROP TABLE \(table)")
+    }
+
+    @Test func statementsFromOtherTasksWaitForAnOpenTransaction() async throws {
+        let db = try await TestEnvironment.connect()
+        let table = TestEnvironment.uniqueName("turn_test")
+        try await db.query("CREATE TABLE \(table) (v int)")
+        let inside = Task {
+            try await db.transaction { tx in
+                try await tx.query("INSERT INTO \(table) VALUES (1)")
+                try await Task.sleep(for: .milliseconds(300))  // other tasks try to slip in here
+                try await tx.query("INSERT INTO \(table) VALUES (2)")
+            }
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        // Would see 1 uncommitted row (or roll it back) if it ran inside the open transaction.
+        let seen = try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self)
+        try await inside.value
+        #expect(seen == 2)
+        try await db.query("DROP TABLE \(table)")
+    }
+
+    @Test func pipelineRunsStatementsInOneRoundTripAndIsolatesFailures() async throws {
+        let db = try await TestEnvironment.connect()
+        let table = TestEnvironment.uniqueName("pipe_test")
+        try await db.query("CREATE TABLE \(table) (v int PRIMARY KEY)")
+        let inserts = (1...1000).map { (sql: "INSERT INTO \(table) VALUES ($1)", parameters: [PostgresValue.int(Int64($0))]) }
+        let results = try await db.pipeline(inserts)
+        #expect(results.count == 1000)
+        #expect(results.allSatisfy { (try? $0.get()) != nil })
+        #expect(try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self) == 1000)
+
+        let mixed = try await db.pipeline([
+            (sql: "SELECT $1::int AS v", parameters: [.int(7)]),
+            (sql: "INSERT INTO \(table) VALUES (1)", parameters: []),  // duplicate key
+            (sql: "SELECT 1 AS v", parameters: []),
+        ])
+        #expect(try mixed[0].get().first!.decode("v", as: Int.self) == 7)
+        guard case .failure(let duplicate) = mixed[1], case .failure(let skipped) = mixed[2] else {
+            Issue.record("expected the 2nd statement to fail and the 3rd to be skipped: \(mixed)")
+            return
+        }
+        #expect(duplicate.sqlState == "23505")
+        #expect(skipped.code == .pipelineAborted)
+        #expect(try await db.query("SELECT 1 AS one").first!.decode("one", as: Int.self) == 1)
+        try await db.query("DROP TABLE \(table)")
+    }
+
+    @Test func notifyArrivesWithin100Milliseconds() async throws {
+        let listener = try await TestEnvironment.connect()
+        let sender = try await TestEnvironment.connect()
+        let channel = TestEnvironment.uniqueName("chan")
+        try await listener.listen(channel)
+        let clock = ContinuousClock()
+        async let received = { () async throws -> ([PostgresNotification], ContinuousClock.Instant) in
+            let notes = try await listener.waitForNotifications(timeout: .seconds(5))
+            return (notes, clock.now)
+        }()
+        try await Task.sleep(for: .milliseconds(100))  // the listener is parked in poll(2)
+        let sent = clock.now
+        try await sender.query("SELECT pg_notify($1, 'hello')", [.text(channel)])
+        let (notes, arrived) = try await received
+        #expect(notes.map(\.payload) == ["hello"])
+        #expect(notes.first?.channel == channel)
+        #expect(arrived - sent < .milliseconds(100), "notification took \(arrived - sent)")
+    }
+
+    @Test func notificationWaitTimesOutAndCanBeCancelled() async throws {
+        let listener = try await TestEnvironment.connect()
+        try await listener.listen(TestEnvironment.uniqueName("quiet"))
+        let clock = ContinuousClock()
+        var started = clock.now
+        #expect(try await listener.waitForNotifications(timeout: .milliseconds(200)).isEmpty)
+        #expect(clock.now - started >= .milliseconds(190))
+
+        started = clock.now
+        let wait = Task { try await listener.waitForNotifications(timeout: .seconds(30)) }
+        try await Task.sleep(for: .milliseconds(100))
+        wait.cancel()
+        await #expect(throws: CancellationError.self) { try await wait.value }
+        #expect(clock.now - started < .seconds(2))
+    }
+
+    @Test func reconnectsAfterTheServerDropsTheSessionAndKeepsListening() async throws {
+        let db = try await TestEnvironment.connect()
+        let admin = try await TestEnvironment.connect()
+        let channel = TestEnvironment.uniqueName("relisten")
+        try await db.listen(channel)
+        let pid = await db.backendPID()
+        try await admin.query("SELECT pg_terminate_backend($1::int)", [.int(Int64(pid))])
+        try await Task.sleep(for: .milliseconds(100))
+
+        let error = try await #require(throws: PostgresError.self) { try await db.query("SELECT 1") }
+        #expect(error.code == .connectionLost)
+        // The next call reconnects by itself and re-subscribes.
+        #expect(try await db.query("SELECT 1 AS one").first!.decode("one", as: Int.self) == 1)
+        #expect(await db.backendPID() != pid)
+        try await admin.query("SELECT pg_notify($1, 'after')", [.text(channel)])
+        #expect(try await db.waitForNotifications(timeout: .seconds(2)).map(\.payload) == ["after"])
+    }
+
+    @Test func noticesDoNotBreakStatements() async throws {
+        let db = try await TestEnvironment.connect()
+        try await db.simpleQuery("DO $$ BEGIN RAISE NOTICE 'just saying'; RAISE WARNING 'careful'; END $$")
+        #expect(try await db.query("SELECT 2 AS two").first!.decode("two", as: Int.self) == 2)
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import Logging
+import Testing
+
+@testable import OutboxCore
+
+/// The real servers started by `scripts/services up`, found through the variables that
+/// `scripts/services env` prints. A missing variable is a test failure, never a skip: run
+/// `make test`, or `eval "$(scripts/services env)"` before `swift test`.
+enum TestEnvironment {
+    struct Missing: Error, CustomStringConvertible {
+        let name: String
+        var description: String {
+            "\(name) is not set: start the services with `scripts/services up` and run `eval \"$(scripts/services env)\"` (or use `make test`)"
+        }
+    }
+
+    static func variable(_ name: String) throws -> String {
+        guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else { throw Missing(name: name) }
+        return value
+    }
+
+    static var logger: Logger {
+        var logger = Logger(label: "integration-tests")
+        logger.logLevel = .warning
+        return logger
+    }
+
+    static func postgresConfiguration() throws -> PostgresConfiguration {
+        var config = PostgresConfiguration(url: try variable("OUTBOX_POSTGRES_URL"))
+        config.applicationName = "outbox-integration-tests"
+        return config
+    }
+
+    static func redisConfiguration() throws -> RedisConfiguration {
+        RedisConfiguration(url: try variable("OUTBOX_REDIS_URL"))
+    }
+
+    static func qdrantURL() throws -> String { try variable("OUTBOX_QDRANT_URL") }
+    static func qdrantAPIKey() throws -> String { try variable("OUTBOX_QDRANT_API_KEY") }
+
+    static var repositoryRoot: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }
+
+    static var schemaDirectory: String { repositoryRoot.appendingPathComponent("schema").path }
+
+    static func connect() async throws -> PostgresConnection {
+        try await PostgresConnection.connect(try postgresConfiguration(), logger: logger)
+    }
+
+    /// A connection to the test database with the outbox schema applied (once per process;
+    /// the migrator's advisory lock makes concurrent first calls safe).
+    static func migratedConnection() async throws -> PostgresConnection {
+        let connection = try await connect()
+        try await Migrated.shared.ensure(connection)
+        return connection
+    }
+
+    private actor Migrated {
+        static let shared = Migrated()
+        private var done = false
+
+        func ensure(_ connection: PostgresConnection) async throws {
+            guard !done else { return }
+            try await Migrator(directory: TestEnvironment.schemaDirectory, logger: TestEnvironment.logger)
+                .migrate(connection)
+            done = true
+        }
+    }
+
+    /// A throwaway database, dropped after `body`. Advisory locks are per database, so work in
+    /// it (a 100,000-key backfill, migrations from scratch) cannot contend with parallel tests.
+    static func withFreshDatabase<T>(
+        migrated: Bool, _ body: (_ url: String, _ connection: PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let admin = try await connect()
+        let name = uniqueName("outbox_test")
+        try await admin.query("CREATE DATABASE \(name)")
+        var parts = try #require(URLParts(try variable("OUTBOX_POSTGRES_URL")))
+        parts.path = "/" + name
+        let url = "postgresql://\(parts.user ?? ""):\(parts.password ?? "")@\(parts.host):\(parts.port ?? 5432)/\(name)"
+        do {
+            let connection = try await PostgresConnection.connect(PostgresConfiguration(url: url), logger: logger)
+            if migrated {
+                try await Migrator(directory: schemaDirectory, logger: logger).migrate(connection)
+            }
+            let result = try await body(url, connection)
+            await connection.close()
+            try await admin.query("DROP DATABASE \(name) WITH (FORCE)")
+            return result
+        } catch {
+            try? await admin.query("DROP DATABASE \(name) WITH (FORCE)")
+            throw error
+        }
+    }
+
+    static func redis() async throws -> RedisConnection {
+        try await RedisConnection.connect(try redisConfiguration(), logger: logger)
+    }
+
+    /// A unique name for objects a test creates (keys, streams, collections), so parallel tests
+    /// and earlier runs never see each other's data.
+    static func uniqueName(_ prefix: String) -> String {
+        "\(prefix)_\(UUID().uuidString.prefix(8).lowercased())"
+    }
+
+    /// A built executable of this package (`outbox-relay`, `outbox-reconciler`).
+    static func executable(_ name: String) throws -> URL {
+        let testBinaryDirectory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+            .deletingLastPathComponent()
+        for directory in [testBinaryDirectory, repositoryRoot.appendingPathComponent(".build/debug")] {
+            let candidate = directory.appendingPathComponent(name)
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+        }
+        throw Missing(name: "the \(name) executable (run `swift build` first)")
+    }
+}
+
+/// Runs a command to completion and returns its exit status and output.
+struct ProcessResult {
+    let status: Int32
+    let stdout: String
+    let stderr: String
+}
+
+func runProcess(_ executable: URL, _ arguments: [String], environment: [String: String] = [:]) async throws -> ProcessResult {
+    let process = Process()
+    process.executableURL = executable
+    process.arguments = arguments
+    process.currentDirectoryURL = TestEnvironment.repositoryRoot
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    // Read on other threads so a full pipe never blocks the child.
+    async let stdout = Task.detached { out.fileHandleForReading.readDataToEndOfFile() }.value
+    async let stderr = Task.detached { err.fileHandleForReading.readDataToEndOfFile() }.value
+    let (o, e) = await (stdout, stderr)
+    await Task.detached { process.waitUntilExit() }.value
+    return ProcessResult(
+        status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}

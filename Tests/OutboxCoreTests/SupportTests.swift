@@ -1,0 +1,149 @@
+import Foundation
+import Testing
+
+@testable import OutboxCore
+
+@Suite struct URLAndRedactionTests {
+    @Test func parsesPostgresURLWithPassword() throws {
+        let parts = try #require(URLParts("postgresql://outbox:s%40cret@127.0.0.1:55432/outbox?sslmode=disable"))
+        #expect(parts.scheme == "postgresql")
+        #expect(parts.user == "outbox")
+        #expect(parts.password == "s@cret")
+        #expect(parts.host == "127.0.0.1")
+        #expect(parts.port == 55432)
+        #expect(parts.path == "/outbox")
+        #expect(parts.query.map(\.0) == ["sslmode"])
+    }
+
+    @Test func parsesRedisURLWithEmptyUser() throws {
+        let parts = try #require(URLParts("redis://:pw@localhost/3"))
+        #expect(parts.user == "")
+        #expect(parts.password == "pw")
+        #expect(parts.port == nil)
+        #expect(parts.path == "/3")
+    }
+
+    @Test func parsesIPv6Host() throws {
+        let parts = try #require(URLParts("redis://[::1]:6380"))
+        #expect(parts.host == "::1")
+        #expect(parts.port == 6380)
+    }
+
+    @Test func redactsPasswordsInURLs() {
+        #expect(URLParts.redacted("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db")
+        #expect(URLParts.redacted("redis://:secret@h/0") == "redis://:***@h/0")
+        #expect(URLParts.redacted("postgresql://u@h/db") == "postgresql://u@h/db")
+        #expect(URLParts.redacted("host=h dbname=x") == "host=h dbname=x")
+    }
+
+    @Test func redactorRemovesEverySecretOccurrence() {
+        let redactor = Redactor(secrets: ["hunter2", nil, "hunter2-long"])
+        #expect(redactor.redact("a hunter2-long b hunter2") == "a *** b ***")
+    }
+
+    @Test func postgresConfigurationRedactsItsURL() {
+        let config = PostgresConfiguration(url: "postgresql://outbox:pw123@127.0.0.1/outbox")
+        #expect(!config.redactedURL.contains("pw123"))
+        #expect(config.redactor.redact("failed for postgresql://outbox:pw123@127.0.0.1/outbox").contains("pw123") == false)
+    }
+
+    @Test func redisURLMustBeRedisScheme() {
+        #expect(throws: RedisError.self) { try RedisConfiguration(url: "http://x").endpoint() }
+        #expect(throws: RedisError.self) { try RedisConfiguration(url: "redis://h/notanumber").endpoint() }
+        let endpoint = try? RedisConfiguration(url: "redis://:pw@h:1234/2", password: "override").endpoint()
+        #expect(endpoint?.password == "override")
+        #expect(endpoint?.database == 2)
+        #expect(endpoint?.port == 1234)
+    }
+}
+
+@Suite struct SQLIdentifierTests {
+    @Test(arguments: ["extractions", "_x", "Table_1", "a$b"])
+    func acceptsPlainIdentifiers(name: String) throws {
+        #expect(try SQLIdentifier(name).quoted == "\"\(name)\"")
+    }
+
+    @Test(arguments: ["", "1abc", "a b", "x\"; DROP TABLE y; --", "a.b", "naïve", String(repeating: "a", count: 64), "a\u{0}b"])
+    func refusesAnythingElse(name: String) {
+        #expect(throws: SQLIdentifier.Invalid.self) { try SQLIdentifier(name) }
+    }
+
+    @Test func tableNamesMayBeSchemaQualified() throws {
+        #expect(try SQLTableName("public.extractions").quoted == "\"public\".\"extractions\"")
+        #expect(try SQLTableName("extractions").quoted == "\"extractions\"")
+        #expect(throws: SQLIdentifier.Invalid.self) { try SQLTableName("a.b.c") }
+    }
+}
+
+@Suite struct PostgresTextTests {
+    @Test func timestampsRoundTripAtMicrosecondPrecision() throws {
+        let date = Date(timeIntervalSince1970: 1_700_000_000.123456)
+        let text = PostgresText.timestamp(date)
+        #expect(text == "2023-11-14 22:13:20.123456+00")
+        let parsed = try #require(PostgresText.parseTimestamp(text))
+        #expect(abs(parsed.timeIntervalSince1970 - date.timeIntervalSince1970) < 0.000_001)
+    }
+
+    @Test func timestampsWithOffsetsParse() throws {
+        let parsed = try #require(PostgresText.parseTimestamp("2024-01-02 05:34:05+05:30"))
+        #expect(parsed.timeIntervalSince1970 == 1_704_153_845)
+    }
+
+    @Test func byteaHexDecodes() {
+        let text = Array("\\x00ff10".utf8)
+        let decoded = text.withUnsafeBufferPointer { PostgresText.parseByteaHex($0) }
+        #expect(decoded == [0x00, 0xff, 0x10])
+        let bad = Array("\\x0g".utf8)
+        #expect(bad.withUnsafeBufferPointer { PostgresText.parseByteaHex($0) } == nil)
+    }
+}
+
+@Suite struct DurationParsingTests {
+    @Test func parsesUnits() {
+        #expect(parseDuration("250ms") == .milliseconds(250))
+        #expect(parseDuration("5s") == .seconds(5))
+        #expect(parseDuration("1.5s") == .milliseconds(1500))
+        #expect(parseDuration("2m") == .seconds(120))
+        #expect(parseDuration("1h") == .seconds(3600))
+        #expect(parseDuration("7") == .seconds(7))
+        #expect(parseDuration("-3s") == .seconds(-3))
+    }
+
+    @Test(arguments: ["", "s", "five seconds", "5 parsecs", "nan", "infs"])
+    func rejectsNonsense(text: String) {
+        #expect(parseDuration(text) == nil)
+    }
+}
+
+@Suite struct JSONValueTests {
+    @Test func integersEncodeWithoutFraction() {
+        let value: JSONValue = ["id": 42, "score": 0.5, "name": "x", "tags": ["a"], "none": nil]
+        #expect(value.jsonText == #"{"id":42,"name":"x","none":null,"score":0.5,"tags":["a"]}"#)
+    }
+
+    @Test func parsesAndReads() throws {
+        let value = try JSONValue.parse(#"{"result": {"points": [1, 2]}, "status": "ok"}"#)
+        #expect(value["status"]?.stringValue == "ok")
+        #expect(value["result"]?["points"]?.arrayValue?.count == 2)
+    }
+}
+
+@Suite struct OutboxEventTests {
+    @Test func upsertCarriesSourceAndDefaultsKeyToPointID() {
+        let id = UUID(uuidString: "6F1C1D3E-5B1A-4C36-9A8F-2F0D3B7C9E11")!
+        let event = OutboxEvent.qdrantUpsert(
+            collection: "extractions", id: .uuid(id), text: "hello", source: ("extractions", "row-1"))
+        #expect(event.destination == .qdrant)
+        #expect(event.operation == "upsert")
+        #expect(event.key == "6f1c1d3e-5b1a-4c36-9a8f-2f0d3b7c9e11")
+        #expect(event.payload.jsonText
+            == #"{"collection":"extractions","id":"6f1c1d3e-5b1a-4c36-9a8f-2f0d3b7c9e11","payload":{},"source":{"id":"row-1","table":"extractions"},"text":"hello"}"#)
+    }
+
+    @Test func xaddAndSetPayloads() {
+        let xadd = OutboxEvent.redisXAdd(stream: "s", fields: ["seq": "1"], maxLength: 1000, key: "k")
+        #expect(xadd.payload.jsonText == #"{"fields":{"seq":"1"},"maxlen":1000,"stream":"s"}"#)
+        let set = OutboxEvent.redisSet(key: "cache:1", value: "v", ttlSeconds: 60, key: "k")
+        #expect(set.payload.jsonText == #"{"key":"cache:1","ttl_seconds":60,"value":"v"}"#)
+    }
+}
