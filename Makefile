@@ -17,14 +17,9 @@ services-up:
 services-down:
 	scripts/services down
 
-## demo: start services, migrate, write a few extractions with their outbox events, show the state.
+## demo: start services, migrate, run the relay and a writer, show what landed in each store.
 demo: services-up build
-	$(SERVICES_ENV) && $(BIN)/outbox-relay migrate
-	$(SERVICES_ENV) && $(BIN)/outbox-relay check
-	$(SERVICES_ENV) && $(BIN)/outbox-demo --rows 5
-	@echo
-	@echo "Inspect: psql \"\$$OUTBOX_POSTGRES_URL\" -c 'SELECT id, destination, operation, key FROM outbox.events'"
-	@echo "         (after: eval \"\$$(scripts/services env)\")"
+	scripts/demo
 
 ## test: start services, then unit + integration tests (Swift) and the stand-in's own tests (pytest).
 test: services-up

@@ -139,7 +139,8 @@ func runProcess(_ executable: URL, _ arguments: [String], environment: [String: 
     async let stdout = Task.detached { out.fileHandleForReading.readDataToEndOfFile() }.value
     async let stderr = Task.detached { err.fileHandleForReading.readDataToEndOfFile() }.value
     let (o, e) = await (stdout, stderr)
-    await Task.detached { process.waitUntilExit() }.value
+    // Not waitUntilExit(): on Linux it spins a run loop at 100 % CPU.
+    while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
     return ProcessResult(
         status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
 }

@@ -46,12 +46,18 @@ public struct QdrantConfiguration: Sendable {
 /// | `qdrant.timeout` | duration | `30s` | |
 /// | `schema.directory` | path | `../schema` | |
 ///
-/// Durations are a number with a unit: `250ms`, `5s`, `2m`, `1h` (a bare number means seconds).
+/// Durations are a number with a unit: `250ms`, `5s`, `2m`, `1h`, `7d` (a bare number means seconds).
 public struct OutboxConfiguration: Sendable {
     public var postgres: PostgresConfiguration
     public var redis: RedisConfiguration
     public var qdrant: QdrantConfiguration
     public var schemaDirectory: String
+    public var relay: RelaySettings
+    public var embedding: EmbeddingSettings
+    /// Domain tables that upserts' `source.table` may name, by that name. Default: `extractions`.
+    public var tables: [String: TableMapping]
+    /// Collections the relay creates when missing.
+    public var collections: [String: CollectionSpec]
 
     /// Reads `path` (YAML) with `OUTBOX_*` environment overrides.
     public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment)
@@ -73,10 +79,15 @@ public struct OutboxConfiguration: Sendable {
             }
         ).prefixKeys(with: "outbox")
         let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        return try OutboxConfiguration(reader: ConfigValues(ConfigReader(providers: [env, file]), baseDirectory: base))
+        let maps = try ConfigMaps.load(path: path)
+        return try OutboxConfiguration(
+            reader: ConfigValues(ConfigReader(providers: [env, file]), baseDirectory: base),
+            tables: maps.tables, collections: maps.collections)
     }
 
-    init(reader c: ConfigValues) throws {
+    init(reader c: ConfigValues, tables: [String: TableMapping], collections: [String: CollectionSpec]) throws {
+        self.tables = tables
+        self.collections = collections
         var postgres = PostgresConfiguration(
             url: try c.string("postgres.url", default: "postgresql://outbox@127.0.0.1:55432/outbox", secret: true))
         postgres.password = try c.secret("postgres.password")
@@ -102,6 +113,8 @@ public struct OutboxConfiguration: Sendable {
             throw ConfigurationError(key: "qdrant.url", problem: "must start with http:// or https://")
         }
         schemaDirectory = c.path(try c.string("schema.directory", default: "../schema"))
+        relay = try RelaySettings(c)
+        embedding = try EmbeddingSettings(c)
     }
 }
 
@@ -174,7 +187,7 @@ struct ConfigValues {
 /// (so the caller can say "must be positive").
 func parseDuration(_ text: String) -> Duration? {
     let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
-    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
     for (suffix, scale) in units where trimmed.hasSuffix(suffix) {
         guard let number = Double(trimmed.dropLast(suffix.count)), number.isFinite else { return nil }
         return .milliseconds(Int64((number * scale * 1000).rounded()))

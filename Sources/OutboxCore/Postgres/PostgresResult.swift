@@ -44,6 +44,8 @@ extension PostgresValue {
         case .jsonb: "json"
         case .timestamptz: "a timestamp"
         case .bytea: "bytea"
+        case .textArray, .intArray, .doubleArray: "an array"
+        case .untyped: "untyped text"
         }
     }
 }

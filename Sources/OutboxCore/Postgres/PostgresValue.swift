@@ -14,6 +14,12 @@ public enum PostgresValue: Sendable, Hashable {
     case jsonb(String)
     case timestamptz(Date)
     case bytea([UInt8])
+    case textArray([String])
+    case intArray([Int64])
+    case doubleArray([Double])
+    /// Text whose type the server infers from context (sent with type OID 0), e.g. a value
+    /// compared with a column whose type is only known from configuration.
+    case untyped(String)
 
     public var isNull: Bool { self == .null }
 }
@@ -48,6 +54,9 @@ enum PostgresOID {
     static let numeric: UInt32 = 1700
     static let uuid: UInt32 = 2950
     static let jsonb: UInt32 = 3802
+    static let textArray: UInt32 = 1009
+    static let int8Array: UInt32 = 1016
+    static let float8Array: UInt32 = 1022
 }
 
 /// The wire form of one parameter: type OID, bytes, and format (0 text, 1 binary).
@@ -69,6 +78,13 @@ struct EncodedParameter {
             self.init(oid: PostgresOID.timestamptz, bytes: Array(PostgresText.timestamp(d).utf8), format: 0)
         // Binary format: bytea bytes go over the wire untouched, NULs included.
         case .bytea(let b): self.init(oid: PostgresOID.bytea, bytes: b, format: 1)
+        case .textArray(let a):
+            self.init(oid: PostgresOID.textArray, bytes: Array(PostgresText.arrayLiteral(a.map(PostgresText.quoteArrayElement)).utf8), format: 0)
+        case .intArray(let a):
+            self.init(oid: PostgresOID.int8Array, bytes: Array(PostgresText.arrayLiteral(a.map(String.init)).utf8), format: 0)
+        case .doubleArray(let a):
+            self.init(oid: PostgresOID.float8Array, bytes: Array(PostgresText.arrayLiteral(a.map(PostgresText.double)).utf8), format: 0)
+        case .untyped(let s): self.init(oid: 0, bytes: Array(s.utf8), format: 0)
         }
     }
 
@@ -81,6 +97,20 @@ struct EncodedParameter {
 
 /// Text-format conversions shared by encoding and decoding.
 enum PostgresText {
+    static func arrayLiteral(_ elements: [String]) -> String {
+        "{" + elements.joined(separator: ",") + "}"
+    }
+
+    /// An element of a text-format array literal: always double-quoted, `"` and `\` escaped.
+    static func quoteArrayElement(_ s: String) -> String {
+        var out = "\""
+        for c in s.unicodeScalars {
+            if c == "\"" || c == "\\" { out.unicodeScalars.append("\\") }
+            out.unicodeScalars.append(c)
+        }
+        return out + "\""
+    }
+
     static func double(_ d: Double) -> String {
         if d.isNaN { return "NaN" }
         if d.isInfinite { return d > 0 ? "Infinity" : "-Infinity" }

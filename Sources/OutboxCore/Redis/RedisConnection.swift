@@ -180,20 +180,22 @@ public actor RedisConnection {
         }
     }
 
+    /// The SHA1 of `script` on this server, loading it (SCRIPT LOAD) when this connection has not.
+    /// Pass `reload: true` after a `NOSCRIPT` reply.
+    public func scriptSHA(_ script: RedisScript, reload: Bool = false) async throws -> String {
+        if !reload, let known = scriptSHAs[script] { return known }
+        guard let loaded = try await command("SCRIPT", "LOAD", script.source).string else {
+            throw RedisError(code: .server, message: "SCRIPT LOAD returned no sha1")
+        }
+        scriptSHAs[script] = loaded
+        return loaded
+    }
+
     /// Runs `script` with EVALSHA, loading it first when this connection has not yet, and again
     /// on `NOSCRIPT`. Returns the script's reply; an error reply throws.
     public func evaluate(_ script: RedisScript, keys: [String], arguments: [String]) async throws -> RedisReply {
         for attempt in 0..<2 {
-            let sha: String
-            if let known = scriptSHAs[script], attempt == 0 {
-                sha = known
-            } else {
-                guard let loaded = try await command("SCRIPT", "LOAD", script.source).string else {
-                    throw RedisError(code: .server, message: "SCRIPT LOAD returned no sha1")
-                }
-                scriptSHAs[script] = loaded
-                sha = loaded
-            }
+            let sha = try await scriptSHA(script, reload: attempt > 0)
             let reply = try await pipeline([RedisCommand(["EVALSHA", sha, String(keys.count)] + keys + arguments)])[0]
             guard case .error(let message) = reply else { return reply }
             guard message.hasPrefix("NOSCRIPT"), attempt == 0 else { throw RedisError(code: .server, message: message) }

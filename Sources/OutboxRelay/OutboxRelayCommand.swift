@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import OutboxCore
+import ServiceLifecycle
 
 @main
 struct OutboxRelayCommand: AsyncParsableCommand {
@@ -15,7 +16,8 @@ struct OutboxRelayCommand: AsyncParsableCommand {
 
             Exit status: 0 success, 1 failure, 2 bad configuration or unreachable service.
             """,
-        subcommands: [Migrate.self, Check.self]
+        subcommands: [Serve.self, Migrate.self, Status.self, DeadLettersCommand.self, Check.self],
+        defaultSubcommand: Serve.self
     )
 }
 

@@ -1,0 +1,80 @@
+import Foundation
+
+/// An event claimed from `outbox.events`, held (row-locked) by the claiming transaction.
+public struct ClaimedEvent: Sendable, Equatable {
+    public let id: Int64
+    public let destination: OutboxEvent.Destination
+    public let operation: String
+    public let key: String
+    public let payload: JSONValue
+    public let createdAt: Date
+    /// Attempts before this one.
+    public let attempts: Int
+}
+
+/// What became of one claimed event.
+public enum DeliveryOutcome: Sendable, Equatable {
+    /// Applied and confirmed; `source` is the domain row to mark as embedded, if any.
+    case delivered(source: SourceUpdate?)
+    /// Failed transiently (transport, 5xx, 429, unconfirmed): try again after a backoff.
+    case retry(reason: String, retryAfter: Duration?)
+    /// Failed permanently (4xx, malformed payload, unmapped table): dead-letter it now.
+    case dead(reason: String)
+    /// Not attempted, because an earlier event of its key failed in this batch; released as is.
+    case skipped
+}
+
+/// Set `table.embeddingColumn = pointID WHERE table.idColumn = rowID` when the upsert is acknowledged.
+public struct SourceUpdate: Sendable, Hashable {
+    public let table: TableMapping
+    public let rowID: String
+    public let pointID: String
+}
+
+/// Applies claimed events to one destination. Never throws: every event gets an outcome.
+protocol Deliverer: Sendable {
+    func deliver(_ events: [ClaimedEvent]) async -> [Int64: DeliveryOutcome]
+}
+
+/// How the relay treats a failure: DESIGN §4's retry table.
+enum FailureClass: Equatable {
+    case transient(retryAfter: Duration?)
+    case permanent
+
+    /// HTTP statuses: 408, 429 and 5xx are transient; other 4xx are permanent.
+    static func http(status: Int, retryAfterHeader: String?) -> FailureClass {
+        switch status {
+        case 408, 425, 429, 500...599:
+            return .transient(retryAfter: retryAfterHeader.flatMap(parseRetryAfter))
+        default:
+            return .permanent
+        }
+    }
+
+    /// `Retry-After` in seconds (the HTTP-date form is rare for APIs; treated as absent).
+    static func parseRetryAfter(_ text: String) -> Duration? {
+        guard let seconds = Double(text.trimmingCharacters(in: .whitespaces)), seconds >= 0, seconds.isFinite else {
+            return nil
+        }
+        return .milliseconds(Int64(min(seconds, 3600) * 1000))
+    }
+
+    /// Redis error replies that a later attempt can get past; anything else (WRONGTYPE, ERR …)
+    /// is a property of the event.
+    static func redis(errorReply: String) -> FailureClass {
+        let transient = ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "OOM", "READONLY", "CLUSTERDOWN", "NOSCRIPT", "NOREPLICAS"]
+        return transient.contains(where: { errorReply.hasPrefix($0) }) ? .transient(retryAfter: nil) : .permanent
+    }
+}
+
+/// Marks, in event order, every event of a key after the key's first failure as `.skipped`, so a
+/// failing event blocks only its own key.
+struct KeyBlocker {
+    private var blocked: Set<String> = []
+
+    func isBlocked(_ event: ClaimedEvent) -> Bool { blocked.contains(event.key) }
+
+    mutating func record(_ outcome: DeliveryOutcome, for event: ClaimedEvent) {
+        if case .retry = outcome { blocked.insert(event.key) }
+    }
+}

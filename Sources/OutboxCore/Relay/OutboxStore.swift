@@ -1,0 +1,199 @@
+import Foundation
+
+/// The relay's SQL: claiming and acknowledging events. Every statement runs inside the claiming
+/// transaction, so claims are row locks that vanish the instant the relay's session ends.
+enum OutboxStore {
+    /// Claims up to `batchSize` keys' worth of events for `destination`, in id order.
+    ///
+    /// Step 1 locks the *head* (oldest event) of each available key with `SKIP LOCKED`: a key whose
+    /// head another relay holds is skipped whole, so two relays never work on one key. Step 2
+    /// locks up to `maxPerKey` following events of the keys this relay got, so a hot key moves
+    /// many events per round trip. Only heads are ever skip-locked, so step 2 cannot wait on
+    /// another relay.
+    static func claim(_ tx: PostgresConnection, destination: OutboxEvent.Destination, batchSize: Int, maxPerKey: Int)
+        async throws -> [ClaimedEvent]
+    {
+        let heads = try await tx.query(
+            """
+            SELECT e.id, e.operation, e.key, e.payload::text AS payload, e.created_at, e.attempts
+            FROM outbox.events e
+            WHERE e.destination = $1 AND e.available_at <= now()
+              AND NOT EXISTS (
+                SELECT 1 FROM outbox.events p WHERE p.destination = e.destination AND p.key = e.key AND p.id < e.id)
+            ORDER BY e.id
+            LIMIT $2
+            FOR UPDATE OF e SKIP LOCKED
+            """, [.text(destination.rawValue), .int(Int64(batchSize))])
+        var events = try heads.rows.map { try decode($0, destination) }
+        let perKey = min(maxPerKey, batchSize / max(1, events.count))
+        if perKey > 1, !events.isEmpty {
+            let followers = try await tx.query(
+                """
+                SELECT x.id, x.operation, x.key, x.payload::text AS payload, x.created_at, x.attempts
+                FROM unnest($2::text[], $3::bigint[]) AS h(key, head_id)
+                CROSS JOIN LATERAL (
+                  SELECT * FROM outbox.events x
+                  WHERE x.destination = $1 AND x.key = h.key AND x.id > h.head_id
+                  ORDER BY x.id LIMIT $4
+                  FOR UPDATE
+                ) x
+                """,
+                [.text(destination.rawValue), .textArray(events.map(\.key)), .intArray(events.map(\.id)), .int(Int64(perKey - 1))])
+            events += try followers.rows.map { try decode($0, destination) }
+            events.sort { $0.id < $1.id }
+        }
+        return events
+    }
+
+    private static func decode(_ row: PostgresRow, _ destination: OutboxEvent.Destination) throws -> ClaimedEvent {
+        ClaimedEvent(
+            id: try row.decode("id"), destination: destination, operation: try row.decode("operation"),
+            key: try row.decode("key"), payload: (try? JSONValue.parse(try row.decode("payload"))) ?? .null,
+            createdAt: try row.decode("created_at"), attempts: try row.decode("attempts"))
+    }
+
+    struct Acknowledgement: Equatable {
+        var delivered = 0
+        var retried = 0
+        var deadLettered = 0
+        var released = 0
+    }
+
+    /// Applies `outcomes` in the claiming transaction: deletes delivered events and sets their
+    /// rows' embedding columns, reschedules retries with backoff, and moves permanent failures
+    /// (and retries past `maxAttempts` / `maxAge`) to `outbox.dead_letters`.
+    static func acknowledge(
+        _ tx: PostgresConnection, events: [ClaimedEvent], outcomes: [Int64: DeliveryOutcome], settings: RelaySettings,
+        sources: SourceColumnTypes, now: Date = Date()
+    ) async throws -> Acknowledgement {
+        var ack = Acknowledgement()
+        var deliveredIDs: [Int64] = []
+        var dead: [(Int64, String)] = []
+        var retries: [(Int64, Double, String)] = []
+        var sourceUpdates: [TableMapping: [SourceUpdate]] = [:]
+        for event in events {
+            switch outcomes[event.id] ?? .skipped {
+            case .delivered(let source):
+                deliveredIDs.append(event.id)
+                if let source { sourceUpdates[source.table, default: []].append(source) }
+            case .dead(let reason):
+                dead.append((event.id, reason))
+            case .retry(let reason, let retryAfter):
+                let attempt = event.attempts + 1
+                let age = now.timeIntervalSince(event.createdAt)
+                if attempt >= settings.maxAttempts {
+                    dead.append((event.id, "gave up after \(attempt) attempts; last error: \(reason)"))
+                } else if age >= settings.maxAge.seconds {
+                    dead.append((event.id, "gave up after \(Int(age)) s (relay.max_age); last error: \(reason)"))
+                } else {
+                    let backoff = settings.backoff.delay(afterAttempt: attempt).seconds
+                    retries.append((event.id, max(backoff, retryAfter?.seconds ?? 0), reason))
+                }
+            case .skipped:
+                ack.released += 1
+            }
+        }
+
+        var statements: [(sql: String, parameters: [PostgresValue])] = []
+        if !deliveredIDs.isEmpty {
+            statements.append(("DELETE FROM outbox.events WHERE id = ANY($1::bigint[])", [.intArray(deliveredIDs)]))
+        }
+        if !dead.isEmpty {
+            statements.append((
+                """
+                WITH r AS (SELECT * FROM unnest($1::bigint[], $2::text[]) AS r(id, reason)),
+                d AS (DELETE FROM outbox.events e USING r WHERE e.id = r.id RETURNING e.*, r.reason)
+                INSERT INTO outbox.dead_letters (id, destination, operation, key, payload, headers, created_at, attempts, error)
+                SELECT id, destination, operation, key, payload, headers, created_at, attempts + 1, reason FROM d
+                ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, error = EXCLUDED.error, dead_lettered_at = now()
+                """, [.intArray(dead.map(\.0)), .textArray(dead.map(\.1))]))
+        }
+        if !retries.isEmpty {
+            statements.append((
+                """
+                UPDATE outbox.events e
+                SET attempts = e.attempts + 1, available_at = now() + make_interval(secs => r.delay), last_error = r.reason
+                FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS r(id, delay, reason)
+                WHERE e.id = r.id
+                """, [.intArray(retries.map(\.0)), .doubleArray(retries.map(\.1)), .textArray(retries.map(\.2))]))
+        }
+        for (table, updates) in sourceUpdates {
+            statements.append((sources.updateSQL(table), [.textArray(updates.map(\.rowID)), .textArray(updates.map(\.pointID))]))
+        }
+        for result in try await tx.pipeline(statements) {
+            _ = try result.get()
+        }
+        ack.delivered = deliveredIDs.count
+        ack.retried = retries.count
+        ack.deadLettered = dead.count
+        return ack
+    }
+}
+
+/// Column types of mapped tables, read from the catalog once, so source updates can cast text
+/// parameters to the right type (uuid, bigint, text, …) and check values before delivery.
+struct SourceColumnTypes: Sendable {
+    struct Types: Sendable, Hashable {
+        let id: String
+        let embedding: String
+    }
+
+    private(set) var types: [TableMapping: Types] = [:]
+
+    struct Problem: Error, CustomStringConvertible {
+        let key: String
+        let message: String
+        var description: String { "config: \(key): \(message)" }
+    }
+
+    static func resolve(_ tables: [String: TableMapping], on db: PostgresConnection) async throws -> SourceColumnTypes {
+        var resolved = SourceColumnTypes()
+        for mapping in tables.values {
+            func type(_ column: SQLIdentifier) async throws -> String {
+                let rows = try await db.query(
+                    """
+                    SELECT format_type(a.atttypid, a.atttypmod) AS type
+                    FROM pg_attribute a
+                    WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped
+                    """, [.text(mapping.table.quoted), .text(column.name)])
+                guard let type = try rows.first?.decode("type", as: String.self) else {
+                    throw Problem(key: "tables.\(mapping.name)", message: "\(mapping.table) has no column \(column) (or the table does not exist)")
+                }
+                return type
+            }
+            resolved.types[mapping] = Types(id: try await type(mapping.idColumn), embedding: try await type(mapping.embeddingColumn))
+        }
+        return resolved
+    }
+
+    /// `UPDATE table SET embedding = point WHERE id = row` for arrays of (row id, point id) text.
+    /// Identifiers are validated and quoted; types come from the catalog; values are parameters.
+    func updateSQL(_ table: TableMapping) -> String {
+        let t = types[table] ?? Types(id: "text", embedding: "text")
+        return """
+            UPDATE \(table.table.quoted) AS t SET \(table.embeddingColumn.quoted) = u.point_id::\(t.embedding)
+            FROM unnest($1::text[], $2::text[]) AS u(row_id, point_id)
+            WHERE t.\(table.idColumn.quoted) = u.row_id::\(t.id)
+            """
+    }
+
+    /// Why `source` cannot be written back, or nil when it can: a row id or point id that does not
+    /// parse as the column's type would fail the whole acknowledgement.
+    func problem(with source: SourceUpdate) -> String? {
+        guard let t = types[source.table] else { return nil }
+        func fits(_ value: String, _ type: String) -> Bool {
+            switch type {
+            case "uuid": UUID(uuidString: value) != nil
+            case "bigint", "integer", "smallint": Int64(value) != nil
+            default: true
+            }
+        }
+        if !fits(source.rowID, t.id) {
+            return "source.id \"\(source.rowID)\" is not a valid \(t.id) for \(source.table.table).\(source.table.idColumn)"
+        }
+        if !fits(source.pointID, t.embedding) {
+            return "point id \(source.pointID) cannot be stored in \(source.table.table).\(source.table.embeddingColumn) (\(t.embedding))"
+        }
+        return nil
+    }
+}

@@ -1,0 +1,327 @@
+import Foundation
+import Logging
+
+/// The Qdrant REST calls the relay and reconciler make, over one keep-alive libcurl handle.
+public struct QdrantClient: Sendable {
+    let http: HTTPConnection
+    let configuration: QdrantConfiguration
+
+    public init(configuration: QdrantConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.http = HTTPConnection(logger: logger, secrets: [configuration.apiKey].compactMap { $0 })
+    }
+
+    /// One Qdrant reply: status, the envelope's `result`, and its error text when it failed.
+    public struct Reply: Sendable {
+        public let status: Int
+        public let result: JSONValue?
+        public let error: String?
+        public let retryAfter: String?
+
+        /// Qdrant's `result.status` for updates: `completed`, `acknowledged`, `wait_timeout`.
+        public var updateStatus: String? { result?["status"]?.stringValue }
+    }
+
+    public func call(_ method: HTTPRequest.Method, _ path: String, body: [UInt8]? = nil) async throws -> Reply {
+        var headers: [(name: String, value: String)] = []
+        if let key = configuration.apiKey { headers.append(("api-key", key)) }
+        if body != nil { headers.append(("Content-Type", "application/json")) }
+        let base = configuration.url.hasSuffix("/") ? String(configuration.url.dropLast()) : configuration.url
+        let response = try await http.perform(
+            HTTPRequest(method: method, url: base + path, headers: headers, body: body, timeout: configuration.timeout))
+        let json = try? JSONValue.parse(response.bodyText)
+        let error = json?["status"]?["error"]?.stringValue
+            ?? (response.status >= 400 ? String(response.bodyText.prefix(300)) : nil)
+        return Reply(status: response.status, result: json?["result"], error: error, retryAfter: response.headers["retry-after"])
+    }
+
+    /// Creates `spec` unless it exists; 409 (created meanwhile by someone else) counts as success.
+    public func ensureCollection(_ spec: CollectionSpec) async throws -> Reply {
+        let exists = try await call(.GET, "/collections/\(Self.escape(spec.name))/exists")
+        if exists.status == 200, exists.result?["exists"] == .bool(true) { return exists }
+        let body: JSONValue = ["vectors": ["size": .number(Double(spec.size)), "distance": .string(spec.distance)]]
+        let created = try await call(.PUT, "/collections/\(Self.escape(spec.name))", body: Array(body.jsonText.utf8))
+        return created.status == 409 ? Reply(status: 200, result: .bool(true), error: nil, retryAfter: nil) : created
+    }
+
+    /// Percent-escapes a collection name for a URL path segment.
+    static func escape(_ name: String) -> String {
+        name.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-_.~"))) ?? name
+    }
+}
+
+/// Applies `qdrant.*` events in claim order: consecutive operations of one kind on one collection
+/// become one request (upserts capped by bytes), sent with `wait=true` and confirmed only by
+/// `"status": "completed"`. A request rejected as a whole (4xx) is split in halves until the
+/// poison event is alone; it is dead-lettered and its neighbours are delivered.
+struct QdrantDeliverer: Deliverer {
+    let client: QdrantClient
+    let embedder: any Embedder
+    let tables: [String: TableMapping]
+    let sourceTypes: SourceColumnTypes
+    let collections: [String: CollectionSpec]
+    let maxBatchBytes: Int
+    let logger: Logger
+
+    enum Operation: Equatable {
+        case upsert(collection: String, point: JSONValue, text: String?, source: SourceUpdate?)
+        case delete(collection: String, ids: [JSONValue])
+        case setPayload(collection: String, ids: [JSONValue], payload: JSONValue)
+
+        var collection: String {
+            switch self {
+            case .upsert(let c, _, _, _), .delete(let c, _), .setPayload(let c, _, _): c
+            }
+        }
+    }
+
+    struct Item {
+        let event: ClaimedEvent
+        var operation: Operation
+        /// JSON size of this item's part of a request body, for the byte cap.
+        var bytes: Int
+    }
+
+    func deliver(_ events: [ClaimedEvent]) async -> [Int64: DeliveryOutcome] {
+        var outcomes: [Int64: DeliveryOutcome] = [:]
+        var items: [Item] = []
+        for event in events {
+            switch parse(event) {
+            case .success(let operation): items.append(Item(event: event, operation: operation, bytes: 0))
+            case .failure(let problem): outcomes[event.id] = .dead(reason: problem.message)
+            }
+        }
+        await embed(&items, outcomes: &outcomes)
+        items.removeAll { outcomes[$0.event.id] != nil }
+        for index in items.indices {
+            if case .upsert(_, let point, _, _) = items[index].operation { items[index].bytes = point.jsonText.utf8.count + 1 }
+        }
+
+        var blocker = KeyBlocker()
+        // Keys that failed during embedding are blocked for the rest of the batch.
+        for event in events { if let outcome = outcomes[event.id] { blocker.record(outcome, for: event) } }
+        var pending = items[...]
+        while let first = pending.first {
+            if blocker.isBlocked(first.event) {
+                outcomes[first.event.id] = .skipped
+                pending = pending.dropFirst()
+                continue
+            }
+            // A request: the run of same-kind operations on one collection, unblocked, within the byte cap.
+            var group = [first]
+            var size = first.bytes
+            var rest = pending.dropFirst()
+            while let next = rest.first, Self.sameRequest(first.operation, next.operation), !blocker.isBlocked(next.event),
+                size + next.bytes <= maxBatchBytes
+            {
+                group.append(next)
+                size += next.bytes
+                rest = rest.dropFirst()
+            }
+            pending = rest
+            for (id, outcome) in await send(group) {
+                outcomes[id] = outcome
+                if let event = group.first(where: { $0.event.id == id })?.event { blocker.record(outcome, for: event) }
+            }
+        }
+        return outcomes
+    }
+
+    static func sameRequest(_ a: Operation, _ b: Operation) -> Bool {
+        switch (a, b) {
+        case (.upsert(let c1, _, _, _), .upsert(let c2, _, _, _)): c1 == c2
+        case (.delete(let c1, _), .delete(let c2, _)): c1 == c2
+        // set_payload carries one payload per request: merge only identical payloads.
+        case (.setPayload(let c1, _, let p1), .setPayload(let c2, _, let p2)): c1 == c2 && p1 == p2
+        default: false
+        }
+    }
+
+    /// Sends one request for `group`; on a permanent rejection of several events, bisects.
+    private func send(_ group: [Item], createdCollection: Bool = false) async -> [(Int64, DeliveryOutcome)] {
+        let collection = group[0].operation.collection
+        let path = "/collections/\(QdrantClient.escape(collection))"
+        let body: JSONValue
+        let endpoint: (HTTPRequest.Method, String)
+        switch group[0].operation {
+        case .upsert:
+            body = ["points": .array(group.compactMap { if case .upsert(_, let p, _, _) = $0.operation { p } else { nil } })]
+            endpoint = (.PUT, path + "/points?wait=true&ordering=strong")
+        case .delete:
+            body = ["points": .array(group.flatMap { item -> [JSONValue] in
+                if case .delete(_, let ids) = item.operation { return ids }
+                return []
+            })]
+            endpoint = (.POST, path + "/points/delete?wait=true&ordering=strong")
+        case .setPayload(_, _, let payload):
+            body = ["payload": payload, "points": .array(group.flatMap { item -> [JSONValue] in
+                if case .setPayload(_, let ids, _) = item.operation { return ids }
+                return []
+            })]
+            endpoint = (.POST, path + "/points/payload?wait=true&ordering=strong")
+        }
+
+        let reply: QdrantClient.Reply
+        do {
+            reply = try await client.call(endpoint.0, endpoint.1, body: Array(body.jsonText.utf8))
+        } catch {
+            return group.map { ($0.event.id, .retry(reason: "qdrant: \(error)", retryAfter: nil)) }
+        }
+
+        if reply.status == 200 {
+            guard reply.updateStatus == "completed" else {
+                let status = reply.updateStatus ?? "missing"
+                return group.map { ($0.event.id, .retry(reason: "qdrant did not confirm the write (status \(status))", retryAfter: nil)) }
+            }
+            return group.map { item in
+                if case .upsert(_, _, _, let source) = item.operation { return (item.event.id, .delivered(source: source)) }
+                return (item.event.id, .delivered(source: nil))
+            }
+        }
+        let text = "qdrant answered \(reply.status): \(reply.error ?? "no error text")"
+        switch FailureClass.http(status: reply.status, retryAfterHeader: reply.retryAfter) {
+        case .transient(let retryAfter):
+            return group.map { ($0.event.id, .retry(reason: text, retryAfter: retryAfter)) }
+        case .permanent:
+            if reply.status == 404, !createdCollection, let spec = collections[collection] {
+                // A configured collection that does not exist yet: create it, then resend once.
+                if let created = try? await client.ensureCollection(spec), created.status == 200 {
+                    logger.info("Created Qdrant collection", metadata: ["qdrant.collection": "\(collection)"])
+                    return await send(group, createdCollection: true)
+                }
+            }
+            guard group.count > 1 else {
+                return [(group[0].event.id, .dead(reason: text))]
+            }
+            let half = group.count / 2
+            var results = await send(Array(group[..<half]), createdCollection: createdCollection)
+            // Events of a key that failed in the first half must not overtake it in the second.
+            let failedKeys = Set(results.compactMap { id, outcome -> String? in
+                guard case .retry = outcome else { return nil }
+                return group.first { $0.event.id == id }?.event.key
+            })
+            let second = Array(group[half...])
+            let blocked = second.filter { failedKeys.contains($0.event.key) }
+            let open = second.filter { !failedKeys.contains($0.event.key) }
+            results += blocked.map { ($0.event.id, .skipped) }
+            if !open.isEmpty { results += await send(open, createdCollection: createdCollection) }
+            return results
+        }
+    }
+
+    /// Fills in vectors for upserts that carry only text.
+    private func embed(_ items: inout [Item], outcomes: inout [Int64: DeliveryOutcome]) async {
+        let needing = items.indices.filter { if case .upsert(_, _, .some, _) = items[$0].operation { true } else { false } }
+        guard !needing.isEmpty else { return }
+        let texts = needing.map { index -> String in
+            if case .upsert(_, _, let text?, _) = items[index].operation { return text }
+            return ""
+        }
+        do {
+            let vectors = try await embedder.embed(texts)
+            for (index, vector) in zip(needing, vectors) {
+                guard case .upsert(let collection, .object(var point), _, let source) = items[index].operation else { continue }
+                point["vector"] = .array(vector.map { .number(Double($0)) })
+                items[index].operation = .upsert(collection: collection, point: .object(point), text: nil, source: source)
+            }
+        } catch let error as EmbeddingError {
+            for index in needing {
+                outcomes[items[index].event.id] = error.isTransient
+                    ? .retry(reason: error.description, retryAfter: error.retryAfter) : .dead(reason: error.description)
+            }
+        } catch {
+            for index in needing { outcomes[items[index].event.id] = .retry(reason: "embedding failed: \(error)", retryAfter: nil) }
+        }
+    }
+
+    struct PayloadProblem: Error {
+        let message: String
+    }
+
+    func parse(_ event: ClaimedEvent) -> Result<Operation, PayloadProblem> {
+        let p = event.payload
+        let name = "qdrant.\(event.operation)"
+        guard let collection = p["collection"]?.stringValue, !collection.isEmpty else {
+            return .failure(PayloadProblem(message: "malformed \(name) payload: \"collection\" must be a non-empty string"))
+        }
+        func ids() -> [JSONValue]? {
+            guard let ids = p["ids"]?.arrayValue, !ids.isEmpty, ids.allSatisfy(Self.isPointID) else { return nil }
+            return ids
+        }
+        switch event.operation {
+        case "upsert":
+            guard let id = p["id"], Self.isPointID(id) else {
+                return .failure(PayloadProblem(message: "malformed qdrant.upsert payload: \"id\" must be an unsigned integer or a UUID"))
+            }
+            var point: [String: JSONValue] = ["id": id, "payload": p["payload"] ?? .object([:])]
+            if case .object = point["payload"]! {} else {
+                return .failure(PayloadProblem(message: "malformed qdrant.upsert payload: \"payload\" must be an object"))
+            }
+            var text: String?
+            if let vector = p["vector"] {
+                guard let values = vector.arrayValue, !values.isEmpty, values.allSatisfy({ $0.numberValue != nil }) else {
+                    return .failure(PayloadProblem(message: "malformed qdrant.upsert payload: \"vector\" must be a non-empty list of numbers"))
+                }
+                point["vector"] = vector
+            } else if let t = p["text"]?.stringValue {
+                text = t
+            } else {
+                return .failure(PayloadProblem(message: "malformed qdrant.upsert payload: needs \"vector\" or \"text\""))
+            }
+            var source: SourceUpdate?
+            if let s = p["source"] {
+                guard let tableName = s["table"]?.stringValue else {
+                    return .failure(PayloadProblem(message: "malformed qdrant.upsert payload: \"source.table\" must be a string"))
+                }
+                guard let table = tables[tableName] else {
+                    return .failure(PayloadProblem(message:
+                        "source.table \"\(tableName)\" is not a table mapped in config (tables:); mapped: \(tables.keys.sorted().joined(separator: ", "))"))
+                }
+                let rowID: String
+                switch s["id"] {
+                case .string(let text)?: rowID = text
+                case .number(let n)? where n.rounded() == n: rowID = String(Int64(n))
+                default:
+                    return .failure(PayloadProblem(message: "malformed qdrant.upsert payload: \"source.id\" must be a string or an integer"))
+                }
+                let pointID: String = switch id {
+                case .string(let s): s.lowercased()
+                case .number(let n): String(UInt64(n))
+                default: ""
+                }
+                let update = SourceUpdate(table: table, rowID: rowID, pointID: pointID)
+                if let problem = sourceTypes.problem(with: update) { return .failure(PayloadProblem(message: problem)) }
+                source = update
+            }
+            return .success(.upsert(collection: collection, point: .object(point), text: text, source: source))
+        case "delete":
+            guard let ids = ids() else {
+                return .failure(PayloadProblem(message: "malformed qdrant.delete payload: \"ids\" must be a non-empty list of point ids"))
+            }
+            return .success(.delete(collection: collection, ids: ids))
+        case "set_payload":
+            guard let ids = ids() else {
+                return .failure(PayloadProblem(message: "malformed qdrant.set_payload payload: \"ids\" must be a non-empty list of point ids"))
+            }
+            guard let payload = p["payload"], case .object = payload else {
+                return .failure(PayloadProblem(message: "malformed qdrant.set_payload payload: \"payload\" must be an object"))
+            }
+            return .success(.setPayload(collection: collection, ids: ids, payload: payload))
+        default:
+            return .failure(PayloadProblem(message: "unknown operation qdrant.\(event.operation)"))
+        }
+    }
+
+    static func isPointID(_ value: JSONValue) -> Bool {
+        switch value {
+        case .number(let n): n >= 0 && n.rounded() == n && n < 1.8446744073709552e19
+        case .string(let s): UUID(uuidString: s) != nil || (s.count == 32 && UUID(uuidString: dashed(s)) != nil)
+        default: false
+        }
+    }
+
+    private static func dashed(_ s: String) -> String {
+        let c = Array(s)
+        return String(c[0..<8]) + "-" + String(c[8..<12]) + "-" + String(c[12..<16]) + "-" + String(c[16..<20]) + "-" + String(c[20...])
+    }
+}

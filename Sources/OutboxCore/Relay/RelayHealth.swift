@@ -1,0 +1,108 @@
+import Foundation
+import CoreMetrics
+import Metrics
+import Prometheus
+
+/// What the relay knows about its own health: feeds `/readyz`, `/status` and the metrics.
+public actor RelayHealth {
+    public struct Failure: Sendable, Equatable {
+        public let message: String
+        public let since: Date
+    }
+
+    private(set) var postgresFailure: Failure?
+    private(set) var destinationFailures: [OutboxEvent.Destination: Failure] = [:]
+    private(set) var totals: [OutboxEvent.Destination: OutboxStore.Acknowledgement] = [:]
+    private(set) var lastDelivery: [OutboxEvent.Destination: Date] = [:]
+    public let startedAt = Date()
+
+    public init() {}
+
+    func postgresOK() { postgresFailure = nil }
+
+    func postgresFailed(_ message: String) {
+        if postgresFailure == nil { postgresFailure = Failure(message: message, since: Date()) }
+    }
+
+    /// A batch where nothing was delivered and something failed transiently marks the destination
+    /// failing; any delivery clears it. Dead letters (bad events) say nothing about the destination.
+    func record(_ ack: OutboxStore.Acknowledgement, destination: OutboxEvent.Destination, lastRetryReason: String?) {
+        var total = totals[destination] ?? .init()
+        total.delivered += ack.delivered
+        total.retried += ack.retried
+        total.deadLettered += ack.deadLettered
+        totals[destination] = total
+        if ack.delivered > 0 {
+            destinationFailures[destination] = nil
+            lastDelivery[destination] = Date()
+        } else if ack.retried > 0, let reason = lastRetryReason, destinationFailures[destination] == nil {
+            destinationFailures[destination] = Failure(message: reason, since: Date())
+        }
+    }
+
+    /// Reasons the relay is not ready; empty when ready.
+    public func notReadyReasons() -> [String] {
+        var reasons: [String] = []
+        if let failure = postgresFailure { reasons.append("postgres unreachable: \(failure.message)") }
+        for (destination, failure) in destinationFailures.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+            reasons.append("\(destination.rawValue) failing since \(ISO8601DateFormatter().string(from: failure.since)): \(failure.message)")
+        }
+        return reasons
+    }
+
+    func snapshot() -> (totals: [OutboxEvent.Destination: OutboxStore.Acknowledgement], failures: [OutboxEvent.Destination: Failure],
+                        lastDelivery: [OutboxEvent.Destination: Date], postgres: Failure?)
+    {
+        (totals, destinationFailures, lastDelivery, postgresFailure)
+    }
+}
+
+/// The relay's Prometheus metrics. One registry per relay instance, so tests can run several.
+public struct RelayMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    let factory: PrometheusMetricsFactory
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = [
+            .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+            .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5),
+            .seconds(10), .seconds(30), .seconds(60), .seconds(300),
+        ]
+        self.factory = factory
+    }
+
+    func delivered(_ destination: OutboxEvent.Destination) -> Metrics.Counter {
+        Metrics.Counter(label: "outbox_events_delivered_total", dimensions: [("destination", destination.rawValue)], factory: factory)
+    }
+
+    func failed(_ destination: OutboxEvent.Destination) -> Metrics.Counter {
+        Metrics.Counter(label: "outbox_events_failed_total", dimensions: [("destination", destination.rawValue)], factory: factory)
+    }
+
+    func deadLettered(_ destination: OutboxEvent.Destination) -> Metrics.Counter {
+        Metrics.Counter(label: "outbox_events_dead_lettered_total", dimensions: [("destination", destination.rawValue)], factory: factory)
+    }
+
+    /// Commit (event `created_at`) → acknowledgement.
+    func latency(_ destination: OutboxEvent.Destination) -> Metrics.Timer {
+        Metrics.Timer(label: "outbox_delivery_latency_seconds", dimensions: [("destination", destination.rawValue)], factory: factory)
+    }
+
+    func backlog(_ destination: OutboxEvent.Destination) -> Metrics.Gauge {
+        Metrics.Gauge(label: "outbox_backlog_events", dimensions: [("destination", destination.rawValue)], factory: factory)
+    }
+
+    func oldestPending(_ destination: OutboxEvent.Destination) -> Metrics.Gauge {
+        Metrics.Gauge(label: "outbox_oldest_pending_seconds", dimensions: [("destination", destination.rawValue)], factory: factory)
+    }
+
+    func deadLetters(_ destination: OutboxEvent.Destination) -> Metrics.Gauge {
+        Metrics.Gauge(label: "outbox_dead_letters", dimensions: [("destination", destination.rawValue)], factory: factory)
+    }
+
+    func ready() -> Metrics.Gauge {
+        Metrics.Gauge(label: "outbox_relay_ready", dimensions: [], factory: factory)
+    }
+}

@@ -1,0 +1,308 @@
+import Foundation
+import CoreMetrics
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// A one-slot wake-up signal with an optional deadline.
+actor Wakeup {
+    private var signalled = false
+    private var waiter: CheckedContinuation<Void, Never>?
+
+    func signal() {
+        signalled = true
+        waiter?.resume()
+        waiter = nil
+    }
+
+    /// Returns when signalled (at once if a signal is pending), at `deadline`, or on cancellation.
+    func wait(until deadline: ContinuousClock.Instant?) async {
+        if signalled {
+            signalled = false
+            return
+        }
+        let timer = deadline.map { deadline in
+            Task { [weak self] in
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                await self?.signal()
+            }
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                if signalled || Task.isCancelled {
+                    continuation.resume()
+                } else {
+                    waiter = continuation
+                }
+            }
+        } onCancel: {
+            Task { await self.signal() }
+        }
+        signalled = false
+        timer?.cancel()
+    }
+}
+
+/// `outbox-relay serve`: one worker per destination (each with its own Postgres connection, so a
+/// dead Qdrant never slows Redis) and one listener that turns NOTIFY and a slow fallback poll
+/// into wake-ups. On graceful shutdown the workers stop claiming, finish the batch in hand and
+/// return; a batch still running when the process dies is rolled back by Postgres and released.
+public final class RelayService: Service {
+    let configuration: OutboxConfiguration
+    public let health: RelayHealth
+    public let metrics: RelayMetrics
+    let logger: Logger
+    private let wakeups: [OutboxEvent.Destination: Wakeup] = [.qdrant: Wakeup(), .redis: Wakeup()]
+
+    public init(configuration: OutboxConfiguration, health: RelayHealth, metrics: RelayMetrics, logger: Logger) {
+        self.configuration = configuration
+        self.health = health
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let stopping = StopFlag()
+        try await withGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for destination in [OutboxEvent.Destination.redis, .qdrant] {
+                    group.addTask { try await self.runWorker(destination, stopping: stopping) }
+                }
+                group.addTask { await self.runListener(stopping: stopping) }
+                try await group.next()
+                // The first child to return is a worker that saw the stop flag; let the rest finish.
+                try await group.waitForAll()
+            }
+        } onGracefulShutdown: {
+            stopping.set()
+            Task { for wakeup in self.wakeups.values { await wakeup.signal() } }
+        }
+        logger.info("Relay stopped")
+    }
+
+    // MARK: Worker
+
+    private func runWorker(_ destination: OutboxEvent.Destination, stopping: StopFlag) async throws {
+        var logger = self.logger
+        logger[metadataKey: "outbox.destination"] = "\(destination.rawValue)"
+        let wakeup = wakeups[destination]!
+        var failures = 0
+        while !stopping.isSet, !Task.isCancelled {
+            do {
+                let worker = try await DestinationWorker.start(
+                    destination: destination, configuration: configuration, health: health, metrics: metrics, logger: logger)
+                failures = 0
+                await health.postgresOK()
+                logger.info("Worker started")
+                try await worker.run(wakeup: wakeup, stopping: stopping)
+                return
+            } catch let error as SourceColumnTypes.Problem {
+                throw error  // a configuration problem: retrying cannot fix it
+            } catch is CancellationError {
+                return
+            } catch {
+                failures += 1
+                await health.postgresFailed("\(error)")
+                let delay = Backoff(initial: .milliseconds(250), maximum: .seconds(5)).delay(afterAttempt: failures)
+                logger.warning("Worker failed; restarting", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                try? await Task.sleep(for: delay)
+            }
+        }
+    }
+
+    // MARK: Listener
+
+    /// LISTENs on `outbox_events`; a notification wakes its destination's worker at once. Every
+    /// `relay.poll_interval` (the safety net for a lost notification) one cheap indexed query
+    /// looks for available events, and wakes the workers that have some.
+    private func runListener(stopping: StopFlag) async {
+        var failures = 0
+        while !stopping.isSet, !Task.isCancelled {
+            do {
+                let db = try await PostgresConnection.connect(listenerConfiguration(), logger: logger)
+                try await db.listen("outbox_events")
+                failures = 0
+                await health.postgresOK()
+                for wakeup in wakeups.values { await wakeup.signal() }  // catch up on anything missed
+                var nextPoll = ContinuousClock.now + configuration.relay.pollInterval
+                while !stopping.isSet, !Task.isCancelled {
+                    let notes = try await db.waitForNotifications(timeout: max(.zero, nextPoll - .now))
+                    for destination in Set(notes.compactMap { OutboxEvent.Destination(rawValue: $0.payload) }) {
+                        await wakeups[destination]?.signal()
+                    }
+                    if ContinuousClock.now >= nextPoll {
+                        let row = try await db.query(
+                            """
+                            SELECT (SELECT min(available_at) FROM outbox.events WHERE destination = 'qdrant') <= now() AS qdrant,
+                                   (SELECT min(available_at) FROM outbox.events WHERE destination = 'redis') <= now() AS redis
+                            """).first!
+                        for destination in [OutboxEvent.Destination.qdrant, .redis] where row[destination.rawValue] == .bool(true) {
+                            await wakeups[destination]?.signal()
+                        }
+                        nextPoll = .now + configuration.relay.pollInterval
+                    }
+                }
+            } catch {
+                if stopping.isSet || Task.isCancelled { return }
+                failures += 1
+                await health.postgresFailed("\(error)")
+                let delay = Backoff(initial: .milliseconds(250), maximum: .seconds(5)).delay(afterAttempt: failures)
+                logger.warning("Listener failed; reconnecting", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                try? await Task.sleep(for: delay)
+            }
+        }
+    }
+
+    private func listenerConfiguration() -> PostgresConfiguration {
+        var postgres = configuration.postgres
+        postgres.applicationName = "outbox-relay-listener"
+        return postgres
+    }
+}
+
+/// A flag set once, read from any task.
+final class StopFlag: Sendable {
+    private let state = Synchronization.Atomic<Bool>(false)
+    func set() { state.store(true, ordering: .relaxed) }
+    var isSet: Bool { state.load(ordering: .relaxed) }
+}
+
+/// Drains one destination: claim → deliver → acknowledge, all inside one transaction.
+final class DestinationWorker: Sendable {
+    let destination: OutboxEvent.Destination
+    let db: PostgresConnection
+    let deliverer: any Deliverer
+    let settings: RelaySettings
+    let sourceTypes: SourceColumnTypes
+    let health: RelayHealth
+    let metrics: RelayMetrics
+    let logger: Logger
+
+    private init(
+        destination: OutboxEvent.Destination, db: PostgresConnection, deliverer: any Deliverer, settings: RelaySettings,
+        sourceTypes: SourceColumnTypes, health: RelayHealth, metrics: RelayMetrics, logger: Logger
+    ) {
+        self.destination = destination
+        self.db = db
+        self.deliverer = deliverer
+        self.settings = settings
+        self.sourceTypes = sourceTypes
+        self.health = health
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    static func start(
+        destination: OutboxEvent.Destination, configuration: OutboxConfiguration, health: RelayHealth, metrics: RelayMetrics,
+        logger: Logger
+    ) async throws -> DestinationWorker {
+        var postgres = configuration.postgres
+        postgres.applicationName = "outbox-relay"
+        let db = try await PostgresConnection.connect(postgres, logger: logger)
+        // A relay frozen mid-claim (SIGSTOP, a hung host) loses its session after this long, and
+        // with it the row locks: other relays take over its keys. Set per session, not guessed later.
+        try await db.query(
+            "SELECT set_config('idle_in_transaction_session_timeout', $1, false)",
+            [.text("\(configuration.relay.claimIdleTimeout.milliseconds)ms")])
+        let sourceTypes = try await SourceColumnTypes.resolve(configuration.tables, on: db)
+        let deliverer: any Deliverer
+        switch destination {
+        case .redis:
+            let redis = try await RedisConnection.connect(configuration.redis, logger: logger)
+            let instance = try await db.query("SELECT id FROM outbox.instance").first?.decode("id", as: String.self) ?? "default"
+            deliverer = RedisDeliverer(
+                redis: redis, dedupeNamespace: "\(configuration.relay.dedupePrefix):\(instance)",
+                dedupeTTL: configuration.relay.dedupeTTL, logger: logger)
+        case .qdrant:
+            let client = QdrantClient(configuration: configuration.qdrant, logger: logger)
+            for spec in configuration.collections.values.sorted(by: { $0.name < $1.name }) {
+                // Best effort at start; a 404 during delivery creates it again.
+                if let reply = try? await client.ensureCollection(spec), reply.status != 200 {
+                    logger.warning("Could not create Qdrant collection", metadata: [
+                        "qdrant.collection": "\(spec.name)", "qdrant.status": "\(reply.status)", "qdrant.error": "\(reply.error ?? "")",
+                    ])
+                }
+            }
+            deliverer = QdrantDeliverer(
+                client: client, embedder: configuration.embedding.makeEmbedder(logger: logger), tables: configuration.tables,
+                sourceTypes: sourceTypes, collections: configuration.collections,
+                maxBatchBytes: configuration.relay.qdrantMaxBatchBytes, logger: logger)
+        }
+        return DestinationWorker(
+            destination: destination, db: db, deliverer: deliverer, settings: configuration.relay, sourceTypes: sourceTypes,
+            health: health, metrics: metrics, logger: logger)
+    }
+
+    func run(wakeup: Wakeup, stopping: StopFlag) async throws {
+        var nextRetry: ContinuousClock.Instant?
+        while !stopping.isSet {
+            let result = try await drainBatch()
+            await health.postgresOK()
+            if let retry = result.retryIn {
+                let at = ContinuousClock.now + retry
+                nextRetry = min(nextRetry ?? at, at)
+            }
+            if result.claimed == 0 {
+                await wakeup.wait(until: nextRetry.map { min($0, .now + settings.pollInterval) })
+                if let due = nextRetry, due <= .now { nextRetry = nil }
+            }
+        }
+    }
+
+    struct BatchResult {
+        var claimed = 0
+        var retryIn: Duration?
+    }
+
+    /// One claim → deliver → acknowledge transaction.
+    func drainBatch() async throws -> BatchResult {
+        let started = Date()
+        var result = BatchResult()
+        var lastRetry: String?
+        let (ack, delivered) = try await db.transaction { tx -> (OutboxStore.Acknowledgement, [ClaimedEvent]) in
+            let events = try await OutboxStore.claim(
+                tx, destination: destination, batchSize: settings.batchSize, maxPerKey: settings.maxPerKey)
+            result.claimed = events.count
+            guard !events.isEmpty else { return (.init(), []) }
+            let outcomes = await deliverer.deliver(events)
+            for event in events {
+                switch outcomes[event.id] {
+                case .retry(let reason, let after)?:
+                    lastRetry = reason
+                    let wait = max(settings.backoff.initial / 2, after ?? .zero)
+                    result.retryIn = min(result.retryIn ?? wait, wait)
+                case .dead(let reason)?:
+                    logger.warning("Event dead-lettered", metadata: [
+                        "outbox.event_id": "\(event.id)", "outbox.key": "\(event.key)", "outbox.operation": "\(event.operation)",
+                        "outbox.reason": "\(reason)",
+                    ])
+                default: break
+                }
+            }
+            let ack = try await OutboxStore.acknowledge(
+                tx, events: events, outcomes: outcomes, settings: settings, sources: sourceTypes)
+            return (ack, events.filter { if case .delivered = outcomes[$0.id] { true } else { false } })
+        }
+        guard result.claimed > 0 else { return result }
+        let acknowledged = Date()
+        let latency = metrics.latency(destination)
+        for event in delivered {
+            latency.recordNanoseconds(Int64(max(0, acknowledged.timeIntervalSince(event.createdAt)) * 1e9))
+        }
+        metrics.delivered(destination).increment(by: ack.delivered)
+        metrics.failed(destination).increment(by: ack.retried)
+        metrics.deadLettered(destination).increment(by: ack.deadLettered)
+        await health.record(ack, destination: destination, lastRetryReason: lastRetry)
+        if ack.retried > 0, let lastRetry {
+            logger.warning("Delivery failed; will retry", metadata: [
+                "outbox.retried": "\(ack.retried)", "outbox.error": "\(lastRetry)",
+            ])
+        }
+        logger.debug("Batch acknowledged", metadata: [
+            "outbox.batch_size": "\(result.claimed)", "outbox.delivered": "\(ack.delivered)",
+            "outbox.dead_lettered": "\(ack.deadLettered)", "outbox.retried": "\(ack.retried)",
+            "outbox.batch_ms": "\(Int(acknowledged.timeIntervalSince(started) * 1000))",
+        ])
+        return result
+    }
+}

@@ -1,0 +1,279 @@
+import Foundation
+import Testing
+
+@testable import OutboxCore
+
+/// `outbox-relay serve` end to end: real Postgres (a fresh database per test, so each relay
+/// drains only its own outbox), real Redis, the Qdrant stand-in.
+@Suite struct RelayTests {
+    @Test func drains10000EventsOver500KeysInOrderExactlyOnce() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let scenario = DrainScenario(keys: 500, rowsPerKey: 10)
+            try await scenario.seed(db, qdrant: qdrant)
+            #expect(try await scenario.pending(db) == 10_000)
+            let relay = try RelayProcess(databaseURL: url)
+            try await eventually("drain", timeout: .seconds(120)) { try await scenario.pending(db) == 0 }
+            try await scenario.verify(db, qdrant: qdrant)
+            let metrics = await relay.get("/metrics")?.body ?? ""
+            #expect(metrics.contains(#"outbox_events_delivered_total{destination="redis"} 5000"#), "\(metrics.prefix(3000))")
+            #expect(metrics.contains(#"outbox_events_delivered_total{destination="qdrant"} 5000"#))
+            #expect(metrics.contains("outbox_delivery_latency_seconds_bucket"))
+        }
+    }
+
+    @Test func killMinus9MidDrainThenRestartLosesAndDuplicatesNothing() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let scenario = DrainScenario(keys: 300, rowsPerKey: 10)
+            try await scenario.seed(db, qdrant: qdrant)
+            // Small batches so the kill lands with work both done and in flight.
+            let slow = ["OUTBOX_RELAY_BATCH_SIZE": "20"]
+            let first = try RelayProcess(databaseURL: url, environment: slow)
+            try await eventually("partial progress", timeout: .seconds(60)) {
+                try await scenario.pending(db) < scenario.eventCount * 3 / 4
+            }
+            first.signal(SIGKILL)
+            #expect(await first.waitForExit(timeout: .seconds(5)) != nil)
+            let left = try await scenario.pending(db)
+            #expect(left > 0, "the relay finished before it was killed; nothing was tested")
+
+            let second = try RelayProcess(databaseURL: url)
+            try await eventually("drain after restart", timeout: .seconds(120)) { try await scenario.pending(db) == 0 }
+            try await scenario.verify(db, qdrant: qdrant)
+            _ = second
+        }
+    }
+
+    @Test func twoRelaysOnOneOutboxShareTheWorkWithoutDuplicates() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let scenario = DrainScenario(keys: 300, rowsPerKey: 10)
+            try await scenario.seed(db, qdrant: qdrant)
+            let small = ["OUTBOX_RELAY_BATCH_SIZE": "50"]
+            let a = try RelayProcess(databaseURL: url, environment: small)
+            let b = try RelayProcess(databaseURL: url, environment: small)
+            try await eventually("drain by two relays", timeout: .seconds(120)) { try await scenario.pending(db) == 0 }
+            try await scenario.verify(db, qdrant: qdrant)
+            // Both took part.
+            for relay in [a, b] {
+                let metrics = await relay.get("/metrics")?.body ?? ""
+                #expect(metrics.contains(#"outbox_events_delivered_total{destination="redis"}"#), "a relay delivered nothing")
+            }
+        }
+    }
+
+    @Test func poisonEventsAreDeadLetteredAfterOneAttemptWhileTheirNeighboursLand() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let collection = TestEnvironment.uniqueName("poison")
+            let stream = "stream:" + collection
+            #expect(try await qdrant.call(.PUT, "/collections/\(collection)", ["vectors": ["size": 4, "distance": "Dot"]]).status == 200)
+            var good: [UUID] = []
+            try await db.transaction { tx in
+                for n in 0..<20 {
+                    let id = UUID()
+                    good.append(id)
+                    try await OutboxWriter.enqueue(.qdrantUpsert(collection: collection, id: .uuid(id), vector: [1, 0, 0, Float(n)], key: "k\(n)"), on: tx)
+                    if n == 7 {  // wrong vector dimension
+                        try await OutboxWriter.enqueue(.qdrantUpsert(collection: collection, id: .uuid(UUID()), vector: [1, 2, 3], key: "bad-dim"), on: tx)
+                    }
+                    if n == 12 {  // a source table the config does not map
+                        let row = UUID()
+                        try await OutboxWriter.enqueue(.qdrantUpsert(
+                            collection: collection, id: .uuid(row), vector: [0, 1, 0, 0], source: ("orders; DROP TABLE x", row.uuidString)), on: tx)
+                    }
+                    try await OutboxWriter.enqueue(.redisXAdd(stream: stream, fields: ["n": String(n)], key: "k\(n)"), on: tx)
+                }
+            }
+            // A writer that bypassed outbox.enqueue: payloads of the wrong shape.
+            try await db.query("""
+                INSERT INTO outbox.events (destination, operation, key, payload) VALUES
+                  ('redis', 'xadd', 'bad-shape', '{"stream": 5, "fields": {"a": "b"}}'),
+                  ('qdrant', 'delete', 'bad-shape-q', '{"collection": "\(collection)", "ids": "all"}')
+                """)
+            let relay = try RelayProcess(databaseURL: url)
+            try await eventually("drain", timeout: .seconds(60)) {
+                try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 0
+            }
+            let dead = try await db.query("SELECT key, attempts, error FROM outbox.dead_letters ORDER BY id")
+            let byKey = Dictionary(uniqueKeysWithValues: try dead.rows.map { (try $0.decode("key", as: String.self), $0) })
+            #expect(dead.rows.count == 4)
+            #expect(try dead.rows.allSatisfy { try $0.decode("attempts", as: Int.self) == 1 })
+            #expect(try byKey["bad-dim"]?.decode("error", as: String.self).contains("Vector dimension error: expected dim: 4, got 3") == true)
+            let unmapped = dead.rows.first { (try? $0.decode("error", as: String.self).contains("is not a table mapped in config")) == true }
+            #expect(unmapped != nil)
+            #expect(try byKey["bad-shape"]?.decode("error", as: String.self) == #"malformed redis.xadd payload: "stream" must be a string"#)
+            #expect(try byKey["bad-shape-q"]?.decode("error", as: String.self).contains(#""ids" must be a non-empty list"#) == true)
+
+            let count = try await qdrant.call(.POST, "/collections/\(collection)/points/count", ["exact": true])
+            #expect(count.json?["result"]?["count"] == .number(Double(good.count)))
+            let redis = try await TestEnvironment.redis()
+            #expect(try await redis.command("XLEN", stream) == .integer(20))
+            let status = try JSONValue.parse(await relay.get("/status")?.body ?? "{}")
+            #expect(status["destinations"]?["qdrant"]?["dead_lettered"] == 3)
+            #expect(status["destinations"]?["redis"]?["dead_lettered"] == 1)
+            #expect(status["destinations"]?["qdrant"]?["dead_letters"] == 3)
+
+            // dead-letters list / requeue / purge, as an operator uses them.
+            let cli = try TestEnvironment.executable("outbox-relay")
+            let env = ["OUTBOX_POSTGRES_URL": url]
+            let list = try await runProcess(cli, ["dead-letters", "list", "--config", "config/outbox.yaml"], environment: env)
+            #expect(list.status == 0)
+            #expect(list.stdout.contains("4 dead letter(s)"))
+            #expect(list.stdout.contains("Vector dimension error"))
+            let purge = try await runProcess(cli, ["dead-letters", "purge", "--key", "bad-shape", "--config", "config/outbox.yaml"], environment: env)
+            #expect(purge.stdout == "purged 1 dead letter(s)\n")
+            let requeue = try await runProcess(cli, ["dead-letters", "requeue", "--all", "--config", "config/outbox.yaml"], environment: env)
+            #expect(requeue.stdout == "requeued 3 event(s)\n")
+            // Still poison: back in dead letters after one more attempt.
+            try await eventually("requeued poison dead again", timeout: .seconds(30)) {
+                try await db.query("SELECT count(*) AS n FROM outbox.dead_letters").first!.decode("n", as: Int.self) == 3
+            }
+            let invalid = try await runProcess(cli, ["dead-letters", "requeue", "--config", "config/outbox.yaml"], environment: env)
+            #expect(invalid.status != 0)
+            #expect(invalid.stderr.contains("choose exactly one of --id, --key or --all"))
+            try await redis.command("DEL", stream)
+            _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
+        }
+    }
+
+    @Test func readyzIs503WhilePostgresIsUnreachableAndTheRelayRecoversByItself() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let scenario = DrainScenario(keys: 100, rowsPerKey: 5)
+            // The relay reaches Postgres through a TCP relay that the test cuts (as a stopped server
+            // looks to a client), while the shared server keeps serving the other tests.
+            var parts = try #require(URLParts(url))
+            let cutPort = try freePort()
+            let cutoff = try startCutoff(port: cutPort, target: parts.port ?? 5432)
+            parts.port = cutPort
+            let viaCutoff = "postgresql://\(parts.user ?? ""):\(parts.password ?? "")@127.0.0.1:\(cutPort)\(parts.path)"
+            let relay = try RelayProcess(databaseURL: viaCutoff, environment: ["OUTBOX_RELAY_POLL_INTERVAL": "1s"])
+            try await relay.waitUntilReady()
+
+            // SIGKILL: children of the test process inherit its blocked-signal mask, so SIGTERM
+            // may never arrive; a killed relay also looks exactly like a stopped server.
+            kill(cutoff.processIdentifier, SIGKILL)
+            while cutoff.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+            try await eventually("readyz 503", timeout: .seconds(15)) { await relay.get("/readyz")?.status == 503 }
+            let body = await relay.get("/readyz")?.body ?? ""
+            let json = try JSONValue.parse(body)
+            #expect(json["status"] == "not ready")
+            #expect(json["reasons"]?.arrayValue?.first?.stringValue?.hasPrefix("postgres unreachable") == true, "\(body)")
+            #expect(await relay.get("/livez")?.status == 200)
+
+            // Work arrives while the relay cannot see it.
+            try await scenario.seed(db, qdrant: qdrant)
+            let restored = try startCutoff(port: cutPort, target: URLParts(url)?.port ?? 5432)
+            defer { kill(restored.processIdentifier, SIGKILL) }
+            try await eventually("readyz 200 again", timeout: .seconds(30)) { await relay.get("/readyz")?.status == 200 }
+            try await eventually("drain after reconnect", timeout: .seconds(60)) { try await scenario.pending(db) == 0 }
+            try await scenario.verify(db, qdrant: qdrant)
+        }
+    }
+
+    func startCutoff(port: Int, target: Int, countFile: String? = nil) throws -> Process {
+        let python = URL(fileURLWithPath: try TestEnvironment.variable("OUTBOX_VENV")).appendingPathComponent("bin/python")
+        let process = Process()
+        process.executableURL = python
+        process.arguments = [
+            TestEnvironment.repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/tcp_cutoff.py").path,
+            String(port), "127.0.0.1", String(target),
+        ] + (countFile.map { [$0] } ?? [])
+        let out = Pipe()
+        process.standardOutput = out
+        try process.run()
+        _ = out.fileHandleForReading.availableData  // "ready"
+        return process
+    }
+
+    @Test func sigtermMidDrainExits0WithinTheGraceAndARestartFinishes() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let scenario = DrainScenario(keys: 300, rowsPerKey: 10)
+            try await scenario.seed(db, qdrant: qdrant)
+            let first = try RelayProcess(databaseURL: url, environment: ["OUTBOX_RELAY_BATCH_SIZE": "20"])
+            try await eventually("partial progress", timeout: .seconds(60)) {
+                try await scenario.pending(db) < scenario.eventCount * 3 / 4
+            }
+            let signalled = ContinuousClock.now
+            first.signal(SIGTERM)
+            let status = await first.waitForExit(timeout: .seconds(12))  // shutdown_grace is 10 s
+            #expect(status == 0, "exit status \(String(describing: status)); log: \(first.log.suffix(2000))")
+            #expect(ContinuousClock.now - signalled < .seconds(11))
+            #expect(first.log.contains("Relay stopped"))
+            #expect(try await scenario.pending(db) > 0, "the relay finished before SIGTERM; nothing was tested")
+
+            let second = try RelayProcess(databaseURL: url)
+            try await eventually("drain after restart", timeout: .seconds(120)) { try await scenario.pending(db) == 0 }
+            try await scenario.verify(db, qdrant: qdrant)
+            _ = second
+        }
+    }
+
+    /// Idle cost: only the fallback poll reaches the database, and the process sleeps. Statements
+    /// are counted on the wire, between the relay and Postgres.
+    @Test func idleRelayIssuesNoMoreThanTheFallbackPollsQueries() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, _ in
+            var parts = try #require(URLParts(url))
+            let port = try freePort()
+            let countFile = FileManager.default.temporaryDirectory.appendingPathComponent("statements-\(UUID().uuidString)").path
+            let counter = try startCutoff(port: port, target: parts.port ?? 5432, countFile: countFile)
+            defer { kill(counter.processIdentifier, SIGKILL) }
+            parts.port = port
+            let relay = try RelayProcess(
+                databaseURL: "postgresql://\(parts.user ?? ""):\(parts.password ?? "")@127.0.0.1:\(port)\(parts.path)",
+                environment: ["OUTBOX_RELAY_POLL_INTERVAL": "2s"])
+            try await relay.waitUntilReady()
+            try await Task.sleep(for: .seconds(3))  // start-up settled
+            func statements() -> Int { Int((try? String(contentsOfFile: countFile, encoding: .utf8)) ?? "") ?? -1 }
+            let cpuBefore = cpuSeconds(relay.process.processIdentifier)
+            let before = statements()
+            try await Task.sleep(for: .seconds(10))
+            let sent = statements() - before
+            let cpu = cpuSeconds(relay.process.processIdentifier) - cpuBefore
+            // 10 s at one poll per 2 s: 5 polls of one statement each (6 if the window straddles one).
+            #expect(before >= 0 && sent <= 6, "idle relay sent \(sent) statements in 10 s")
+            #expect(cpu < 0.2, "idle relay used \(cpu) s of CPU in 10 s")
+        }
+    }
+
+    func cpuSeconds(_ pid: Int32) -> Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // utime and stime are fields 14 and 15 of /proc/PID/stat (11 and 12 after the comm field).
+        let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)
+        return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+}
+
+extension HTTPDriverTests {
+    /// Shares the serialized suite with the other stand-in fault tests: its faults are global.
+    @Test func qdrantDownFor20SecondsDoesNotSlowRedisAndNothingIsDeadLettered() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let scenario = DrainScenario(keys: 100, rowsPerKey: 5)
+            try await scenario.seed(db, qdrant: qdrant)
+            try await qdrant.setFaults(["status": 503, "duration_s": 20, "paths": .string(scenario.collection)])
+            let started = ContinuousClock.now
+            let relay = try RelayProcess(databaseURL: url)
+            func pending(_ destination: String) async throws -> Int {
+                try await db.query("SELECT count(*) AS n FROM outbox.events WHERE destination = $1", [.text(destination)])
+                    .first!.decode("n")
+            }
+            try await eventually("redis drained while qdrant is down", timeout: .seconds(15)) { try await pending("redis") == 0 }
+            #expect(ContinuousClock.now - started < .seconds(20))
+            #expect(try await pending("qdrant") > 0, "qdrant events landed during the outage?")
+            try await eventually("readyz reports qdrant failing", timeout: .seconds(10)) { await relay.get("/readyz")?.status == 503 }
+            #expect((await relay.get("/readyz")?.body ?? "").contains("qdrant failing"))
+
+            try await eventually("qdrant drained after recovery", timeout: .seconds(60)) { try await pending("qdrant") == 0 }
+            #expect(ContinuousClock.now - started >= .seconds(20))
+            try await scenario.verify(db, qdrant: qdrant)
+            try await eventually("readyz 200 after recovery", timeout: .seconds(10)) { await relay.get("/readyz")?.status == 200 }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+import Foundation
+import Logging
+import Testing
+
+@testable import OutboxCore
+
+@Suite struct RelayLogicTests {
+    @Test func backoffGrowsExponentiallyWithJitterAndIsCapped() {
+        let backoff = Backoff(initial: .milliseconds(500), maximum: .seconds(10))
+        #expect(backoff.delay(afterAttempt: 1, random: 1) == .milliseconds(500))
+        #expect(backoff.delay(afterAttempt: 1, random: 0) == .milliseconds(250))
+        #expect(backoff.delay(afterAttempt: 3, random: 1) == .seconds(2))
+        #expect(backoff.delay(afterAttempt: 30, random: 1) == .seconds(10))
+        #expect(backoff.delay(afterAttempt: 30, random: 0) == .seconds(5))
+    }
+
+    @Test func httpStatusesAreClassifiedAsTheContractSays() {
+        for status in [408, 429, 500, 502, 503, 504] {
+            #expect(FailureClass.http(status: status, retryAfterHeader: nil) == .transient(retryAfter: nil))
+        }
+        for status in [400, 401, 403, 404, 409, 422] {
+            #expect(FailureClass.http(status: status, retryAfterHeader: nil) == .permanent)
+        }
+        #expect(FailureClass.http(status: 429, retryAfterHeader: "7") == .transient(retryAfter: .seconds(7)))
+        #expect(FailureClass.parseRetryAfter("Wed, 21 Oct 2015 07:28:00 GMT") == nil)
+    }
+
+    @Test func redisErrorRepliesAreClassified() {
+        #expect(FailureClass.redis(errorReply: "WRONGTYPE Operation against a key") == .permanent)
+        #expect(FailureClass.redis(errorReply: "ERR unknown command") == .permanent)
+        #expect(FailureClass.redis(errorReply: "LOADING Redis is loading the dataset") == .transient(retryAfter: nil))
+        #expect(FailureClass.redis(errorReply: "OOM command not allowed") == .transient(retryAfter: nil))
+    }
+
+    @Test func hashingEmbedderIsDeterministicNormalisedAndLexical() async throws {
+        let embedder = HashingEmbedder(dimensions: 64)
+        let vectors = try await embedder.embed(["invoice from acme corp", "invoice from acme corp", "weather in oslo", ""])
+        #expect(vectors[0] == vectors[1])
+        #expect(vectors.allSatisfy { $0.count == 64 })
+        let norm = vectors[0].reduce(0) { $0 + $1 * $1 }
+        #expect(abs(norm - 1) < 1e-5)
+        func cosine(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).reduce(0) { $0 + $1.0 * $1.1 } }
+        let near = try await embedder.embed(["acme corp invoice total"])[0]
+        #expect(cosine(vectors[0], near) > cosine(vectors[0], vectors[2]))
+        #expect(vectors[3].reduce(0) { $0 + $1 * $1 } > 0, "an empty text still gets a valid vector")
+    }
+
+    @Test func arrayParametersQuoteTheirElements() {
+        #expect(PostgresText.arrayLiteral(["a", "b"].map(PostgresText.quoteArrayElement)) == #"{"a","b"}"#)
+        #expect(PostgresText.quoteArrayElement(#"say "hi" \ bye"#) == #""say \"hi\" \\ bye""#)
+        #expect(PostgresText.quoteArrayElement("NULL") == #""NULL""#)
+    }
+
+    @Test func keyBlockerBlocksOnlyTheFailedKey() {
+        func event(_ id: Int64, _ key: String) -> ClaimedEvent {
+            ClaimedEvent(id: id, destination: .redis, operation: "set", key: key, payload: [:], createdAt: Date(), attempts: 0)
+        }
+        var blocker = KeyBlocker()
+        blocker.record(.retry(reason: "down", retryAfter: nil), for: event(1, "a"))
+        blocker.record(.dead(reason: "poison"), for: event(2, "b"))
+        #expect(blocker.isBlocked(event(3, "a")))
+        #expect(!blocker.isBlocked(event(4, "b")), "a dead-lettered event does not block its key")
+        #expect(!blocker.isBlocked(event(5, "c")))
+    }
+}
+
+@Suite struct DelivererParsingTests {
+    func event(_ operation: String, _ payload: JSONValue, destination: OutboxEvent.Destination = .qdrant) -> ClaimedEvent {
+        ClaimedEvent(id: 1, destination: destination, operation: operation, key: "k", payload: payload, createdAt: Date(), attempts: 0)
+    }
+
+    var qdrant: QdrantDeliverer {
+        QdrantDeliverer(
+            client: QdrantClient(configuration: QdrantConfiguration(url: "http://127.0.0.1:1"), logger: Logger(label: "t")),
+            embedder: HashingEmbedder(dimensions: 4), tables: ["extractions": .extractions], sourceTypes: SourceColumnTypes(),
+            collections: [:], maxBatchBytes: 1 << 20, logger: Logger(label: "t"))
+    }
+
+    @Test func upsertWithSourceBecomesAPointAndASourceUpdate() throws {
+        let op = try qdrant.parse(event("upsert", [
+            "collection": "c", "id": "6F1C1D3E-5B1A-4C36-9A8F-2F0D3B7C9E11", "vector": [1, 2],
+            "source": ["table": "extractions", "id": "row-1"],
+        ])).get()
+        guard case .upsert(let collection, let point, let text, let source) = op else {
+            Issue.record("not an upsert: \(op)")
+            return
+        }
+        #expect(collection == "c")
+        #expect(point["vector"] == [1, 2])
+        #expect(point["payload"] == .object([:]))
+        #expect(text == nil)
+        #expect(source?.rowID == "row-1")
+        #expect(source?.pointID == "6f1c1d3e-5b1a-4c36-9a8f-2f0d3b7c9e11")
+    }
+
+    @Test(arguments: [
+        (JSONValue.object(["id": 1, "vector": [1]]), #""collection" must be a non-empty string"#),
+        (JSONValue.object(["collection": "c", "id": -1, "vector": [1]]), #""id" must be an unsigned integer or a UUID"#),
+        (JSONValue.object(["collection": "c", "id": 1]), #"needs "vector" or "text""#),
+        (JSONValue.object(["collection": "c", "id": 1, "vector": ["x"]]), #""vector" must be a non-empty list of numbers"#),
+        (JSONValue.object(["collection": "c", "id": 1, "text": "t", "source": ["table": "orders", "id": "1"]]), #"source.table "orders" is not a table mapped"#),
+    ])
+    func malformedUpsertsAreNamed(payload: JSONValue, message: String) {
+        guard case .failure(let problem) = qdrant.parse(event("upsert", payload)) else {
+            Issue.record("accepted \(payload)")
+            return
+        }
+        #expect(problem.message.contains(message), "\(problem.message)")
+    }
+
+    @Test func onlyIdenticalSetPayloadsShareARequest() {
+        let a = QdrantDeliverer.Operation.setPayload(collection: "c", ids: [1], payload: ["x": 1])
+        let b = QdrantDeliverer.Operation.setPayload(collection: "c", ids: [2], payload: ["x": 1])
+        let c = QdrantDeliverer.Operation.setPayload(collection: "c", ids: [3], payload: ["x": 2])
+        #expect(QdrantDeliverer.sameRequest(a, b))
+        #expect(!QdrantDeliverer.sameRequest(a, c))
+        #expect(!QdrantDeliverer.sameRequest(.delete(collection: "c", ids: [1]), .delete(collection: "d", ids: [1])))
+    }
+
+    @Test func redisCommandsCarryTheDedupeKeyAndOutboxID() throws {
+        let redis = RedisDelivererCommands(namespace: "outbox:dedupe:db1")
+        let xadd = try redis.command(for: event("xadd", ["stream": "s", "fields": ["b": "2", "a": "1"], "maxlen": 100], destination: .redis)).get()
+        #expect(xadd.arguments.map { String(decoding: $0, as: UTF8.self) }
+            == ["EVALSHA", "sha-x", "2", "s", "outbox:dedupe:db1:1", "604800", "100", "1", "a", "1", "b", "2"])
+        let set = try redis.command(for: event("set", ["key": "k", "value": "v", "ttl_seconds": 60], destination: .redis)).get()
+        #expect(set.arguments.map { String(decoding: $0, as: UTF8.self) } == ["SET", "k", "v", "EX", "60"])
+        guard case .failure(let problem) = redis.command(for: event("set", ["key": "k", "value": 5], destination: .redis)) else {
+            Issue.record("accepted a non-string value")
+            return
+        }
+        #expect(problem.message == #"malformed redis.set payload: "value" must be a string"#)
+    }
+}
+
+/// `RedisDeliverer.command(for:)` without a connection (its Lua SHAs stubbed).
+struct RedisDelivererCommands {
+    let namespace: String
+
+    func command(for event: ClaimedEvent) -> Result<RedisCommand, RedisDeliverer.PayloadProblem> {
+        RedisDeliverer.buildCommand(for: event, shas: (xadd: "sha-x", publish: "sha-p"), dedupeNamespace: namespace, dedupeTTL: .seconds(604_800))
+    }
+}
