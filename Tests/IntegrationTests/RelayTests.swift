@@ -267,8 +267,13 @@ extension HTTPDriverTests {
             try await eventually("redis drained while qdrant is down", timeout: .seconds(15)) { try await pending("redis") == 0 }
             #expect(ContinuousClock.now - started < .seconds(20))
             #expect(try await pending("qdrant") > 0, "qdrant events landed during the outage?")
-            try await eventually("readyz reports qdrant failing", timeout: .seconds(10)) { await relay.get("/readyz")?.status == 503 }
-            #expect((await relay.get("/readyz")?.body ?? "").contains("qdrant failing"))
+            var readyz = ""
+            try await eventually("readyz reports qdrant failing (last: \(readyz))", timeout: .seconds(10)) {
+                guard let r = await relay.get("/readyz") else { return false }
+                readyz = r.body
+                return r.status == 503 && r.body.contains("qdrant failing")
+            }
+            #expect(ContinuousClock.now - started < .seconds(20), "readyz did not report the outage while it lasted")
 
             try await eventually("qdrant drained after recovery", timeout: .seconds(60)) { try await pending("qdrant") == 0 }
             #expect(ContinuousClock.now - started >= .seconds(20))

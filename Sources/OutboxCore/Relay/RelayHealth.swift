@@ -10,7 +10,11 @@ public actor RelayHealth {
         public let since: Date
     }
 
-    private(set) var postgresFailure: Failure?
+    /// Postgres failures by component (`listener`, `redis worker`, …): one component's success
+    /// does not clear another's failure.
+    private(set) var postgresFailures: [String: Failure] = [:]
+    /// Components that have not completed start-up yet.
+    private(set) var starting: Set<String> = ["listener", "redis worker", "qdrant worker"]
     private(set) var destinationFailures: [OutboxEvent.Destination: Failure] = [:]
     private(set) var totals: [OutboxEvent.Destination: OutboxStore.Acknowledgement] = [:]
     private(set) var lastDelivery: [OutboxEvent.Destination: Date] = [:]
@@ -18,10 +22,13 @@ public actor RelayHealth {
 
     public init() {}
 
-    func postgresOK() { postgresFailure = nil }
+    func postgresOK(_ component: String) {
+        postgresFailures[component] = nil
+        starting.remove(component)
+    }
 
-    func postgresFailed(_ message: String) {
-        if postgresFailure == nil { postgresFailure = Failure(message: message, since: Date()) }
+    func postgresFailed(_ component: String, _ message: String) {
+        if postgresFailures[component] == nil { postgresFailures[component] = Failure(message: message, since: Date()) }
     }
 
     /// A batch where nothing was delivered and something failed transiently marks the destination
@@ -43,7 +50,10 @@ public actor RelayHealth {
     /// Reasons the relay is not ready; empty when ready.
     public func notReadyReasons() -> [String] {
         var reasons: [String] = []
-        if let failure = postgresFailure { reasons.append("postgres unreachable: \(failure.message)") }
+        for component in starting.sorted() { reasons.append("starting: \(component) not connected yet") }
+        if let failure = postgresFailures.values.min(by: { $0.since < $1.since }) {
+            reasons.append("postgres unreachable: \(failure.message)")
+        }
         for (destination, failure) in destinationFailures.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
             reasons.append("\(destination.rawValue) failing since \(ISO8601DateFormatter().string(from: failure.since)): \(failure.message)")
         }
@@ -51,9 +61,9 @@ public actor RelayHealth {
     }
 
     func snapshot() -> (totals: [OutboxEvent.Destination: OutboxStore.Acknowledgement], failures: [OutboxEvent.Destination: Failure],
-                        lastDelivery: [OutboxEvent.Destination: Date], postgres: Failure?)
+                        lastDelivery: [OutboxEvent.Destination: Date])
     {
-        (totals, destinationFailures, lastDelivery, postgresFailure)
+        (totals, destinationFailures, lastDelivery)
     }
 }
 

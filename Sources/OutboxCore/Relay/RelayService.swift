@@ -86,15 +86,16 @@ public final class RelayService: Service {
         var logger = self.logger
         logger[metadataKey: "outbox.destination"] = "\(destination.rawValue)"
         let wakeup = wakeups[destination]!
+        let component = "\(destination.rawValue) worker"
         var failures = 0
         while !stopping.isSet, !Task.isCancelled {
             do {
                 let worker = try await DestinationWorker.start(
                     destination: destination, configuration: configuration, health: health, metrics: metrics, logger: logger)
                 failures = 0
-                await health.postgresOK()
+                await health.postgresOK(component)
                 logger.info("Worker started")
-                try await worker.run(wakeup: wakeup, stopping: stopping)
+                try await worker.run(wakeup: wakeup, stopping: stopping, component: component)
                 return
             } catch let error as SourceColumnTypes.Problem {
                 throw error  // a configuration problem: retrying cannot fix it
@@ -102,7 +103,7 @@ public final class RelayService: Service {
                 return
             } catch {
                 failures += 1
-                await health.postgresFailed("\(error)")
+                await health.postgresFailed(component, "\(error)")
                 let delay = Backoff(initial: .milliseconds(250), maximum: .seconds(5)).delay(afterAttempt: failures)
                 logger.warning("Worker failed; restarting", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 try? await Task.sleep(for: delay)
@@ -122,7 +123,7 @@ public final class RelayService: Service {
                 let db = try await PostgresConnection.connect(listenerConfiguration(), logger: logger)
                 try await db.listen("outbox_events")
                 failures = 0
-                await health.postgresOK()
+                await health.postgresOK("listener")
                 for wakeup in wakeups.values { await wakeup.signal() }  // catch up on anything missed
                 var nextPoll = ContinuousClock.now + configuration.relay.pollInterval
                 while !stopping.isSet, !Task.isCancelled {
@@ -145,7 +146,7 @@ public final class RelayService: Service {
             } catch {
                 if stopping.isSet || Task.isCancelled { return }
                 failures += 1
-                await health.postgresFailed("\(error)")
+                await health.postgresFailed("listener", "\(error)")
                 let delay = Backoff(initial: .milliseconds(250), maximum: .seconds(5)).delay(afterAttempt: failures)
                 logger.warning("Listener failed; reconnecting", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 try? await Task.sleep(for: delay)
@@ -233,11 +234,11 @@ final class DestinationWorker: Sendable {
             health: health, metrics: metrics, logger: logger)
     }
 
-    func run(wakeup: Wakeup, stopping: StopFlag) async throws {
+    func run(wakeup: Wakeup, stopping: StopFlag, component: String) async throws {
         var nextRetry: ContinuousClock.Instant?
         while !stopping.isSet {
             let result = try await drainBatch()
-            await health.postgresOK()
+            await health.postgresOK(component)
             if let retry = result.retryIn {
                 let at = ContinuousClock.now + retry
                 nextRetry = min(nextRetry ?? at, at)
