@@ -23,7 +23,8 @@ actor Wakeup {
         }
         let timer = deadline.map { deadline in
             Task { [weak self] in
-                try? await Task.sleep(until: deadline, clock: .continuous)
+                // A cancelled timer must not signal: that would wake the next wait for nothing.
+                guard (try? await Task.sleep(until: deadline, clock: .continuous)) != nil else { return }
                 await self?.signal()
             }
         }
@@ -65,12 +66,11 @@ public final class RelayService: Service {
         let stopping = StopFlag()
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
+                let listener = Task { await self.runListener(stopping: stopping) }
                 for destination in [OutboxEvent.Destination.redis, .qdrant] {
                     group.addTask { try await self.runWorker(destination, stopping: stopping) }
                 }
-                group.addTask { await self.runListener(stopping: stopping) }
-                try await group.next()
-                // The first child to return is a worker that saw the stop flag; let the rest finish.
+                defer { listener.cancel() }  // ends its LISTEN wait at once instead of at the next poll
                 try await group.waitForAll()
             }
         } onGracefulShutdown: {
