@@ -26,12 +26,12 @@ final class RelayProcess: @unchecked Sendable {
     let port: Int
     let logURL: URL
 
-    init(databaseURL: String, environment: [String: String] = [:]) throws {
+    init(databaseURL: String, environment: [String: String] = [:], config: String = "config/outbox.yaml") throws {
         port = try freePort()
         logURL = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-relay-\(UUID().uuidString).log")
         FileManager.default.createFile(atPath: logURL.path, contents: nil)
         process.executableURL = try TestEnvironment.executable("outbox-relay")
-        process.arguments = ["serve", "--config", "config/outbox.yaml"]
+        process.arguments = ["serve", "--config", config]
         process.currentDirectoryURL = TestEnvironment.repositoryRoot
         var env = ProcessInfo.processInfo.environment
         env["OUTBOX_POSTGRES_URL"] = databaseURL

@@ -53,6 +53,7 @@ public struct OutboxConfiguration: Sendable {
     public var qdrant: QdrantConfiguration
     public var schemaDirectory: String
     public var relay: RelaySettings
+    public var reconciler: ReconcilerSettings
     public var embedding: EmbeddingSettings
     /// Domain tables that upserts' `source.table` may name, by that name. Default: `extractions`.
     public var tables: [String: TableMapping]
@@ -114,6 +115,7 @@ public struct OutboxConfiguration: Sendable {
         }
         schemaDirectory = c.path(try c.string("schema.directory", default: "../schema"))
         relay = try RelaySettings(c)
+        reconciler = try ReconcilerSettings(c)
         embedding = try EmbeddingSettings(c)
     }
 }

@@ -177,21 +177,24 @@ struct SourceColumnTypes: Sendable {
             """
     }
 
+    /// Whether `value` parses as a value of the SQL `type` (for the types point ids and row ids
+    /// commonly have; other types are assumed to accept any text).
+    static func fits(_ value: String, _ type: String) -> Bool {
+        switch type {
+        case "uuid": UUID(uuidString: value) != nil
+        case "bigint", "integer", "smallint": Int64(value) != nil
+        default: true
+        }
+    }
+
     /// Why `source` cannot be written back, or nil when it can: a row id or point id that does not
     /// parse as the column's type would fail the whole acknowledgement.
     func problem(with source: SourceUpdate) -> String? {
         guard let t = types[source.table] else { return nil }
-        func fits(_ value: String, _ type: String) -> Bool {
-            switch type {
-            case "uuid": UUID(uuidString: value) != nil
-            case "bigint", "integer", "smallint": Int64(value) != nil
-            default: true
-            }
-        }
-        if !fits(source.rowID, t.id) {
+        if !Self.fits(source.rowID, t.id) {
             return "source.id \"\(source.rowID)\" is not a valid \(t.id) for \(source.table.table).\(source.table.idColumn)"
         }
-        if !fits(source.pointID, t.embedding) {
+        if !Self.fits(source.pointID, t.embedding) {
             return "point id \(source.pointID) cannot be stored in \(source.table.table).\(source.table.embeddingColumn) (\(t.embedding))"
         }
         return nil

@@ -1,0 +1,430 @@
+import Foundation
+import Logging
+
+/// `reconciler.*` keys.
+///
+/// | key | type | default |
+/// |---|---|---|
+/// | `reconciler.http.host` / `reconciler.http.port` | string / int | `127.0.0.1` / `8471` |
+/// | `reconciler.interval` | duration between scans (serve) | `60s` |
+/// | `reconciler.grace_period` | duration a NULL embedding may be young | `5m` |
+/// | `reconciler.stuck_after` | duration | `15m` |
+/// | `reconciler.stuck_attempts` | int | `10` |
+/// | `reconciler.page_size` | int, rows per keyset page | `1000` |
+/// | `reconciler.repair` | bool, repair in serve mode | `true` |
+/// | `reconciler.alert_webhook_url` | URL, optional | none |
+/// | `reconciler.alert_webhook_timeout` | duration | `5s` |
+/// | `reconciler.alert_redis_channel` | string, optional | none |
+public struct ReconcilerSettings: Sendable {
+    public var httpHost = "127.0.0.1"
+    public var httpPort = 8471
+    public var interval: Duration = .seconds(60)
+    public var gracePeriod: Duration = .seconds(300)
+    public var stuckAfter: Duration = .seconds(900)
+    public var stuckAttempts = 10
+    public var pageSize = 1000
+    public var repair = true
+    public var webhookURL: String?
+    public var webhookTimeout: Duration = .seconds(5)
+    public var redisChannel: String?
+
+    public init() {}
+
+    init(_ c: ConfigValues) throws {
+        httpHost = try c.string("reconciler.http.host", default: httpHost)
+        httpPort = try c.int("reconciler.http.port", default: httpPort, range: 0...65535)
+        interval = try c.duration("reconciler.interval", default: interval)
+        gracePeriod = try c.duration("reconciler.grace_period", default: gracePeriod)
+        stuckAfter = try c.duration("reconciler.stuck_after", default: stuckAfter)
+        stuckAttempts = try c.int("reconciler.stuck_attempts", default: stuckAttempts, range: 1...1_000_000)
+        pageSize = try c.int("reconciler.page_size", default: pageSize, range: 10...100_000)
+        if let text = c.raw("reconciler.repair") {
+            guard let value = Bool(text.lowercased()) else {
+                throw ConfigurationError(key: "reconciler.repair", problem: "expected true or false, got \"\(text)\"")
+            }
+            repair = value
+        }
+        if let url = c.raw("reconciler.alert_webhook_url", secret: true) {
+            guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
+                throw ConfigurationError(key: "reconciler.alert_webhook_url", problem: "must start with http:// or https://")
+            }
+            webhookURL = url
+        }
+        webhookTimeout = try c.duration("reconciler.alert_webhook_timeout", default: webhookTimeout)
+        redisChannel = c.raw("reconciler.alert_redis_channel")
+    }
+}
+
+/// What drifted, per tracked table and category.
+public struct ReconcileReport: Sendable {
+    public enum Category: String, Sendable, CaseIterable, Comparable {
+        case unembedded, stuck, dead, missingPoint = "missing_point", orphanPoint = "orphan_point"
+        public static func < (a: Category, b: Category) -> Bool { allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)! }
+    }
+
+    public struct Finding: Sendable {
+        public var count = 0
+        /// Up to the sample limit: row ids (unembedded, missing_point), event ids (stuck, dead)
+        /// or point ids (orphan_point).
+        public var ids: [String] = []
+        /// For stuck events: key, age, attempts and last error.
+        public var details: [String] = []
+        public var repaired = 0
+    }
+
+    public var findings: [String: [Category: Finding]] = [:]
+    public var rowsScanned = 0
+    public var pointsScanned = 0
+    public var duration: Duration = .zero
+    public var durationSeconds: Double { duration.seconds }
+
+    public var isConsistent: Bool { findings.values.allSatisfy { $0.values.allSatisfy { $0.count == 0 } } }
+
+    public var json: JSONValue {
+        var tables: [String: JSONValue] = [:]
+        for (table, categories) in findings {
+            var entry: [String: JSONValue] = [:]
+            for (category, finding) in categories {
+                entry[category.rawValue] = [
+                    "count": .number(Double(finding.count)), "ids": .array(finding.ids.map(JSONValue.string)),
+                    "repaired": .number(Double(finding.repaired)),
+                    "details": .array(finding.details.map(JSONValue.string)),
+                ]
+            }
+            tables[table] = .object(entry)
+        }
+        return [
+            "consistent": .bool(isConsistent), "tables": .object(tables),
+            "rows_scanned": .number(Double(rowsScanned)), "points_scanned": .number(Double(pointsScanned)),
+            "duration_seconds": .number((duration.seconds * 1000).rounded() / 1000),
+        ]
+    }
+}
+
+/// Finds and repairs drift between a tracked table, the outbox and its Qdrant collection.
+public struct Reconciler: Sendable {
+    public struct Options: Sendable {
+        public var categories: Set<ReconcileReport.Category> = Set(ReconcileReport.Category.allCases)
+        public var dryRun = false
+        public var sampleLimit = 20
+        public var requeueDead = false
+        public init() {}
+    }
+
+    let configuration: OutboxConfiguration
+    let settings: ReconcilerSettings
+    let qdrant: QdrantClient
+    let logger: Logger
+
+    public init(configuration: OutboxConfiguration, settings: ReconcilerSettings, logger: Logger) {
+        self.configuration = configuration
+        self.settings = settings
+        self.qdrant = QdrantClient(configuration: configuration.qdrant, logger: logger)
+        self.logger = logger
+    }
+
+    /// One pass over every tracked table. `progress` receives (table, rows scanned so far).
+    public func run(_ db: PostgresConnection, options: Options, progress: @Sendable (String, Int) -> Void = { _, _ in })
+        async throws -> ReconcileReport
+    {
+        let started = ContinuousClock.now
+        var report = ReconcileReport()
+        let types = try await SourceColumnTypes.resolve(configuration.tables, on: db)
+        for table in configuration.tables.values.sorted(by: { $0.name < $1.name }) {
+            let scan = TableScan(
+                table: table, types: types, settings: settings, options: options, qdrant: qdrant, db: db, logger: logger)
+            var findings: [ReconcileReport.Category: ReconcileReport.Finding] = [:]
+            for category in ReconcileReport.Category.allCases where options.categories.contains(category) {
+                findings[category] = ReconcileReport.Finding()
+            }
+            try await scan.run(into: &findings, report: &report, progress: progress)
+            report.findings[table.name] = findings
+        }
+        report.duration = ContinuousClock.now - started
+        return report
+    }
+}
+
+/// The scan of one table.
+struct TableScan {
+    let table: TableMapping
+    let types: SourceColumnTypes
+    let settings: ReconcilerSettings
+    let options: Reconciler.Options
+    let qdrant: QdrantClient
+    let db: PostgresConnection
+    let logger: Logger
+
+    var name: String { table.name }
+    var idType: String { types.types[table]?.id ?? "text" }
+    var embeddingType: String { types.types[table]?.embedding ?? "text" }
+
+    /// JSON for the point id of a row: the row id itself when it is a valid point id (uuid or
+    /// integer), else a UUID derived from table name and row id.
+    var pointIDExpression: String {
+        switch idType {
+        case "uuid": "to_jsonb(t.\(table.idColumn.quoted)::text)"
+        case "bigint", "integer", "smallint": "to_jsonb(t.\(table.idColumn.quoted))"
+        default: "to_jsonb(md5($2 || ':' || t.\(table.idColumn.quoted)::text)::uuid::text)"
+        }
+    }
+
+    func run(
+        into findings: inout [ReconcileReport.Category: ReconcileReport.Finding], report: inout ReconcileReport,
+        progress: @Sendable (String, Int) -> Void
+    ) async throws {
+        let wants = options.categories
+        if wants.contains(.stuck) { findings[.stuck] = try await stuck() }
+        if wants.contains(.dead) { findings[.dead] = try await dead() }
+        if wants.contains(.unembedded) {
+            findings[.unembedded] = try await unembedded(report: &report, progress: progress)
+        }
+        if wants.contains(.missingPoint) {
+            findings[.missingPoint] = try await missingPoints(report: &report, progress: progress)
+        }
+        if wants.contains(.orphanPoint) {
+            findings[.orphanPoint] = try await orphanPoints(report: &report)
+        }
+    }
+
+    func add(_ id: String, to finding: inout ReconcileReport.Finding) {
+        finding.count += 1
+        if finding.ids.count < options.sampleLimit { finding.ids.append(id) }
+    }
+
+    /// Live upserts for rows of this table that are old or have failed many times.
+    func stuck() async throws -> ReconcileReport.Finding {
+        var finding = ReconcileReport.Finding()
+        let rows = try await db.query(
+            """
+            SELECT id, key, attempts, extract(epoch FROM now() - created_at)::float8 AS age, coalesce(last_error, '') AS error
+            FROM outbox.events
+            WHERE destination = 'qdrant' AND payload #>> '{source,table}' = $1
+              AND (created_at < now() - make_interval(secs => $2) OR attempts >= $3)
+            ORDER BY id
+            """, [.text(name), .double(settings.stuckAfter.seconds), .int(Int64(settings.stuckAttempts))])
+        for row in rows.rows {
+            let id: Int64 = try row.decode("id")
+            add(String(id), to: &finding)
+            if finding.details.count < options.sampleLimit {
+                finding.details.append(
+                    "event \(id) key=\(try row.decode("key", as: String.self)) age=\(Int(try row.decode("age", as: Double.self)))s "
+                        + "attempts=\(try row.decode("attempts", as: Int.self)) last_error=\(try row.decode("error", as: String.self))")
+            }
+        }
+        return finding
+    }
+
+    /// Dead-lettered upserts for rows of this table; requeued with `--requeue-dead`.
+    func dead() async throws -> ReconcileReport.Finding {
+        var finding = ReconcileReport.Finding()
+        let rows = try await db.query(
+            "SELECT id, error FROM outbox.dead_letters WHERE destination = 'qdrant' AND payload #>> '{source,table}' = $1 ORDER BY id",
+            [.text(name)])
+        var ids: [Int64] = []
+        for row in rows.rows {
+            let id: Int64 = try row.decode("id")
+            ids.append(id)
+            add(String(id), to: &finding)
+            if finding.details.count < options.sampleLimit {
+                finding.details.append("event \(id): \(try row.decode("error", as: String.self))")
+            }
+        }
+        if options.requeueDead, !options.dryRun, !ids.isEmpty {
+            finding.repaired = try await DeadLetters.requeue(db, selection: .ids(ids))
+        }
+        return finding
+    }
+
+    /// Rows with a NULL embedding older than the grace period and neither a live event nor a dead
+    /// letter; repaired by enqueueing an upsert built from the row. Pages through the partial
+    /// index on (created_at, id) WHERE embedding IS NULL.
+    func unembedded(report: inout ReconcileReport, progress: @Sendable (String, Int) -> Void) async throws
+        -> ReconcileReport.Finding
+    {
+        var finding = ReconcileReport.Finding()
+        let t = table
+        var after: (created: PostgresValue, id: String)?
+        while true {
+            var parameters: [PostgresValue] = [.double(settings.gracePeriod.seconds), .int(Int64(settings.pageSize))]
+            var keyset = ""
+            if let after {
+                keyset = "AND (t.\(t.createdAtColumn.quoted), t.\(t.idColumn.quoted)) > ($3::timestamptz, $4::\(idType))"
+                parameters += [after.created, .text(after.id)]
+            }
+            let page = try await db.query(
+                """
+                SELECT t.\(t.idColumn.quoted)::text AS id, t.\(t.createdAtColumn.quoted) AS created
+                FROM \(t.table.quoted) AS t
+                WHERE t.\(t.embeddingColumn.quoted) IS NULL
+                  AND t.\(t.createdAtColumn.quoted) < now() - make_interval(secs => $1) \(keyset)
+                ORDER BY t.\(t.createdAtColumn.quoted), t.\(t.idColumn.quoted)
+                LIMIT $2
+                """, parameters)
+            guard let last = page.rows.last else { break }
+            after = (last["created"], try last.decode("id"))
+            report.rowsScanned += page.rows.count
+            progress(name, report.rowsScanned)
+            let ids = try page.rows.map { try $0.decode("id", as: String.self) }
+            let covered = try await db.query(
+                """
+                SELECT payload #>> '{source,id}' AS id FROM outbox.events
+                WHERE destination = 'qdrant' AND payload #>> '{source,table}' = $1 AND payload #>> '{source,id}' = ANY($2::text[])
+                UNION
+                SELECT payload #>> '{source,id}' FROM outbox.dead_letters
+                WHERE destination = 'qdrant' AND payload #>> '{source,table}' = $1 AND payload #>> '{source,id}' = ANY($2::text[])
+                """, [.text(name), .textArray(ids)])
+            let skip = Set(try covered.rows.map { try $0.decode("id", as: String.self) })
+            let found = ids.filter { !skip.contains($0) }
+            for id in found { add(id, to: &finding) }
+            if !options.dryRun, !found.isEmpty {
+                finding.repaired += try await enqueueUpserts(found, clearEmbedding: false)
+            }
+            if page.rows.count < settings.pageSize { break }
+        }
+        return finding
+    }
+
+    /// Rows whose embedding column names a point Qdrant does not have; repaired by clearing the
+    /// column and enqueueing an upsert. Pages by id, looks points up in batches.
+    func missingPoints(report: inout ReconcileReport, progress: @Sendable (String, Int) -> Void) async throws
+        -> ReconcileReport.Finding
+    {
+        var finding = ReconcileReport.Finding()
+        let t = table
+        var after: String?
+        while true {
+            var parameters: [PostgresValue] = [.int(Int64(settings.pageSize))]
+            var keyset = ""
+            if let after {
+                keyset = "AND t.\(t.idColumn.quoted) > $2::\(idType)"
+                parameters.append(.text(after))
+            }
+            let page = try await db.query(
+                """
+                SELECT t.\(t.idColumn.quoted)::text AS id, t.\(t.embeddingColumn.quoted)::text AS point
+                FROM \(t.table.quoted) AS t
+                WHERE t.\(t.embeddingColumn.quoted) IS NOT NULL \(keyset)
+                ORDER BY t.\(t.idColumn.quoted)
+                LIMIT $1
+                """, parameters)
+            guard let last = page.rows.last else { break }
+            after = try last.decode("id")
+            report.rowsScanned += page.rows.count
+            progress(name, report.rowsScanned)
+            let pairs = try page.rows.map { (row: try $0.decode("id", as: String.self), point: try $0.decode("point", as: String.self)) }
+            let present = try await existingPoints(pairs.map(\.point))
+            let missing = pairs.filter { !present.contains($0.point.lowercased()) }.map(\.row)
+            for id in missing { add(id, to: &finding) }
+            if !options.dryRun, !missing.isEmpty {
+                finding.repaired += try await enqueueUpserts(missing, clearEmbedding: true)
+            }
+            if page.rows.count < settings.pageSize { break }
+        }
+        return finding
+    }
+
+    /// Points of the table's collection that no row references (by embedding column, or by id)
+    /// and no live event upserts; repaired by enqueueing a `qdrant.delete`.
+    func orphanPoints(report: inout ReconcileReport) async throws -> ReconcileReport.Finding {
+        var finding = ReconcileReport.Finding()
+        let t = table
+        let collection = QdrantClient.escape(t.collection)
+        var offset: JSONValue = .null
+        repeat {
+            var body: [String: JSONValue] = ["limit": .number(Double(settings.pageSize)), "with_payload": false, "with_vector": false]
+            if offset != .null { body["offset"] = offset }
+            let reply = try await qdrant.call(.POST, "/collections/\(collection)/points/scroll", body: Array(JSONValue.object(body).jsonText.utf8))
+            if reply.status == 404 { break }  // no collection: no points, no orphans
+            guard reply.status == 200 else { throw ReconcilerError(message: "qdrant scroll answered \(reply.status): \(reply.error ?? "")") }
+            let points = reply.result?["points"]?.arrayValue?.compactMap { $0["id"] } ?? []
+            offset = reply.result?["next_page_offset"] ?? .null
+            report.pointsScanned += points.count
+            let ids = points.map(Self.pointText)
+            guard !ids.isEmpty else { continue }
+            // Ids that cannot be cast to the column type cannot be referenced by a row.
+            let castable = ids.filter { id in
+                SourceColumnTypes.fits(id, embeddingType) && (idType != embeddingType || SourceColumnTypes.fits(id, idType))
+            }
+            var referenced = """
+                SELECT t.\(t.embeddingColumn.quoted)::text AS id FROM \(t.table.quoted) AS t
+                WHERE t.\(t.embeddingColumn.quoted) = ANY(\(castArray("$1", to: embeddingType)))
+                """
+            if idType == embeddingType {
+                referenced += "\nUNION SELECT t.\(t.idColumn.quoted)::text FROM \(t.table.quoted) AS t WHERE t.\(t.idColumn.quoted) = ANY(\(castArray("$1", to: idType)))"
+            }
+            // Points a live upsert is about to reference, or a live delete is about to remove.
+            referenced += "\nUNION SELECT payload ->> 'id' FROM outbox.events WHERE destination = 'qdrant' AND payload ->> 'id' = ANY($2::text[])"
+            referenced += """
+
+                UNION SELECT i FROM outbox.events, jsonb_array_elements_text(payload -> 'ids') AS i
+                WHERE destination = 'qdrant' AND operation = 'delete' AND payload ->> 'collection' = $3 AND i = ANY($2::text[])
+                """
+            let known = Set(try await db.query(referenced, [.textArray(castable), .textArray(ids), .text(t.collection)]).rows.map {
+                try $0.decode("id", as: String.self).lowercased()
+            })
+            let orphans = ids.filter { !known.contains($0.lowercased()) }
+            for id in orphans { add(id, to: &finding) }
+            if !options.dryRun, !orphans.isEmpty {
+                let payload: JSONValue = ["collection": .string(t.collection), "ids": .array(points.filter { orphans.contains(Self.pointText($0)) })]
+                try await db.transaction { tx in
+                    try await OutboxWriter.enqueue(
+                        OutboxEvent(destination: .qdrant, operation: "delete", key: "reconciler:orphans:\(t.collection)", payload: payload), on: tx)
+                }
+                finding.repaired += orphans.count
+            }
+        } while offset != .null
+        return finding
+    }
+
+    private func castArray(_ parameter: String, to type: String) -> String {
+        "\(parameter)::text[]::\(type)[]"
+    }
+
+    static func pointText(_ id: JSONValue) -> String {
+        switch id {
+        case .string(let s): s.lowercased()
+        case .number(let n): String(UInt64(n))
+        default: id.jsonText
+        }
+    }
+
+    /// The subset of `pointIDs` present in the collection (one lookup per call).
+    private func existingPoints(_ pointIDs: [String]) async throws -> Set<String> {
+        let ids: [JSONValue] = pointIDs.map { UInt64($0).map { .number(Double($0)) } ?? .string($0) }
+        let body: JSONValue = ["ids": .array(ids), "with_payload": false, "with_vector": false]
+        let reply = try await qdrant.call(
+            .POST, "/collections/\(QdrantClient.escape(table.collection))/points", body: Array(body.jsonText.utf8))
+        if reply.status == 404 { return [] }
+        guard reply.status == 200 else { throw ReconcilerError(message: "qdrant lookup answered \(reply.status): \(reply.error ?? "")") }
+        return Set(reply.result?.arrayValue?.compactMap { $0["id"].map(Self.pointText) } ?? [])
+    }
+
+    /// Enqueues `qdrant.upsert` with the row's text (embedded by the relay) and `source`, for each
+    /// row id; with `clearEmbedding` first sets the embedding column to NULL. One transaction.
+    private func enqueueUpserts(_ rowIDs: [String], clearEmbedding: Bool) async throws -> Int {
+        let t = table
+        return try await db.transaction { tx in
+            if clearEmbedding {
+                try await tx.query(
+                    "UPDATE \(t.table.quoted) SET \(t.embeddingColumn.quoted) = NULL WHERE \(t.idColumn.quoted) = ANY(\(castArray("$1", to: idType)))",
+                    [.textArray(rowIDs)])
+            }
+            let result = try await tx.query(
+                """
+                SELECT count(outbox.enqueue('qdrant', 'upsert', t.\(t.idColumn.quoted)::text, jsonb_build_object(
+                    'collection', $3::text, 'id', \(pointIDExpression),
+                    'text', coalesce(t.\(t.textColumn.quoted)::text, ''),
+                    'source', jsonb_build_object('table', $2::text, 'id', t.\(t.idColumn.quoted)::text)))) AS n
+                FROM (SELECT * FROM \(t.table.quoted) WHERE \(t.idColumn.quoted) = ANY(\(castArray("$1", to: idType)))
+                      ORDER BY \(t.idColumn.quoted)) AS t
+                """, [.textArray(rowIDs), .text(name), .text(t.collection)])
+            return try result.first!.decode("n", as: Int.self)
+        }
+    }
+}
+
+public struct ReconcilerError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}

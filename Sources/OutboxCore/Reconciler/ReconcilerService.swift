@@ -1,0 +1,107 @@
+import CoreMetrics
+import Foundation
+import Logging
+import Metrics
+import Prometheus
+import ServiceLifecycle
+
+/// `outbox-reconciler serve`: a scan every `reconciler.interval`, repairs (unless
+/// `reconciler.repair: false`), alerts on change, metrics and health endpoints.
+public actor ReconcilerService: Service {
+    let configuration: OutboxConfiguration
+    let logger: Logger
+    let alerts: AlertManager
+    public let registry = PrometheusCollectorRegistry()
+    private let factory: PrometheusMetricsFactory
+    private var lastReport: ReconcileReport?
+    private var lastError: String?
+    private var lastScanAt: Date?
+    private var db: PostgresConnection?
+
+    public init(configuration: OutboxConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        self.alerts = AlertManager(settings: configuration.reconciler, redis: configuration.redis, logger: logger)
+        self.factory = PrometheusMetricsFactory(registry: registry)
+    }
+
+    public func run() async throws {
+        try await withGracefulShutdownHandler {
+            while !Task.isCancelled {
+                await scanOnce()
+                try? await Task.sleep(for: configuration.reconciler.interval)
+            }
+        } onGracefulShutdown: {
+            // The sleep above is cancelled by the group; a scan in flight finishes its page.
+        }
+    }
+
+    func scanOnce() async {
+        var options = Reconciler.Options()
+        options.dryRun = !configuration.reconciler.repair
+        do {
+            if db == nil {
+                var postgres = configuration.postgres
+                postgres.applicationName = "outbox-reconciler"
+                db = try await PostgresConnection.connect(postgres, logger: logger)
+            }
+            let report = try await Reconciler(configuration: configuration, settings: configuration.reconciler, logger: logger)
+                .run(db!, options: options)
+            lastReport = report
+            lastError = nil
+            lastScanAt = Date()
+            record(report)
+            let raised = await alerts.process(report)
+            for alert in raised {
+                Metrics.Counter(label: "reconciler_alerts_total", dimensions: [("category", alert.category), ("state", alert.state)],
+                                factory: factory).increment()
+            }
+            logger.info("Scan finished", metadata: [
+                "reconciler.consistent": "\(report.isConsistent)", "reconciler.rows_scanned": "\(report.rowsScanned)",
+                "reconciler.duration_ms": "\(Int(report.duration.seconds * 1000))",
+            ])
+        } catch {
+            lastError = "\(error)"
+            if error is PostgresError { db = nil }
+            Metrics.Counter(label: "reconciler_scan_errors_total", dimensions: [], factory: factory).increment()
+            logger.error("Scan failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func record(_ report: ReconcileReport) {
+        for (table, categories) in report.findings {
+            for (category, finding) in categories {
+                let dimensions = [("table", table), ("category", category.rawValue)]
+                Metrics.Gauge(label: "reconciler_findings", dimensions: dimensions, factory: factory).record(finding.count)
+                Metrics.Counter(label: "reconciler_repairs_total", dimensions: dimensions, factory: factory).increment(by: finding.repaired)
+            }
+        }
+        Metrics.Counter(label: "reconciler_rows_scanned_total", dimensions: [], factory: factory).increment(by: report.rowsScanned)
+        Metrics.Timer(label: "reconciler_scan_duration_seconds", dimensions: [], factory: factory)
+            .recordNanoseconds(Int64(report.duration.seconds * 1e9))
+    }
+
+    public nonisolated var handlers: HealthServer.Handlers {
+        HealthServer.Handlers(
+            notReady: { await self.notReady() },
+            metrics: { await self.registry.emitToString() },
+            status: { await self.status() })
+    }
+
+    func notReady() -> [String] {
+        if let lastError { return ["last scan failed: \(lastError)"] }
+        if lastScanAt == nil { return ["starting: first scan not finished"] }
+        return []
+    }
+
+    func status() -> JSONValue {
+        [
+            "service": "outbox-reconciler",
+            "last_scan_at": lastScanAt.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null,
+            "last_error": lastError.map(JSONValue.string) ?? .null,
+            "last_report": lastReport?.json ?? .null,
+            "postgres": ["url": .string(configuration.postgres.redactedURL)],
+            "qdrant": ["url": .string(configuration.qdrant.url)],
+        ]
+    }
+}
