@@ -4,16 +4,10 @@ import Testing
 @testable import OutboxCore
 
 /// Starts one of the Python helpers in Support/ and waits for its "ready" line.
-func startHelper(_ script: String, _ arguments: [String]) throws -> Process {
+func startHelper(_ script: String, _ arguments: [String]) async throws -> Process {
     let python = URL(fileURLWithPath: try TestEnvironment.variable("OUTBOX_VENV")).appendingPathComponent("bin/python")
-    let process = Process()
-    process.executableURL = python
-    process.arguments = [TestEnvironment.repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/\(script)").path] + arguments
-    let out = Pipe()
-    process.standardOutput = out
-    try process.run()
-    _ = out.fileHandleForReading.availableData  // "ready"
-    return process
+    return try await startProcess(
+        python, [TestEnvironment.repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/\(script)").path] + arguments)
 }
 
 /// The deliverers against the real Redis and a fake embeddings API, event by event.
@@ -98,7 +92,7 @@ func startHelper(_ script: String, _ arguments: [String]) throws -> Process {
 
     @Test func openAICompatibleEmbedderBatchesAndClassifiesFailures() async throws {
         let port = try freePort()
-        let server = try startHelper("fake_embeddings.py", [String(port), "test-key-123"])
+        let server = try await startHelper("fake_embeddings.py", [String(port), "test-key-123"])
         defer { kill(server.processIdentifier, SIGKILL) }
         var settings = EmbeddingSettings()
         settings.provider = .openai

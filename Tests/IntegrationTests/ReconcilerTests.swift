@@ -145,7 +145,7 @@ import Testing
             #expect(try await qdrant.call(.PUT, "/collections/\(collection)", ["vectors": ["size": 384, "distance": "Cosine"]]).status == 200)
             let port = try freePort()
             let record = FileManager.default.temporaryDirectory.appendingPathComponent("alerts-\(UUID().uuidString).jsonl").path
-            let receiver = try startHelper("webhook_receiver.py", [String(port), record])
+            let receiver = try await startHelper("webhook_receiver.py", [String(port), record])
             defer { kill(receiver.processIdentifier, SIGKILL) }
             let config = try writeConfig(databaseURL: url, collection: collection)
             // Repairs off, so the drift persists across scans; alerts to the webhook; a scan a second.

@@ -151,7 +151,7 @@ import Testing
             // looks to a client), while the shared server keeps serving the other tests.
             var parts = try #require(URLParts(url))
             let cutPort = try freePort()
-            let cutoff = try startCutoff(port: cutPort, target: parts.port ?? 5432)
+            let cutoff = try await startCutoff(port: cutPort, target: parts.port ?? 5432)
             parts.port = cutPort
             let viaCutoff = "postgresql://\(parts.user ?? ""):\(parts.password ?? "")@127.0.0.1:\(cutPort)\(parts.path)"
             let relay = try RelayProcess(databaseURL: viaCutoff, environment: ["OUTBOX_RELAY_POLL_INTERVAL": "1s"])
@@ -170,7 +170,7 @@ import Testing
 
             // Work arrives while the relay cannot see it.
             try await scenario.seed(db, qdrant: qdrant)
-            let restored = try startCutoff(port: cutPort, target: URLParts(url)?.port ?? 5432)
+            let restored = try await startCutoff(port: cutPort, target: URLParts(url)?.port ?? 5432)
             defer { kill(restored.processIdentifier, SIGKILL) }
             try await eventually("readyz 200 again", timeout: .seconds(30)) { await relay.get("/readyz")?.status == 200 }
             try await eventually("drain after reconnect", timeout: .seconds(60)) { try await scenario.pending(db) == 0 }
@@ -178,19 +178,8 @@ import Testing
         }
     }
 
-    func startCutoff(port: Int, target: Int, countFile: String? = nil) throws -> Process {
-        let python = URL(fileURLWithPath: try TestEnvironment.variable("OUTBOX_VENV")).appendingPathComponent("bin/python")
-        let process = Process()
-        process.executableURL = python
-        process.arguments = [
-            TestEnvironment.repositoryRoot.appendingPathComponent("Tests/IntegrationTests/Support/tcp_cutoff.py").path,
-            String(port), "127.0.0.1", String(target),
-        ] + (countFile.map { [$0] } ?? [])
-        let out = Pipe()
-        process.standardOutput = out
-        try process.run()
-        _ = out.fileHandleForReading.availableData  // "ready"
-        return process
+    func startCutoff(port: Int, target: Int, countFile: String? = nil) async throws -> Process {
+        try await startHelper("tcp_cutoff.py", [String(port), "127.0.0.1", String(target)] + (countFile.map { [$0] } ?? []))
     }
 
     @Test func sigtermMidDrainExits0WithinTheGraceAndARestartFinishes() async throws {
@@ -224,7 +213,7 @@ import Testing
             var parts = try #require(URLParts(url))
             let port = try freePort()
             let countFile = FileManager.default.temporaryDirectory.appendingPathComponent("statements-\(UUID().uuidString)").path
-            let counter = try startCutoff(port: port, target: parts.port ?? 5432, countFile: countFile)
+            let counter = try await startCutoff(port: port, target: parts.port ?? 5432, countFile: countFile)
             defer { kill(counter.processIdentifier, SIGKILL) }
             parts.port = port
             let relay = try RelayProcess(

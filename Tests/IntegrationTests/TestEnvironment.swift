@@ -125,22 +125,46 @@ struct ProcessResult {
 }
 
 func runProcess(_ executable: URL, _ arguments: [String], environment: [String: String] = [:]) async throws -> ProcessResult {
+    // Output goes to files and the exit is polled: a blocking pipe read or waitUntilExit() here
+    // would park a cooperative-pool thread for the child's lifetime (DESIGN §6 holds for tests too).
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-run-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: directory) }
+    let outURL = directory.appendingPathComponent("stdout"), errURL = directory.appendingPathComponent("stderr")
+    FileManager.default.createFile(atPath: outURL.path, contents: nil)
+    FileManager.default.createFile(atPath: errURL.path, contents: nil)
     let process = Process()
     process.executableURL = executable
     process.arguments = arguments
     process.currentDirectoryURL = TestEnvironment.repositoryRoot
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    let out = Pipe()
-    let err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
+    process.standardOutput = try FileHandle(forWritingTo: outURL)
+    process.standardError = try FileHandle(forWritingTo: errURL)
     try process.run()
-    // Read on other threads so a full pipe never blocks the child.
-    async let stdout = Task.detached { out.fileHandleForReading.readDataToEndOfFile() }.value
-    async let stderr = Task.detached { err.fileHandleForReading.readDataToEndOfFile() }.value
-    let (o, e) = await (stdout, stderr)
-    // Not waitUntilExit(): on Linux it spins a run loop at 100 % CPU.
     while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
     return ProcessResult(
-        status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        status: process.terminationStatus, stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
+        stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "")
+}
+
+/// Starts a long-running child whose stdout goes to a file, and waits (without blocking a
+/// thread) until that file contains `readyLine`.
+func startProcess(_ executable: URL, _ arguments: [String], readyLine: String = "ready", timeout: Duration = .seconds(15))
+    async throws -> Process
+{
+    let outURL = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-helper-\(UUID().uuidString)")
+    FileManager.default.createFile(atPath: outURL.path, contents: nil)
+    let process = Process()
+    process.executableURL = executable
+    process.arguments = arguments
+    process.standardOutput = try FileHandle(forWritingTo: outURL)
+    try process.run()
+    let deadline = ContinuousClock.now + timeout
+    while !((try? String(contentsOf: outURL, encoding: .utf8)) ?? "").contains(readyLine) {
+        guard process.isRunning, ContinuousClock.now < deadline else {
+            throw TestEnvironment.Missing(name: "\(executable.lastPathComponent) \(arguments.first ?? "") to print \(readyLine)")
+        }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    return process
 }
