@@ -59,10 +59,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "OutboxCLI",
+            dependencies: [
+                "OutboxCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "OutboxRelay",
             dependencies: [
-                "OutboxCore",
+                "OutboxCore", "OutboxCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -73,7 +82,7 @@ let package = Package(
         .executableTarget(
             name: "Reconciler",
             dependencies: [
-                "OutboxCore",
+                "OutboxCore", "OutboxCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -84,7 +93,7 @@ let package = Package(
         .executableTarget(
             name: "OutboxDemo",
             dependencies: [
-                "OutboxCore",
+                "OutboxCore", "OutboxCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -101,6 +110,7 @@ let package = Package(
                 "OutboxCore",
                 .product(name: "Logging", package: "swift-log"),
             ],
+            exclude: ["Support"],  // Python helpers the tests start (TCP cut-off, fake endpoints)
             swiftSettings: swiftSettings
         ),
     ]

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import OutboxCLI
 import OutboxCore
 
 /// The demo writer of `make demo`: commits extraction rows and their outbox events together,

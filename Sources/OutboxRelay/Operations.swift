@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import OutboxCLI
 import OutboxCore
 
 extension OutboxRelayCommand {
@@ -16,7 +17,7 @@ extension OutboxRelayCommand {
         func run() async throws {
             let logger = CommandSupport.bootstrapLogging(label: "outbox-relay.status")
             let config = await CommandSupport.loadConfiguration(path: options.config)
-            let db = await connect(config, logger: logger)
+            let db = await CommandSupport.connect(config, name: "outbox-relay-cli", logger: logger)
             let stats = try await BacklogStats.read(db)
             let relays = try await db.query(
                 "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'outbox-relay'"
@@ -92,7 +93,7 @@ extension OutboxRelayCommand {
             func run() async throws {
                 let logger = CommandSupport.bootstrapLogging(label: "outbox-relay.dead-letters")
                 let config = await CommandSupport.loadConfiguration(path: options.config)
-                let db = await connect(config, logger: logger)
+                let db = await CommandSupport.connect(config, name: "outbox-relay-cli", logger: logger)
                 let entries = try await DeadLetters.list(
                     db, selection: key.map { .key($0, destination: nil) } ?? .all(destination: nil), limit: limit)
                 let formatter = ISO8601DateFormatter()
@@ -123,7 +124,7 @@ extension OutboxRelayCommand {
             func run() async throws {
                 let logger = CommandSupport.bootstrapLogging(label: "outbox-relay.dead-letters")
                 let config = await CommandSupport.loadConfiguration(path: options.config)
-                let db = await connect(config, logger: logger)
+                let db = await CommandSupport.connect(config, name: "outbox-relay-cli", logger: logger)
                 print("requeued \(try await DeadLetters.requeue(db, selection: selection.value)) event(s)")
             }
         }
@@ -136,20 +137,9 @@ extension OutboxRelayCommand {
             func run() async throws {
                 let logger = CommandSupport.bootstrapLogging(label: "outbox-relay.dead-letters")
                 let config = await CommandSupport.loadConfiguration(path: options.config)
-                let db = await connect(config, logger: logger)
+                let db = await CommandSupport.connect(config, name: "outbox-relay-cli", logger: logger)
                 print("purged \(try await DeadLetters.purge(db, selection: selection.value)) dead letter(s)")
             }
         }
-    }
-}
-
-/// Connects for a one-shot command, or exits 2 naming the (redacted) address.
-func connect(_ config: OutboxConfiguration, logger: Logger) async -> PostgresConnection {
-    var postgres = config.postgres
-    postgres.applicationName = "outbox-relay-cli"  // not counted as a relay worker by `status`
-    do {
-        return try await PostgresConnection.connect(postgres, logger: logger)
-    } catch {
-        CommandSupport.fail("cannot reach Postgres at \(config.postgres.redactedURL): \(error)", exitCode: 2)
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import OutboxCLI
 import OutboxCore
 import ServiceLifecycle
 
@@ -16,14 +17,9 @@ struct OutboxRelayCommand: AsyncParsableCommand {
 
             Exit status: 0 success, 1 failure, 2 bad configuration or unreachable service.
             """,
-        subcommands: [Serve.self, Migrate.self, Status.self, DeadLettersCommand.self, Check.self],
+        subcommands: [Serve.self, Migrate.self, Status.self, DeadLettersCommand.self, CheckCommand.self],
         defaultSubcommand: Serve.self
     )
-}
-
-struct GlobalOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("Configuration file.", valueName: "path"))
-    var config: String?
 }
 
 extension OutboxRelayCommand {
@@ -63,17 +59,4 @@ extension OutboxRelayCommand {
         }
     }
 
-    struct Check: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Check the configuration and that Postgres, Redis and Qdrant answer.",
-            discussion: "Prints one line per store. Exit 0 when all answer, 2 otherwise.")
-
-        @OptionGroup var options: GlobalOptions
-
-        func run() async throws {
-            let logger = CommandSupport.bootstrapLogging(label: "outbox-relay.check")
-            let config = await CommandSupport.loadConfiguration(path: options.config)
-            await CommandSupport.runCheck(config, logger: logger)
-        }
-    }
 }

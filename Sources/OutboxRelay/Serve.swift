@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import OutboxCLI
 import OutboxCore
 import ServiceLifecycle
 import UnixSignals

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import OutboxCLI
 import OutboxCore
 import ServiceLifecycle
 import UnixSignals
@@ -16,30 +17,9 @@ struct ReconcilerCommand: AsyncParsableCommand {
 
             Exit status of reconcile: 0 consistent, 1 drift found, 2 error (bad configuration, unreachable service).
             """,
-        subcommands: [Serve.self, Reconcile.self, Check.self],
+        subcommands: [Serve.self, Reconcile.self, CheckCommand.self],
         defaultSubcommand: Serve.self
     )
-}
-
-struct GlobalOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("Configuration file.", valueName: "path"))
-    var config: String?
-}
-
-extension ReconcilerCommand {
-    struct Check: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Check the configuration and that Postgres, Redis and Qdrant answer.",
-            discussion: "Prints one line per store. Exit 0 when all answer, 2 otherwise.")
-
-        @OptionGroup var options: GlobalOptions
-
-        func run() async throws {
-            let logger = CommandSupport.bootstrapLogging(label: "outbox-reconciler.check")
-            let config = await CommandSupport.loadConfiguration(path: options.config)
-            await CommandSupport.runCheck(config, logger: logger)
-        }
-    }
 }
 
 extension ReconcilerCommand {
@@ -118,9 +98,7 @@ extension ReconcilerCommand {
             runOptions.requeueDead = requeueDead
             let report: ReconcileReport
             do {
-                var postgres = config.postgres
-                postgres.applicationName = "outbox-reconciler-cli"
-                let db = try await PostgresConnection.connect(postgres, logger: logger)
+                let db = await CommandSupport.connect(config, name: "outbox-reconciler-cli", logger: logger)
                 let progress = Progress()
                 report = try await Reconciler(configuration: config, settings: config.reconciler, logger: logger)
                     .run(db, options: runOptions) { table, rows in progress.update(table: table, rows: rows) }

@@ -1,5 +1,7 @@
+import ArgumentParser
 import Foundation
 import Logging
+import OutboxCore
 
 /// Process-level helpers shared by both executables.
 public enum CommandSupport {
@@ -37,5 +39,45 @@ public enum CommandSupport {
             print("\(state) \(probe.store.padding(toLength: 9, withPad: " ", startingAt: 0)) \(probe.address)  \(probe.problem ?? probe.detail)")
         }
         exit(probes.allSatisfy { $0.problem == nil } ? 0 : 2)
+    }
+}
+
+/// `--config PATH`, taken by every command of both binaries.
+public struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Configuration file.", valueName: "path"))
+    public var config: String?
+
+    public init() {}
+}
+
+/// `check`, shared by both binaries.
+public struct CheckCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Check the configuration and that Postgres, Redis and Qdrant answer.",
+        discussion: "Prints one line per store. Exit 0 when all answer, 2 otherwise.")
+
+    @OptionGroup public var options: GlobalOptions
+
+    public init() {}
+
+    public func run() async throws {
+        let logger = CommandSupport.bootstrapLogging(label: "outbox.check")
+        let config = await CommandSupport.loadConfiguration(path: options.config)
+        await CommandSupport.runCheck(config, logger: logger)
+    }
+}
+
+extension CommandSupport {
+    /// Connects for a one-shot command (`application_name` = `name`, so `outbox-relay status` does
+    /// not count it as a relay), or exits 2 naming the (redacted) address.
+    public static func connect(_ config: OutboxConfiguration, name: String, logger: Logger) async -> PostgresConnection {
+        var postgres = config.postgres
+        postgres.applicationName = name
+        do {
+            return try await PostgresConnection.connect(postgres, logger: logger)
+        } catch {
+            fail("cannot reach Postgres at \(config.postgres.redactedURL): \(error)", exitCode: 2)
+        }
     }
 }
