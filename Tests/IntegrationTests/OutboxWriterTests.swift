@@ -35,6 +35,7 @@ import Testing
         #expect(try await count(db, rowsSQL, [.uuid(dropped)]) == 0)
         #expect(try await count(db, eventsSQL, [.text(dropped.uuidString.lowercased())]) == 0)
         try await db.query("DELETE FROM outbox.events WHERE key = $1", [.text(kept.uuidString.lowercased())])
+        try await db.query("DELETE FROM extractions WHERE id = $1", [.uuid(kept)])  // leave no drift behind
     }
 
     @Test func enqueueStoresTheEventAsGiven() async throws {
@@ -162,5 +163,6 @@ import Testing
         try await db.query(
             "DELETE FROM outbox.events WHERE payload->>'id' = $1 OR payload->'fields'->>'extraction_id' = $1",
             [.text(id.uuidString.lowercased())])
+        try await db.query("DELETE FROM extractions WHERE id = $1", [.uuid(id)])  // leave no drift behind
     }
 }
