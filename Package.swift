@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "outbox-relay", targets: ["OutboxRelay"]),
         .executable(name: "outbox-reconciler", targets: ["Reconciler"]),
         .executable(name: "outbox-demo", targets: ["OutboxDemo"]),
+        .executable(name: "outbox-bench", targets: ["OutboxBench"]),
         .library(name: "OutboxCore", targets: ["OutboxCore"]),
     ],
     dependencies: [
@@ -92,6 +93,15 @@ let package = Package(
         ),
         .executableTarget(
             name: "OutboxDemo",
+            dependencies: [
+                "OutboxCore", "OutboxCLI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "OutboxBench",
             dependencies: [
                 "OutboxCore", "OutboxCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

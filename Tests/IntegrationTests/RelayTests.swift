@@ -178,8 +178,13 @@ import Testing
         }
     }
 
+    /// scripts/pg-wire-proxy.py: a TCP relay to Postgres that the test can kill, and that counts statements.
     func startCutoff(port: Int, target: Int, countFile: String? = nil) async throws -> Process {
-        try await startHelper("tcp_cutoff.py", [String(port), "127.0.0.1", String(target)] + (countFile.map { [$0] } ?? []))
+        let python = URL(fileURLWithPath: try TestEnvironment.variable("OUTBOX_VENV")).appendingPathComponent("bin/python")
+        return try await startProcess(python, [
+            TestEnvironment.repositoryRoot.appendingPathComponent("scripts/pg-wire-proxy.py").path,
+            String(port), "127.0.0.1", String(target),
+        ] + (countFile.map { [$0] } ?? []))
     }
 
     @Test func sigtermMidDrainExits0WithinTheGraceAndARestartFinishes() async throws {

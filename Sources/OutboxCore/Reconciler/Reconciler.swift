@@ -426,5 +426,6 @@ struct TableScan {
 
 public struct ReconcilerError: Error, CustomStringConvertible {
     public let message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }

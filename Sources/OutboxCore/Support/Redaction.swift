@@ -23,22 +23,22 @@ struct Redactor: Sendable {
 
 /// Pieces of a `scheme://user:password@host:port/path?query` URL, parsed without Foundation's
 /// `URL` so that a password with reserved characters is still found (and redacted).
-struct URLParts: Sendable, Equatable {
-    var scheme: String
-    var user: String?
-    var password: String?
-    var host: String
-    var port: Int?
-    var path: String
-    var query: [(String, String)]
+public struct URLParts: Sendable, Equatable {
+    public var scheme: String
+    public var user: String?
+    public var password: String?
+    public var host: String
+    public var port: Int?
+    public var path: String
+    public var query: [(String, String)]
 
-    static func == (a: URLParts, b: URLParts) -> Bool {
+    public static func == (a: URLParts, b: URLParts) -> Bool {
         a.scheme == b.scheme && a.user == b.user && a.password == b.password && a.host == b.host
             && a.port == b.port && a.path == b.path && a.query.elementsEqual(b.query, by: { $0 == $1 })
     }
 
     /// Parses `text`, or returns nil when it is not a `scheme://` URL.
-    init?(_ text: String) {
+    public init?(_ text: String) {
         guard let schemeEnd = text.range(of: "://") else { return nil }
         scheme = String(text[..<schemeEnd.lowerBound]).lowercased()
         var rest = Substring(text[schemeEnd.upperBound...])
@@ -104,7 +104,7 @@ struct URLParts: Sendable, Equatable {
     }
 
     /// The URL with its password replaced by `***`, for logs and `/status`.
-    static func redacted(_ text: String) -> String {
+    public static func redacted(_ text: String) -> String {
         guard let schemeEnd = text.range(of: "://") else { return text }
         let afterScheme = text[schemeEnd.upperBound...]
         let authorityEnd = afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? afterScheme.endIndex

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""A TCP relay the integration tests put between outbox-relay and Postgres.
+"""A TCP relay put between outbox-relay and Postgres by the integration tests and outbox-bench.
 
-    tcp_cutoff.py LISTEN_PORT TARGET_HOST TARGET_PORT [COUNT_FILE]
+    pg-wire-proxy.py LISTEN_PORT TARGET_HOST TARGET_PORT [COUNT_FILE]
 
 Killing it makes Postgres unreachable for the relay exactly as a stopped server would (open
 connections reset, new ones refused) while the shared test server keeps serving other tests.

@@ -1,0 +1,390 @@
+import ArgumentParser
+import Foundation
+import Logging
+import OutboxCLI
+import OutboxCore
+
+/// `outbox-bench`: the relay and reconciler measured against the bounds of the same machine, in
+/// the same run. Each scenario gets a fresh database; the relay runs as its own process (the
+/// `outbox-relay` binary next to this one), as in production.
+@main
+struct OutboxBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "outbox-bench",
+        abstract: "Benchmarks: relay and reconciler against the bounds of the same machine.",
+        discussion: """
+            Scenarios: drain-redis, idle, memory, writer-overhead, latency, reconcile-scan (default: all). \\
+            Needs the local services (scripts/services up; eval "$(scripts/services env)") and a release build: \\
+            swift build -c release && .build/release/outbox-bench. Prints a table; --json writes the figures.
+            """)
+
+    @Argument(help: "Scenarios to run.")
+    var scenarios: [String] = []
+
+    @OptionGroup var options: GlobalOptions
+
+    @Option(help: "Events preloaded for drain-redis.") var drainEvents = 200_000
+    @Option(help: "Backlog for the memory scenario.") var memoryEvents = 1_000_000
+    @Option(help: "Rows for reconcile-scan.") var scanRows = 1_000_000
+    @Option(help: "Seconds per latency rate and for idle.") var seconds = 30
+    @Option(help: "Write the figures as JSON to this file.") var json: String?
+
+    static let all = ["drain-redis", "idle", "memory", "writer-overhead", "latency", "reconcile-scan"]
+
+    func validate() throws {
+        for s in scenarios where !Self.all.contains(s) {
+            throw ValidationError("unknown scenario \(s); scenarios: \(Self.all.joined(separator: ", "))")
+        }
+    }
+
+    func run() async throws {
+        let logger = CommandSupport.bootstrapLogging(label: "outbox-bench")
+        let config = await CommandSupport.loadConfiguration(path: options.config)
+        let bench = Bench(config: config, configPath: options.config ?? "config/outbox.yaml", logger: logger, seconds: seconds)
+        var results: [(String, [(String, String)])] = []
+        for scenario in scenarios.isEmpty ? Self.all : scenarios {
+            FileHandle.standardError.write(Data("== \(scenario)\n".utf8))
+            let figures: [(String, String)]
+            switch scenario {
+            case "drain-redis": figures = try await bench.drainRedis(events: drainEvents)
+            case "idle": figures = try await bench.idle()
+            case "memory": figures = try await bench.memory(events: memoryEvents)
+            case "writer-overhead": figures = try await bench.writerOverhead()
+            case "latency": figures = try await bench.latency()
+            default: figures = try await bench.reconcileScan(rows: scanRows)
+            }
+            results.append((scenario, figures))
+            for (name, value) in figures { print("\(scenario.padding(toLength: 16, withPad: " ", startingAt: 0)) \(name.padding(toLength: 34, withPad: " ", startingAt: 0)) \(value)") }
+        }
+        if let json {
+            let body: JSONValue = .object(Dictionary(uniqueKeysWithValues: results.map { scenario, figures in
+                (scenario, JSONValue.object(Dictionary(uniqueKeysWithValues: figures.map { ($0.0, JSONValue.string($0.1)) })))
+            }))
+            try body.jsonText.write(toFile: json, atomically: true, encoding: .utf8)
+        }
+    }
+}
+
+struct Bench {
+    let config: OutboxConfiguration
+    let configPath: String
+    let logger: Logger
+    let seconds: Int
+
+    var binDirectory: URL { URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent() }
+
+    // MARK: Databases and processes
+
+    func withDatabase<T>(_ body: (String, PostgresConnection) async throws -> T) async throws -> T {
+        let admin = try await PostgresConnection.connect(config.postgres, logger: logger)
+        let name = "bench_\(UUID().uuidString.prefix(8).lowercased())"
+        try await admin.query("CREATE DATABASE \(name)")
+        defer { Task { try? await admin.query("DROP DATABASE \(name) WITH (FORCE)") } }
+        guard var parts = URLParts(config.postgres.url) else { throw ReconcilerError(message: "postgres.url must be a URL for the bench") }
+        parts.path = "/" + name
+        let password = config.postgres.password ?? parts.password ?? ""
+        let url = "postgresql://\(parts.user ?? ""):\(password)@\(parts.host):\(parts.port ?? 5432)/\(name)"
+        let db = try await PostgresConnection.connect(PostgresConfiguration(url: url), logger: logger)
+        try await Migrator(directory: config.schemaDirectory, logger: logger).migrate(db)
+        let result = try await body(url, db)
+        await db.close()
+        try await admin.query("DROP DATABASE \(name) WITH (FORCE)")
+        return result
+    }
+
+    func startRelay(_ url: String, port: Int, extra: [String: String] = [:]) throws -> Process {
+        let process = Process()
+        process.executableURL = binDirectory.appendingPathComponent("outbox-relay")
+        process.arguments = ["serve", "--config", configPath]
+        var env = ProcessInfo.processInfo.environment
+        env["OUTBOX_POSTGRES_URL"] = url
+        env["OUTBOX_RELAY_HTTP_PORT"] = String(port)
+        env["OUTBOX_LOG_LEVEL"] = "warning"
+        for (k, v) in extra { env[k] = v }
+        process.environment = env
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    func stop(_ process: Process) async {
+        kill(process.processIdentifier, SIGTERM)
+        while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
+    }
+
+    /// Delivered events so far, from the relay's own /metrics (no load on Postgres).
+    func delivered(port: Int) async -> Int {
+        let http = HTTPConnection(logger: logger)
+        guard let r = try? await http.perform(HTTPRequest(method: .GET, url: "http://127.0.0.1:\(port)/metrics", timeout: .seconds(2)))
+        else { return -1 }
+        return r.bodyText.split(separator: "\n").filter { $0.hasPrefix("outbox_events_delivered_total") }
+            .compactMap { Double($0.split(separator: " ").last ?? "") }.reduce(0) { $0 + Int($1) }
+    }
+
+    func proc(_ pid: Int32, _ field: String) -> Double {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix(field + ":") } ?? ""
+        return Double(line.split(separator: " ").dropFirst().first ?? "") ?? 0  // kB
+    }
+
+    func cpuSeconds(_ pid: Int32) -> Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return 0 }
+        let f = stat[stat.index(after: close)...].split(separator: " ")
+        return ((Double(f[11]) ?? 0) + (Double(f[12]) ?? 0)) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    func preloadXAdd(_ db: PostgresConnection, events: Int, keys: Int, stream: String) async throws {
+        var done = 0
+        while done < events {
+            let n = min(50_000, events - done)
+            try await db.query(
+                """
+                SELECT count(outbox.enqueue('redis', 'xadd', 'k' || (g % $2), jsonb_build_object(
+                  'stream', $3::text, 'fields', jsonb_build_object('seq', g::text))))
+                FROM generate_series($1::int8, $1::int8 + $4 - 1) g
+                """, [.int(Int64(done)), .int(Int64(keys)), .text(stream), .int(Int64(n))])
+            done += n
+        }
+    }
+
+    func fmt(_ x: Double, _ digits: Int = 0) -> String { String(format: "%.\(digits)f", x) }
+
+    func percentile(_ sorted: [Double], _ p: Double) -> Double {
+        sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+    }
+
+    // MARK: Scenarios
+
+    func drainRedis(events: Int) async throws -> [(String, String)] {
+        let redis = try await RedisConnection.connect(config.redis, logger: logger)
+        let stream = "bench:" + UUID().uuidString.prefix(8)
+        let relayRate: Double = try await withDatabase { url, db in
+            try await preloadXAdd(db, events: events, keys: 1000, stream: stream)
+            let port = 18_470
+            let started = ContinuousClock.now
+            let relay = try startRelay(url, port: port)
+            while await delivered(port: port) < events { try await Task.sleep(for: .milliseconds(50)) }
+            let elapsed = (ContinuousClock.now - started).inSeconds
+            await stop(relay)
+            return Double(events) / elapsed
+        }
+        try await redis.command("DEL", stream)
+        // Bound 1: the same rows drained by SQL alone, 1,000 per statement.
+        let sqlRate: Double = try await withDatabase { _, db in
+            try await preloadXAdd(db, events: events, keys: 1000, stream: stream)
+            let started = ContinuousClock.now
+            while try await db.query(
+                "DELETE FROM outbox.events WHERE id IN (SELECT id FROM outbox.events ORDER BY id LIMIT 1000) RETURNING id, payload"
+            ).rows.count > 0 {}
+            return Double(events) / (ContinuousClock.now - started).inSeconds
+        }
+        // Bound 2: Redis' own pipelined XADD rate, 1,000 per pipeline.
+        let started = ContinuousClock.now
+        var sent = 0
+        while sent < events {
+            let n = min(1000, events - sent)
+            _ = try await redis.pipeline((0..<n).map { RedisCommand("XADD", stream, "*", "seq", String(sent + $0), "outbox_id", String(sent + $0)) })
+            sent += n
+        }
+        let xaddRate = Double(events) / (ContinuousClock.now - started).inSeconds
+        try await redis.command("DEL", stream)
+        return [
+            ("relay events/s", fmt(relayRate)), ("sql drain bound events/s", fmt(sqlRate)),
+            ("redis pipelined xadd events/s", fmt(xaddRate)), ("relay / sql bound", fmt(relayRate / sqlRate * 100, 1) + " %"),
+            ("relay / xadd bound", fmt(relayRate / xaddRate * 100, 1) + " %"),
+        ]
+    }
+
+    func idle() async throws -> [(String, String)] {
+        try await withDatabase { url, _ in
+            // Count statements at the wire: scripts/pg-wire-proxy.py between the relay and Postgres.
+            guard var parts = URLParts(url) else { return [] }
+            let port = 18_480
+            let countFile = FileManager.default.temporaryDirectory.appendingPathComponent("bench-statements").path
+            let proxy = Process()
+            proxy.executableURL = URL(fileURLWithPath: ProcessInfo.processInfo.environment["OUTBOX_VENV"].map { $0 + "/bin/python" } ?? "/usr/bin/python3")
+            proxy.arguments = ["scripts/pg-wire-proxy.py", String(port), parts.host, String(parts.port ?? 5432), countFile]
+            proxy.standardOutput = FileHandle.nullDevice
+            try proxy.run()
+            defer { kill(proxy.processIdentifier, SIGKILL) }
+            try await Task.sleep(for: .milliseconds(500))
+            parts.port = port
+            let relay = try startRelay("postgresql://\(parts.user ?? ""):\(parts.password ?? "")@127.0.0.1:\(port)\(parts.path)", port: 18_471)
+            try await Task.sleep(for: .seconds(3))
+            func count() -> Int { Int((try? String(contentsOfFile: countFile, encoding: .utf8)) ?? "") ?? 0 }
+            let (q0, c0) = (count(), cpuSeconds(relay.processIdentifier))
+            try await Task.sleep(for: .seconds(seconds))
+            let (q1, c1) = (count(), cpuSeconds(relay.processIdentifier))
+            await stop(relay)
+            return [
+                ("window", "\(seconds) s at relay.poll_interval \(config.relay.pollInterval)"),
+                ("statements", "\(q1 - q0) (\(fmt(Double(q1 - q0) / Double(seconds), 2))/s)"),
+                ("cpu seconds", fmt(c1 - c0, 3) + " (\(fmt((c1 - c0) / Double(seconds) * 100, 3)) % of a core)"),
+            ]
+        }
+    }
+
+    func memory(events: Int) async throws -> [(String, String)] {
+        try await withDatabase { url, db in
+            var done = 0
+            while done < events {
+                let n = min(100_000, events - done)
+                try await db.query(
+                    """
+                    SELECT count(outbox.enqueue('redis', 'set', 'k' || (g % 1000), jsonb_build_object('key', 'bench:mem:' || (g % 1000), 'value', g::text, 'ttl_seconds', 60)))
+                    FROM generate_series($1::int8, $1::int8 + $2 - 1) g
+                    """, [.int(Int64(done)), .int(Int64(n))])
+                done += n
+            }
+            let port = 18_472
+            let started = ContinuousClock.now
+            let relay = try startRelay(url, port: port)
+            var peak = 0.0
+            while await delivered(port: port) < events {
+                peak = max(peak, proc(relay.processIdentifier, "VmHWM"))
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            peak = max(peak, proc(relay.processIdentifier, "VmHWM"))
+            let elapsed = (ContinuousClock.now - started).inSeconds
+            await stop(relay)
+            return [("backlog", "\(events) redis.set events"), ("peak RSS (VmHWM)", fmt(peak / 1024, 1) + " MB"),
+                    ("drain events/s", fmt(Double(events) / elapsed))]
+        }
+    }
+
+    func writerOverhead() async throws -> [(String, String)] {
+        try await withDatabase { _, db in
+            try await db.query("SET synchronous_commit = off")
+            func measure(_ enqueue: Bool, _ n: Int) async throws -> [Double] {
+                var times: [Double] = []
+                for i in 0..<n {
+                    let started = ContinuousClock.now
+                    try await db.transaction { tx in
+                        let id = UUID()
+                        try await tx.query("INSERT INTO extractions (id, source_id, content) VALUES ($1, 'doc', 'text')", [.uuid(id)])
+                        if enqueue {
+                            try await OutboxWriter.enqueue(.qdrantUpsert(
+                                collection: "c", id: .uuid(id), text: "text", source: ("extractions", id.uuidString.lowercased())), on: tx)
+                        }
+                    }
+                    if i >= n / 10 { times.append((ContinuousClock.now - started).inSeconds * 1000) }  // drop warm-up
+                }
+                return times.sorted()
+            }
+            _ = try await measure(true, 500)
+            let plain = try await measure(false, 5000), with = try await measure(true, 5000)
+            let p50 = percentile(plain, 0.5), p50e = percentile(with, 0.5)
+            return [
+                ("domain-only p50 / p99 ms", "\(fmt(p50, 3)) / \(fmt(percentile(plain, 0.99), 3))"),
+                ("with outbox.enqueue p50 / p99 ms", "\(fmt(p50e, 3)) / \(fmt(percentile(with, 0.99), 3))"),
+                ("added to p50", fmt((p50e - p50) / p50 * 100, 1) + " %"),
+            ]
+        }
+    }
+
+    func latency() async throws -> [(String, String)] {
+        var figures: [(String, String)] = []
+        for rate in [1000, 5000] {
+            let result: (String, String) = try await withDatabase { url, _ in
+                let stream = "bench:lat:" + UUID().uuidString.prefix(8)
+                let port = 18_473
+                let relay = try startRelay(url, port: port)
+                try await Task.sleep(for: .seconds(2))
+                let writers = rate >= 2000 ? 4 : 1
+                let commits = CommitLog()
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for w in 0..<writers {
+                        group.addTask {
+                            let db = try await PostgresConnection.connect(PostgresConfiguration(url: url), logger: logger)
+                            try await db.query("SET synchronous_commit = off")
+                            let interval = Duration.nanoseconds(Int64(1e9) * Int64(writers) / Int64(rate))
+                            var next = ContinuousClock.now
+                            let end = next + .seconds(seconds)
+                            var n = 0
+                            while next < end {
+                                let id = try await db.transaction { tx in
+                                    try await OutboxWriter.enqueue(.redisXAdd(stream: stream, fields: ["w": String(w)], key: "w\(w)-\(n % 100)"), on: tx)
+                                }
+                                await commits.record(id, Date())
+                                n += 1
+                                next += interval
+                                if next > .now { try await Task.sleep(until: next) }
+                            }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                let total = await commits.count
+                while await delivered(port: port) < total { try await Task.sleep(for: .milliseconds(50)) }
+                await stop(relay)
+                let redis = try await RedisConnection.connect(config.redis, logger: logger)
+                var latencies: [Double] = []
+                let committed = await commits.times
+                for entry in try await redis.command("XRANGE", stream, "-", "+").array ?? [] {
+                    guard let parts = entry.array, let entryID = parts[0].string, let fields = parts[1].array?.compactMap(\.string),
+                        let i = fields.firstIndex(of: "outbox_id"), let id = Int64(fields[i + 1]), let at = committed[id],
+                        let ms = Double(entryID.split(separator: "-")[0])
+                    else { continue }
+                    latencies.append(ms - at.timeIntervalSince1970 * 1000)
+                }
+                try await redis.command("DEL", stream)
+                let sorted = latencies.sorted()
+                return ("\(rate)/s commit→delivered ms p50/p90/p99/max",
+                        "\(fmt(percentile(sorted, 0.5), 1)) / \(fmt(percentile(sorted, 0.9), 1)) / \(fmt(percentile(sorted, 0.99), 1)) / \(fmt(sorted.last ?? 0, 1)) (n=\(sorted.count), achieved \(fmt(Double(total) / Double(seconds)))/s)")
+            }
+            figures.append(result)
+        }
+        return figures
+    }
+
+    func reconcileScan(rows: Int) async throws -> [(String, String)] {
+        try await withDatabase { url, db in
+            try await db.query(
+                """
+                INSERT INTO extractions (source_id, content, created_at, embedding_id)
+                SELECT 'doc', 'row ' || g, now() - interval '1 hour', CASE WHEN g % 100 = 0 THEN NULL ELSE gen_random_uuid() END
+                FROM generate_series(1, $1::int) g
+                """, [.int(Int64(rows))])
+            try await db.query("ANALYZE extractions")
+            let process = Process()
+            process.executableURL = binDirectory.appendingPathComponent("outbox-reconciler")
+            // DB-side categories: the missing_point lookup of 990,000 points would measure the stand-in.
+            process.arguments = ["reconcile", "--dry-run", "--json", "--category", "unembedded", "--category", "stuck", "--category", "dead",
+                                 "--config", configPath]
+            process.environment = ProcessInfo.processInfo.environment.merging(["OUTBOX_POSTGRES_URL": url, "OUTBOX_RECONCILER_PAGE_SIZE": "10000"]) { $1 }
+            let out = FileManager.default.temporaryDirectory.appendingPathComponent("bench-reconcile.json")
+            FileManager.default.createFile(atPath: out.path, contents: nil)
+            process.standardOutput = try FileHandle(forWritingTo: out)
+            process.standardError = FileHandle.nullDevice
+            let started = ContinuousClock.now
+            try process.run()
+            var peak = 0.0
+            while process.isRunning {
+                peak = max(peak, proc(process.processIdentifier, "VmHWM"))
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let elapsed = (ContinuousClock.now - started).inSeconds
+            let report = try JSONValue.parse(String(contentsOf: out, encoding: .utf8))
+            let found = report["tables"]?["extractions"]?["unembedded"]?["count"]?.numberValue ?? -1
+            let scanSeconds = report["duration_seconds"]?.numberValue ?? elapsed
+            return [
+                ("rows / unembedded found", "\(rows) / \(Int(found))"),
+                ("scan rows/s (rows of the table / scan time)", fmt(Double(rows) / scanSeconds)),
+                ("process wall time s / peak RSS MB", "\(fmt(elapsed, 2)) / \(fmt(peak / 1024, 1))"),
+            ]
+        }
+    }
+}
+
+actor CommitLog {
+    private(set) var times: [Int64: Date] = [:]
+    func record(_ id: Int64, _ at: Date) { times[id] = at }
+    var count: Int { times.count }
+}
+
+extension Duration {
+    var inSeconds: Double {
+        let (s, atto) = components
+        return Double(s) + Double(atto) / 1e18
+    }
+}
