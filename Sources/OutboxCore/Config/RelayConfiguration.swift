@@ -6,7 +6,8 @@ import Yams
 /// | key | type | default |
 /// |---|---|---|
 /// | `relay.http.host` / `relay.http.port` | string / int | `127.0.0.1` / `8470` |
-/// | `relay.batch_size` | int, events per claim | `500` |
+/// | `relay.batch_size` | int, keys per claim | `500` |
+/// | `relay.batch_events` | int, events per claim | `5000` |
 /// | `relay.max_per_key` | int, events of one key per claim | `100` |
 /// | `relay.poll_interval` | duration, fallback poll | `5s` |
 /// | `relay.claim_idle_timeout` | duration | `2m` |
@@ -21,6 +22,7 @@ public struct RelaySettings: Sendable {
     public var httpHost = "127.0.0.1"
     public var httpPort = 8470
     public var batchSize = 500
+    public var batchEvents = 5000
     public var maxPerKey = 100
     public var pollInterval: Duration = .seconds(5)
     /// Postgres ends a relay session idle this long inside a claim (e.g. a process frozen by
@@ -40,6 +42,7 @@ public struct RelaySettings: Sendable {
         httpHost = try c.string("relay.http.host", default: httpHost)
         httpPort = try c.int("relay.http.port", default: httpPort, range: 0...65535)
         batchSize = try c.int("relay.batch_size", default: batchSize, range: 1...10_000)
+        batchEvents = try c.int("relay.batch_events", default: batchEvents, range: 1...100_000)
         maxPerKey = try c.int("relay.max_per_key", default: maxPerKey, range: 1...10_000)
         pollInterval = try c.duration("relay.poll_interval", default: pollInterval)
         claimIdleTimeout = try c.duration("relay.claim_idle_timeout", default: claimIdleTimeout)

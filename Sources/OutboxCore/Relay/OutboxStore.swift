@@ -10,22 +10,28 @@ enum OutboxStore {
     /// locks up to `maxPerKey` following events of the keys this relay got, so a hot key moves
     /// many events per round trip. Only heads are ever skip-locked, so step 2 cannot wait on
     /// another relay.
-    static func claim(_ tx: PostgresConnection, destination: OutboxEvent.Destination, batchSize: Int, maxPerKey: Int)
-        async throws -> [ClaimedEvent]
-    {
+    ///
+    /// `after` skips heads with smaller ids: the caller passes the last head of its previous full
+    /// claim, so a long drain does not rescan the dead index entries its own deletes left at the
+    /// front of the id order; after a short claim it passes 0 and the next pass starts over
+    /// (picking up retries that came due meanwhile).
+    static func claim(
+        _ tx: PostgresConnection, destination: OutboxEvent.Destination, batchSize: Int, batchEvents: Int, maxPerKey: Int,
+        after: Int64 = 0
+    ) async throws -> [ClaimedEvent] {
         let heads = try await tx.query(
             """
             SELECT e.id, e.operation, e.key, e.payload::text AS payload, e.created_at, e.attempts
             FROM outbox.events e
-            WHERE e.destination = $1 AND e.available_at <= now()
+            WHERE e.destination = $1 AND e.available_at <= now() AND e.id > $3
               AND NOT EXISTS (
                 SELECT 1 FROM outbox.events p WHERE p.destination = e.destination AND p.key = e.key AND p.id < e.id)
             ORDER BY e.id
             LIMIT $2
             FOR UPDATE OF e SKIP LOCKED
-            """, [.text(destination.rawValue), .int(Int64(batchSize))])
+            """, [.text(destination.rawValue), .int(Int64(batchSize)), .int(after)])
         var events = try heads.rows.map { try decode($0, destination) }
-        let perKey = min(maxPerKey, batchSize / max(1, events.count))
+        let perKey = min(maxPerKey, batchEvents / max(1, events.count))
         if perKey > 1, !events.isEmpty {
             let followers = try await tx.query(
                 """

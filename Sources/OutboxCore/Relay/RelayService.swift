@@ -178,6 +178,14 @@ final class DestinationWorker: Sendable {
     let health: RelayHealth
     let metrics: RelayMetrics
     let logger: Logger
+    /// Where the next claim's scan starts (see `OutboxStore.claim`); only this worker's task uses it.
+    private let cursor = Cursor()
+
+    /// The use of `@unchecked Sendable` is safe for this type because: it is only read and
+    /// written by the single task that runs this worker's loop.
+    final class Cursor: @unchecked Sendable {
+        var value: Int64 = 0
+    }
 
     private init(
         destination: OutboxEvent.Destination, db: PostgresConnection, deliverer: any Deliverer, settings: RelaySettings,
@@ -244,6 +252,10 @@ final class DestinationWorker: Sendable {
                 nextRetry = min(nextRetry ?? at, at)
             }
             if result.claimed == 0 {
+                if cursor.value != 0 {
+                    cursor.value = 0  // the pass reached the end: start over before sleeping
+                    continue
+                }
                 await wakeup.wait(until: nextRetry.map { min($0, .now + settings.pollInterval) })
                 if let due = nextRetry, due <= .now { nextRetry = nil }
             }
@@ -262,8 +274,14 @@ final class DestinationWorker: Sendable {
         var lastRetry: String?
         let (ack, delivered) = try await db.transaction { tx -> (OutboxStore.Acknowledgement, [ClaimedEvent]) in
             let events = try await OutboxStore.claim(
-                tx, destination: destination, batchSize: settings.batchSize, maxPerKey: settings.maxPerKey)
+                tx, destination: destination, batchSize: settings.batchSize, batchEvents: settings.batchEvents,
+                maxPerKey: settings.maxPerKey, after: cursor.value)
             result.claimed = events.count
+            // Continue after the last claimed head (not after its followers: keys whose heads lie
+            // between were not claimed yet) when the claim was full; otherwise start over.
+            var heads: [String: Int64] = [:]
+            for event in events { heads[event.key] = min(heads[event.key] ?? .max, event.id) }
+            cursor.value = heads.count >= settings.batchSize ? (heads.values.max() ?? 0) : 0
             guard !events.isEmpty else { return (.init(), []) }
             let outcomes = await deliverer.deliver(events)
             for event in events {
