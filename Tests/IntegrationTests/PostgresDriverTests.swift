@@ -227,3 +227,22 @@ import Testing
         #expect(try await db.query("SELECT 2 AS two").first!.decode("two", as: Int.self) == 2)
     }
 }
+
+extension PostgresDriverTests {
+    @Test func sessionSettingsApplyToEverySessionIncludingReconnects() async throws {
+        var config = try TestEnvironment.postgresConfiguration()
+        config.sessionSettings = ["idle_in_transaction_session_timeout": "90s", "search_path": "public, pg_temp"]
+        let db = try await PostgresConnection.connect(config, logger: TestEnvironment.logger)
+        func settings() async throws -> [String] {
+            let row = try await db.query(
+                "SELECT current_setting('idle_in_transaction_session_timeout') AS t, current_setting('search_path') AS a").first!
+            return [try row.decode("t"), try row.decode("a")]
+        }
+        #expect(try await settings() == ["90s", "public, pg_temp"])
+        let admin = try await TestEnvironment.connect()
+        try await admin.query("SELECT pg_terminate_backend($1::int)", [.int(Int64(await db.backendPID()))])
+        try await Task.sleep(for: .milliseconds(100))
+        _ = try? await db.query("SELECT 1")  // reports the lost connection
+        #expect(try await settings() == ["90s", "public, pg_temp"])
+    }
+}

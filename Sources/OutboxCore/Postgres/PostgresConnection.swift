@@ -16,6 +16,9 @@ public struct PostgresConfiguration: Sendable {
     public var keepalivesIdle: Duration = .seconds(30)
     public var keepalivesInterval: Duration = .seconds(10)
     public var keepalivesCount: Int = 3
+    /// Server settings for every session of this connection, reconnects included (sent as the
+    /// libpq `options` parameter: `-c name=value …`; replaces any `options` in `url`).
+    public var sessionSettings: [String: String] = [:]
 
     public init(url: String, password: String? = nil) {
         self.url = url
@@ -263,6 +266,12 @@ public actor PostgresConnection {
         if let password = c.password {
             keywords.append("password")
             values.append(password)
+        }
+        if !c.sessionSettings.isEmpty {
+            keywords.append("options")
+            values.append(c.sessionSettings.sorted { $0.key < $1.key }.map { name, value in
+                "-c \(name)=" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: " ", with: "\\ ")
+            }.joined(separator: " "))
         }
         let connection = withCStringArray(keywords) { keywordPointers in
             withCStringArray(values) { valuePointers in

@@ -207,12 +207,18 @@ final class DestinationWorker: Sendable {
     ) async throws -> DestinationWorker {
         var postgres = configuration.postgres
         postgres.applicationName = "outbox-relay"
+        postgres.sessionSettings = [
+            // A relay frozen mid-claim (SIGSTOP, a hung host) loses its session after this long,
+            // and with it the row locks: other relays take over its keys.
+            "idle_in_transaction_session_timeout": "\(configuration.relay.claimIdleTimeout.milliseconds)ms",
+            // outbox.events is a queue: its statistics are nearly always stale (a bulk load lands
+            // between two ANALYZEs). With them, the planner may sort the whole backlog for every
+            // claim (measured: 1.3 s instead of 3 ms per claim on 200,000 events). Claims and
+            // acknowledgements only need index-ordered scans; make sorts and bitmaps a last resort.
+            "enable_sort": "off",
+            "enable_bitmapscan": "off",
+        ]
         let db = try await PostgresConnection.connect(postgres, logger: logger)
-        // A relay frozen mid-claim (SIGSTOP, a hung host) loses its session after this long, and
-        // with it the row locks: other relays take over its keys. Set per session, not guessed later.
-        try await db.query(
-            "SELECT set_config('idle_in_transaction_session_timeout', $1, false)",
-            [.text("\(configuration.relay.claimIdleTimeout.milliseconds)ms")])
         let sourceTypes = try await SourceColumnTypes.resolve(configuration.tables, on: db)
         let deliverer: any Deliverer
         switch destination {
