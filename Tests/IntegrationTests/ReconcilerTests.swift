@@ -187,6 +187,11 @@ import Testing
             #expect(alerts().count == 2)
             #expect(alerts().last?["state"] == "resolved")
             #expect(alerts().last?["category"] == "unembedded")
+
+            // SIGTERM ends the daemon promptly (it must not wait out reconciler.interval).
+            kill(daemon.processIdentifier, SIGTERM)
+            try await eventually("reconciler exits after SIGTERM", timeout: .seconds(5)) { !daemon.isRunning }
+            #expect(daemon.terminationStatus == 0)
             _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
         }
     }

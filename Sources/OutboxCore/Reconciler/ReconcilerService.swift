@@ -25,15 +25,17 @@ public actor ReconcilerService: Service {
         self.factory = PrometheusMetricsFactory(registry: registry)
     }
 
+    /// Scans until SIGTERM/SIGINT: graceful shutdown cancels the loop, which ends the sleep at
+    /// once and a scan at its next statement (repairs are enqueued in transactions, so a cancelled
+    /// scan leaves nothing half-done).
     public func run() async throws {
-        try await withGracefulShutdownHandler {
+        try? await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
-                await scanOnce()
-                try? await Task.sleep(for: configuration.reconciler.interval)
+                await self.scanOnce()
+                try await Task.sleep(for: self.configuration.reconciler.interval)
             }
-        } onGracefulShutdown: {
-            // The sleep above is cancelled by the group; a scan in flight finishes its page.
         }
+        logger.info("Reconciler stopped")
     }
 
     func scanOnce() async {
