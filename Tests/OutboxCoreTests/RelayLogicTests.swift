@@ -132,7 +132,7 @@ import Testing
     }
 }
 
-/// `RedisDeliverer.command(for:)` without a connection (its Lua SHAs stubbed).
+/// `RedisDeliverer.buildCommand` without a connection (its Lua SHAs stubbed).
 struct RedisDelivererCommands {
     let namespace: String
 

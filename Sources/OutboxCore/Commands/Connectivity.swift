@@ -50,16 +50,14 @@ public enum Connectivity {
     }
 
     static func probeQdrant(_ config: QdrantConfiguration, logger: Logger) async -> Probe {
-        let http = HTTPConnection(logger: logger, secrets: [config.apiKey].compactMap { $0 })
-        var headers: [(name: String, value: String)] = []
-        if let key = config.apiKey { headers.append(("api-key", key)) }
+        var quick = config
+        quick.timeout = .seconds(5)
         do {
-            let response = try await http.perform(
-                HTTPRequest(method: .GET, url: config.url + "/collections", headers: headers, timeout: .seconds(5)))
-            guard response.status == 200 else {
-                return Probe(store: "qdrant", address: config.url, problem: "GET /collections answered \(response.status)", detail: "")
+            let reply = try await QdrantClient(configuration: quick, logger: logger).call(.GET, "/collections")
+            guard reply.status == 200 else {
+                return Probe(store: "qdrant", address: config.url, problem: "GET /collections answered \(reply.status)", detail: "")
             }
-            let count = (try? response.decode(JSONValue.self))?["result"]?["collections"]?.arrayValue?.count ?? 0
+            let count = reply.result?["collections"]?.arrayValue?.count ?? 0
             return Probe(store: "qdrant", address: config.url, problem: nil, detail: "\(count) collection(s)")
         } catch {
             return Probe(store: "qdrant", address: config.url, problem: "\(error)", detail: "")

@@ -62,7 +62,6 @@ enum OutboxStore {
         var delivered = 0
         var retried = 0
         var deadLettered = 0
-        var released = 0
     }
 
     /// Applies `outcomes` in the claiming transaction: deletes delivered events and sets their
@@ -96,7 +95,7 @@ enum OutboxStore {
                     retries.append((event.id, max(backoff, retryAfter?.seconds ?? 0), reason))
                 }
             case .skipped:
-                ack.released += 1
+                break  // released untouched when the transaction commits
             }
         }
 

@@ -47,7 +47,7 @@ struct RedisDeliverer: Deliverer {
                 var commands: [RedisCommand] = []
                 var sent: [ClaimedEvent] = []
                 for event in events {
-                    switch command(for: event, shas: shas) {
+                    switch Self.buildCommand(for: event, shas: shas, dedupeNamespace: dedupeNamespace, dedupeTTL: dedupeTTL) {
                     case .success(let command):
                         commands.append(command)
                         sent.append(event)
@@ -90,10 +90,6 @@ struct RedisDeliverer: Deliverer {
 
     struct PayloadProblem: Error {
         let message: String
-    }
-
-    func command(for event: ClaimedEvent, shas: (xadd: String, publish: String)) -> Result<RedisCommand, PayloadProblem> {
-        Self.buildCommand(for: event, shas: shas, dedupeNamespace: dedupeNamespace, dedupeTTL: dedupeTTL)
     }
 
     static func buildCommand(
