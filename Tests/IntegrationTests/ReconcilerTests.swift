@@ -264,6 +264,10 @@ extension ReconcilerTests {
             let last = try await reconcile(shipped, url: url)
             #expect(last.status == 0, "\(last.report.jsonText)")
             _ = relay
+            // Its rows vanish with the throwaway database; its points must not stay behind as orphans.
+            let cleaned = try await qdrant.call(
+                .POST, "/collections/extractions/points/delete?wait=true", ["points": .array(rows.map(JSONValue.string))])
+            #expect(cleaned.status == 200)
         }
     }
 }
