@@ -90,6 +90,38 @@ func startHelper(_ script: String, _ arguments: [String]) async throws -> Proces
         try await redis.command("DEL", key, other)
     }
 
+    @Test func aFailedXAddHoldsBackTheLaterOnesOfItsKeyInThePipeline() async throws {
+        // Redis runs the whole pipeline whatever fails in it: without a guard, event 2 would land
+        // while event 1 is retried, and the stream would hold them in the wrong order.
+        let deliverer = try await redisDeliverer()
+        let blocked = TestEnvironment.uniqueName("str")
+        let stream = "stream:" + TestEnvironment.uniqueName("guarded")
+        let other = "stream:" + TestEnvironment.uniqueName("free")
+        let redis = try await TestEnvironment.redis()
+        try await redis.command("SET", blocked, "a string, not a stream")
+        let outcomes = await deliverer.deliver([
+            event(1, "xadd", key: "a", ["stream": .string(blocked), "fields": ["seq": "1"]]),
+            event(2, "xadd", key: "a", ["stream": .string(stream), "fields": ["seq": "2"]]),
+            event(3, "publish", key: "a", ["channel": .string(stream), "message": "3"]),
+            event(4, "xadd", key: "b", ["stream": .string(other), "fields": ["seq": "1"]]),
+        ])
+        guard case .dead? = outcomes[1], case .retry? = outcomes[2], case .retry? = outcomes[3] else {
+            Issue.record("expected dead, retry, retry; got \(outcomes)")
+            return
+        }
+        #expect(outcomes[4] == .delivered(source: nil))
+        #expect(try await redis.command("XLEN", stream) == .integer(0))
+        #expect(try await redis.command("XLEN", other) == .integer(1))
+        // Once event 1 is dead-lettered, the retry delivers the rest in order.
+        let retried = await deliverer.deliver([
+            event(2, "xadd", key: "a", ["stream": .string(stream), "fields": ["seq": "2"]]),
+            event(3, "publish", key: "a", ["channel": .string(stream), "message": "3"]),
+        ])
+        #expect(retried[2] == .delivered(source: nil) && retried[3] == .delivered(source: nil))
+        #expect(try await redis.command("XLEN", stream) == .integer(1))
+        try await redis.command("DEL", blocked, stream, other)
+    }
+
     @Test func openAICompatibleEmbedderBatchesAndClassifiesFailures() async throws {
         let port = try freePort()
         let server = try await startHelper("fake_embeddings.py", [String(port), "test-key-123"])

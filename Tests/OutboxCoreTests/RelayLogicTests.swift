@@ -122,6 +122,9 @@ import Testing
         let xadd = try redis.command(for: event("xadd", ["stream": "s", "fields": ["b": "2", "a": "1"], "maxlen": 100], destination: .redis)).get()
         #expect(xadd.arguments.map { String(decoding: $0, as: UTF8.self) }
             == ["EVALSHA", "sha-x", "2", "s", "outbox:dedupe:db1:1", "604800", "100", "1", "a", "1", "b", "2"])
+        let guarded = try redis.command(for: event("publish", ["channel": "c", "message": "m"], destination: .redis), guardKey: "outbox:dedupe:db1:0").get()
+        #expect(guarded.arguments.map { String(decoding: $0, as: UTF8.self) }
+            == ["EVALSHA", "sha-p", "2", "outbox:dedupe:db1:1", "outbox:dedupe:db1:0", "604800", "c", "m"])
         let set = try redis.command(for: event("set", ["key": "k", "value": "v", "ttl_seconds": 60], destination: .redis)).get()
         #expect(set.arguments.map { String(decoding: $0, as: UTF8.self) } == ["SET", "k", "v", "EX", "60"])
         guard case .failure(let problem) = redis.command(for: event("set", ["key": "k", "value": 5], destination: .redis)) else {
@@ -136,7 +139,9 @@ import Testing
 struct RedisDelivererCommands {
     let namespace: String
 
-    func command(for event: ClaimedEvent) -> Result<RedisCommand, RedisDeliverer.PayloadProblem> {
-        RedisDeliverer.buildCommand(for: event, shas: (xadd: "sha-x", publish: "sha-p"), dedupeNamespace: namespace, dedupeTTL: .seconds(604_800))
+    func command(for event: ClaimedEvent, guardKey: String? = nil) -> Result<RedisCommand, RedisDeliverer.PayloadProblem> {
+        RedisDeliverer.buildCommand(
+            for: event, shas: (xadd: "sha-x", publish: "sha-p"), dedupeNamespace: namespace, dedupeTTL: .seconds(604_800),
+            guardKey: guardKey)
     }
 }
