@@ -6,7 +6,7 @@ SWIFT_BUILD_FLAGS ?=
 BIN := .build/debug
 SERVICES_ENV := eval "$$(scripts/services env)"
 
-.PHONY: demo test build services-up services-down unit-test
+.PHONY: demo test build services-up services-down unit-test chaos
 
 build:
 	swift build $(SWIFT_BUILD_FLAGS)
@@ -21,12 +21,16 @@ services-down:
 demo: services-up build
 	scripts/demo
 
-## test: start services, then unit + integration tests (Swift) and the stand-in's own tests (pytest).
+## test: start services, then unit + integration tests (Swift) and the stand-in's and chaos driver's own tests (pytest).
 test: services-up
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
-	$(SERVICES_ENV) && "$$OUTBOX_VENV/bin/python" -m pytest -q -p no:cacheprovider scripts/qdrant-standin
+	$(SERVICES_ENV) && "$$OUTBOX_VENV/bin/python" -m pytest -q -p no:cacheprovider scripts/qdrant-standin scripts/test_chaos.py
 	$(SERVICES_ENV) && swift test --skip-build $(SWIFT_BUILD_FLAGS)
 
 ## unit-test: the tests that need no server.
 unit-test:
 	swift test --skip IntegrationTests $(SWIFT_BUILD_FLAGS)
+
+## chaos: the short chaos soak (scripts/chaos --help); it runs on its own instance of the services.
+chaos:
+	scripts/chaos --short

@@ -1,0 +1,774 @@
+#!/usr/bin/env python3
+"""Chaos soak of outbox-relay: nothing lost, nothing doubled, order kept.
+
+Run it through scripts/chaos, which starts a private instance of the local services first and
+runs this file with the project's venv. What one run does:
+
+ 1. Builds the binaries (unless --no-build), creates a fresh database `chaos` and migrates it,
+    empties Redis and the stand-in collection `chaos`.
+ 2. Starts two `outbox-relay` processes and one `outbox-reconciler` daemon on a generated config.
+ 3. Writers commit continuously over --keys keys (default 2,000). Each transaction inserts an
+    extraction row with text, enqueues a `qdrant.upsert` with `source` for it, and one `redis.xadd`
+    (sometimes three) carrying the key and a per-key sequence number; the same transaction
+    records (key, seq, row) in the table chaos_ledger, so the ledger holds exactly what committed.
+ 4. Meanwhile faults hit at seeded random moments: `kill -9` of a relay (restarted), Postgres
+    restart (fast shutdown), Redis restart (append-only file), stand-in 503 / 429 + Retry-After /
+    slow / dropped-connection windows, and a relay frozen with SIGSTOP for longer than every
+    timeout (claim_idle_timeout, client timeouts), then resumed. Every kind occurs at least once.
+ 5. Then: faults off, writers stop, wait for the backlog to drain, and check — every committed
+    event's effect present exactly once (stream entries unique by outbox_id, points = rows,
+    embedding ids set), per-key order in the stream, nothing pending, no dead letter without a
+    reason, `outbox-reconciler reconcile` exits 0, the daemons exit 0 on SIGTERM, and no secret
+    appears in any daemon log. Prints a summary and exits 0 only if every check holds.
+
+The seed fixes the fault schedule, the keys and the texts; the interleaving with real time is
+not reproducible, which is the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FAULT_KINDS = ("relay_kill", "postgres_restart", "redis_restart", "qdrant_503", "qdrant_429",
+               "qdrant_slow", "qdrant_drop", "relay_pause")
+STREAM = "chaos:events"
+COLLECTION = "chaos"
+DIMENSIONS = 64
+WORDS = ("invoice contract tensor vector postgres redis qdrant outbox relay ledger shard "
+         "extraction pipeline model token embedding cosine replica commit stream order").split()
+
+# Timeouts of the generated config; the SIGSTOP fault freezes a relay for longer than all of them.
+CLAIM_IDLE_TIMEOUT_S = 6
+CLIENT_TIMEOUT_S = 3
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="scripts/chaos",
+        description=__doc__.split("\n\n")[0] + " Runs writers, two relays and the reconciler "
+        "under injected faults, then proves every committed effect landed exactly once, in order.",
+        epilog="Exit status: 0 all checks hold, 1 a check failed (see the summary), 2 setup error. "
+        "Logs of the daemons: .local/chaos/logs/chaos-*.log.")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--short", action="store_true",
+                      help="CI size: 100 s of writes and faults, about 3 minutes in all (the default)")
+    mode.add_argument("--long", action="store_true",
+                      help="soak size: 30 minutes of writes and faults, release build")
+    p.add_argument("--duration", type=float, help="seconds of writes and faults (overrides the mode)")
+    p.add_argument("--seed", type=int, help="seed of the fault schedule and the data (default: random, printed)")
+    p.add_argument("--rate", type=float, default=150.0, help="writer transactions per second, all writers together (default: 150)")
+    p.add_argument("--writers", type=int, default=4, help="writer connections (default: 4)")
+    p.add_argument("--keys", type=int, default=2000, help="ordering keys of the redis.xadd events (default: 2000)")
+    p.add_argument("--fault-interval", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="seconds between fault starts (default: 5 9 short, 12 24 long)")
+    p.add_argument("--drain-timeout", type=float, default=120.0,
+                   help="seconds allowed to drain after the faults (default: 120)")
+    p.add_argument("--release", action="store_true", help="build and run the release binaries (implied by --long)")
+    p.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    p.add_argument("--json", metavar="PATH", help="also write the summary as JSON to PATH")
+    p.add_argument("--keep-services", action="store_true",
+                   help="leave the private services running afterwards (to inspect them); by default they are stopped")
+    args = p.parse_args()
+    if args.long:
+        args.release = True
+    if args.duration is None:
+        args.duration = 1800.0 if args.long else 100.0
+    if args.fault_interval is None:
+        args.fault_interval = (12.0, 24.0) if args.long else (5.0, 9.0)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1, 2**31)
+    for name in ("duration", "rate", "drain_timeout"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.writers < 1 or args.keys < args.writers:
+        p.error("--writers must be >= 1 and --keys >= --writers")
+    lo, hi = args.fault_interval
+    if not 0 < lo <= hi:
+        p.error("--fault-interval needs 0 < MIN <= MAX")
+    return args
+
+
+T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"chaos [{time.monotonic() - T0:7.1f}s] {msg}", flush=True)
+
+
+class SetupError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# The private services instance (exported by scripts/chaos)
+
+@dataclass
+class Services:
+    state: Path
+    pg_port: int
+    redis_port: int
+    qdrant_port: int
+    pg_password: str
+    redis_password: str
+    api_key: str
+
+    @staticmethod
+    def from_env() -> "Services":
+        try:
+            state = Path(os.environ["OUTBOX_STATE_DIR"])
+            secrets = state / "secrets"
+            return Services(state, int(os.environ["OUTBOX_PG_PORT"]), int(os.environ["OUTBOX_REDIS_PORT"]),
+                            int(os.environ["OUTBOX_QDRANT_PORT"]),
+                            (secrets / "postgres-password").read_text().strip(),
+                            (secrets / "redis-password").read_text().strip(),
+                            (secrets / "qdrant-api-key").read_text().strip())
+        except (KeyError, OSError) as e:
+            raise SetupError(f"run this through scripts/chaos (missing {e})") from None
+
+    def dsn(self, database: str) -> str:
+        return (f"host=127.0.0.1 port={self.pg_port} user=outbox dbname={database} "
+                f"password={self.pg_password} connect_timeout=3")
+
+    def restart(self, service: str) -> None:
+        out = subprocess.run([str(REPO / "scripts/services"), "restart", service],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"scripts/services restart {service} failed: {out.stdout.strip()}")
+
+    def secrets(self) -> list[str]:
+        return [self.pg_password, self.redis_password, self.api_key]
+
+
+class Redis:
+    """A minimal RESP2 client (the venv has no redis package; this is all the checks need)."""
+
+    def __init__(self, port: int, password: str):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.reader = self.sock.makefile("rb")
+        self.call("AUTH", "default", password)
+
+    def call(self, *args):
+        parts = [b"*%d\r\n" % len(args)]
+        for a in args:
+            b = a if isinstance(a, bytes) else str(a).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        self.sock.sendall(b"".join(parts))
+        return self._reply()
+
+    def _reply(self):
+        line = self.reader.readline()
+        if not line:
+            raise ConnectionError("redis closed the connection")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(f"redis: {rest.decode()}")
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self.reader.read(n + 2)[:-2]
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
+        raise RuntimeError(f"redis: unexpected reply {line!r}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Qdrant:
+    def __init__(self, port: int, api_key: str):
+        self.base = f"http://127.0.0.1:{port}"
+        self.api_key = api_key
+
+    def request(self, method: str, path: str, body=None, ok=(200,)):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"api-key": self.api_key, "content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, payload = resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            status, payload = e.code, e.read()
+        if status not in ok:
+            raise RuntimeError(f"stand-in {method} {path}: HTTP {status} {payload[:200]!r}")
+        return json.loads(payload) if payload else None
+
+    def inject(self, spec: dict) -> None:
+        self.request("POST", "/__standin/faults", spec)
+
+    def clear_faults(self) -> None:
+        self.request("DELETE", "/__standin/faults", ok=(200, 204))
+
+    def point_ids(self) -> set[str]:
+        ids: set[str] = set()
+        offset = None
+        while True:
+            body = {"limit": 2000, "with_payload": False, "with_vector": False}
+            if offset is not None:
+                body["offset"] = offset
+            result = self.request("POST", f"/collections/{COLLECTION}/points/scroll", body)["result"]
+            ids.update(str(p["id"]) for p in result["points"])
+            offset = result.get("next_page_offset")
+            if offset is None:
+                return ids
+
+
+# --------------------------------------------------------------------------------------------
+# Daemons
+
+def write_config(svc: Services, path: Path) -> None:
+    secrets = svc.state / "secrets"
+    path.write_text(f"""# Generated by scripts/chaos for one run; short timeouts so that faults bite.
+postgres:
+  url: postgresql://outbox@127.0.0.1:{svc.pg_port}/chaos
+  password_file: {secrets / 'postgres-password'}
+  connect_timeout: {CLIENT_TIMEOUT_S}s
+redis:
+  url: redis://127.0.0.1:{svc.redis_port}/0
+  password_file: {secrets / 'redis-password'}
+  connect_timeout: {CLIENT_TIMEOUT_S}s
+  command_timeout: {CLIENT_TIMEOUT_S}s
+qdrant:
+  url: http://127.0.0.1:{svc.qdrant_port}
+  api_key_file: {secrets / 'qdrant-api-key'}
+  timeout: {CLIENT_TIMEOUT_S}s
+  collections:
+    {COLLECTION}: {{size: {DIMENSIONS}, distance: Cosine}}
+relay:
+  http: {{host: 127.0.0.1, port: 8570}}
+  poll_interval: 1s
+  claim_idle_timeout: {CLAIM_IDLE_TIMEOUT_S}s
+  max_attempts: 1000000
+  max_age: 24h
+  backoff_initial: 100ms
+  backoff_max: 2s
+  shutdown_grace: 5s
+reconciler:
+  http: {{host: 127.0.0.1, port: 8571}}
+  interval: 15s
+  grace_period: 60s
+  stuck_after: 10m
+  stuck_attempts: 1000
+  repair: true
+embedding:
+  provider: hashing
+  dimensions: {DIMENSIONS}
+tables:
+  extractions:
+    table: public.extractions
+    id_column: id
+    text_column: content
+    embedding_column: embedding_id
+    created_at_column: created_at
+    collection: {COLLECTION}
+schema:
+  directory: {REPO / 'schema'}
+""")
+
+
+def daemon_env(**extra: str) -> dict[str, str]:
+    # Nothing of the caller's OUTBOX_* (say, the main instance's URLs) may redirect a daemon.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    env["OUTBOX_LOG_LEVEL"] = "info"
+    env.update(extra)
+    return env
+
+
+class Daemon:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path):
+        self.name, self.argv, self.env, self.log = name, argv, env, log
+        self.proc: subprocess.Popen | None = None
+        self.unexpected_exits: list[int] = []
+        self.starts = 0
+        self.lock = threading.Lock()   # the fault injector and the watchdog both start/stop it
+        self.down_on_purpose = False
+
+    def start(self) -> None:
+        with self.lock:
+            with open(self.log, "ab") as out:
+                self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL)
+            self.starts += 1
+            self.down_on_purpose = False
+
+    def check_alive(self) -> None:
+        """Record and restart a daemon that exited without being told to."""
+        with self.lock:
+            if self.down_on_purpose or self.proc is None or self.proc.poll() is None:
+                return
+            self.unexpected_exits.append(self.proc.returncode)
+            say(f"!! {self.name} exited on its own with status {self.proc.returncode}; restarting it")
+        self.start()
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def kill9(self) -> None:
+        with self.lock:
+            self.down_on_purpose = True
+            self.signal(signal.SIGKILL)
+            if self.proc is not None:
+                self.proc.wait()
+
+    def terminate(self, timeout: float) -> int | None:
+        """SIGTERM; the exit status, or None when it had to be killed."""
+        if self.proc is None:
+            return None
+        self.down_on_purpose = True
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+            return None
+
+
+# --------------------------------------------------------------------------------------------
+# Writers
+
+@dataclass
+class WriterStats:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    transactions: int = 0
+    errors: int = 0
+    error_kinds: collections.Counter = field(default_factory=collections.Counter)
+
+
+class Writer(threading.Thread):
+    def __init__(self, index: int, keys: list[str], dsn: str, rate: float, seed: int,
+                 stop: threading.Event, stats: WriterStats):
+        super().__init__(name=f"writer-{index}", daemon=True)
+        self.keys, self.dsn, self.interval, self.stop_event, self.stats = keys, dsn, 1.0 / rate, stop, stats
+        self.rng = random.Random(seed * 1009 + index)
+        self.seq = dict.fromkeys(keys, 0)
+
+    def run(self) -> None:
+        import psycopg
+        from psycopg.types.json import Jsonb
+        conn = None
+        next_at = time.monotonic()
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            if now < next_at:
+                time.sleep(min(next_at - now, 0.05))
+                continue
+            next_at = max(next_at + self.interval, now - 1.0)  # no burst after an outage
+            key = self.rng.choice(self.keys)
+            count = 3 if self.rng.random() < 0.1 else 1
+            seqs = [self.seq[key] + i + 1 for i in range(count)]
+            self.seq[key] += count  # a failed transaction leaves a gap; the ledger says what committed
+            row = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+            text = " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randint(3, 12)))
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.dsn, autocommit=True)
+                with conn.transaction():
+                    conn.execute("INSERT INTO public.extractions (id, source_id, content) VALUES (%s, %s, %s)",
+                                 (row, key, text))
+                    conn.execute("SELECT outbox.enqueue('qdrant', 'upsert', %s, %s)", (row, Jsonb({
+                        "collection": COLLECTION, "id": row, "text": text, "payload": {"key": key},
+                        "source": {"table": "extractions", "id": row}})))
+                    for s in seqs:
+                        conn.execute("SELECT outbox.enqueue('redis', 'xadd', %s, %s)", (key, Jsonb({
+                            "stream": STREAM, "fields": {"key": key, "seq": str(s), "row": row}})))
+                    conn.execute("INSERT INTO chaos_ledger (key, seq, row_id) SELECT %s, s, %s FROM unnest(%s::int[]) s",
+                                 (key, row, seqs))
+                with self.stats.lock:
+                    self.stats.transactions += 1
+            except psycopg.Error as e:
+                with self.stats.lock:
+                    self.stats.errors += 1
+                    self.stats.error_kinds[type(e).__name__] += 1
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except psycopg.Error:
+                        pass
+                    conn = None
+                time.sleep(0.2)
+        if conn is not None:
+            conn.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Faults
+
+def fault_schedule(rng: random.Random, duration: float, interval: tuple[float, float]) -> list[tuple[float, str]]:
+    """(start offset, kind): every kind once in a shuffled first round, then uniformly random."""
+    first = list(FAULT_KINDS)
+    rng.shuffle(first)
+    schedule, t = [], rng.uniform(*interval) / 2
+    while t < duration - 5:
+        kind = first.pop(0) if first else rng.choice(FAULT_KINDS)
+        schedule.append((t, kind))
+        t += rng.uniform(*interval)
+    if first:
+        raise SetupError(f"--duration {duration:.0f} is too short for one fault of each kind "
+                         f"(needs about {len(FAULT_KINDS) * interval[1]:.0f} s)")
+    return schedule
+
+
+class FaultInjector(threading.Thread):
+    def __init__(self, schedule, rng: random.Random, svc: Services, qdrant: Qdrant,
+                 relays: list[Daemon], stop: threading.Event, start_time: float):
+        super().__init__(name="faults", daemon=True)
+        self.schedule, self.rng, self.svc, self.qdrant, self.relays = schedule, rng, svc, qdrant, relays
+        self.stop_event, self.start_time = stop, start_time
+        self.done = collections.Counter()
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        for offset, kind in self.schedule:
+            while not self.stop_event.is_set() and time.monotonic() < self.start_time + offset:
+                time.sleep(0.1)
+            if self.stop_event.is_set():
+                return
+            try:
+                self.inject(kind)
+                self.done[kind] += 1
+            except Exception as e:  # a fault that could not be injected is a failed run, not a crash
+                self.failures.append(f"{kind}: {e}")
+                say(f"!! could not inject {kind}: {e}")
+
+    def window(self) -> float:
+        return round(self.rng.uniform(2.0, 6.0), 1)
+
+    def inject(self, kind: str) -> None:
+        if kind == "relay_kill":
+            relay = self.rng.choice(self.relays)
+            down = round(self.rng.uniform(0.5, 3.0), 1)
+            say(f"fault relay_kill: kill -9 {relay.name}, restart after {down} s")
+            relay.kill9()
+            time.sleep(down)
+            relay.start()
+        elif kind == "relay_pause":
+            relay = self.rng.choice(self.relays)
+            pause = round(self.rng.uniform(CLAIM_IDLE_TIMEOUT_S + 3, CLAIM_IDLE_TIMEOUT_S + 9), 1)
+            say(f"fault relay_pause: SIGSTOP {relay.name} for {pause} s")
+            relay.signal(signal.SIGSTOP)
+            time.sleep(pause)
+            relay.signal(signal.SIGCONT)
+        elif kind == "postgres_restart":
+            say("fault postgres_restart: pg_ctl restart -m fast")
+            self.svc.restart("postgres")
+        elif kind == "redis_restart":
+            say("fault redis_restart: SIGTERM, then start on the append-only file")
+            self.svc.restart("redis")
+        else:
+            seconds = self.window()
+            spec = {"qdrant_503": {"status": 503},
+                    "qdrant_429": {"status": 429, "retry_after": 1},
+                    "qdrant_slow": {"delay_ms": (CLIENT_TIMEOUT_S + 1) * 1000},
+                    "qdrant_drop": {"drop": True}}[kind]
+            say(f"fault {kind}: {json.dumps(spec)} for {seconds} s")
+            self.qdrant.inject({**spec, "duration_s": seconds})
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+
+def check_stream(redis: Redis, ledger: dict[tuple[str, int], str]) -> dict:
+    seen_outbox: collections.Counter = collections.Counter()
+    seen_pair: collections.Counter = collections.Counter()
+    last_seq: dict[str, int] = {}
+    out_of_order = phantom = entries = 0
+    start = "-"
+    while True:
+        batch = redis.call("XRANGE", STREAM, start, "+", "COUNT", 10000)
+        if not batch:
+            break
+        for entry_id, flat in batch:
+            fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+            entries += 1
+            key, seq = fields.get("key", "?"), int(fields.get("seq", "0"))
+            seen_outbox[fields.get("outbox_id")] += 1
+            seen_pair[(key, seq)] += 1
+            if (key, seq) not in ledger:
+                phantom += 1
+            if seen_pair[(key, seq)] == 1:  # a duplicate is counted once, as a duplicate
+                if seq <= last_seq.get(key, 0):
+                    out_of_order += 1
+                last_seq[key] = max(seq, last_seq.get(key, 0))
+        start = "(" + batch[-1][0].decode()
+    lost = [pair for pair in ledger if seen_pair[pair] == 0]
+    return {
+        "committed": len(ledger), "entries": entries,
+        "lost": len(lost), "duplicated": sum(n - 1 for n in seen_pair.values() if n > 1),
+        "duplicated_outbox_ids": sum(n - 1 for n in seen_outbox.values() if n > 1),
+        "missing_outbox_id": seen_outbox[None], "out_of_order": out_of_order, "phantom": phantom,
+        "lost_sample": [f"{k}#{s}" for k, s in lost[:5]],
+    }
+
+
+def run_checks(args, svc: Services, qdrant: Qdrant, config: Path, bin_dir: Path) -> dict:
+    import psycopg
+    with psycopg.connect(svc.dsn("chaos"), autocommit=True) as db:
+        ledger = {(k, s): str(r) for k, s, r in db.execute("SELECT key, seq, row_id FROM chaos_ledger")}
+        transactions = db.execute("SELECT count(DISTINCT row_id) FROM chaos_ledger").fetchone()[0]
+        rows = {str(r) for (r,) in db.execute("SELECT id FROM public.extractions")}
+        unembedded = db.execute("SELECT count(*) FROM public.extractions WHERE embedding_id IS NULL").fetchone()[0]
+        wrong_embedding = db.execute(
+            "SELECT count(*) FROM public.extractions WHERE embedding_id IS DISTINCT FROM id").fetchone()[0] - unembedded
+        pending = db.execute("SELECT count(*) FROM outbox.events").fetchone()[0]
+        dead = db.execute("SELECT destination || '.' || operation, error, count(*) FROM outbox.dead_letters "
+                          "GROUP BY 1, 2 ORDER BY 3 DESC").fetchall()
+    redis = Redis(svc.redis_port, svc.redis_password)
+    try:
+        stream = check_stream(redis, ledger)
+    finally:
+        redis.close()
+    points = qdrant.point_ids()
+    reconcile = subprocess.run([str(bin_dir / "outbox-reconciler"), "reconcile", "--config", str(config), "--json"],
+                               env=daemon_env(OUTBOX_LOG_LEVEL="warning"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return {
+        "transactions": transactions,
+        "events": {"qdrant.upsert": transactions, "redis.xadd": len(ledger)},
+        "redis": stream,
+        "qdrant": {"rows": len(rows), "points": len(points), "missing": len(rows - points),
+                   "extra": len(points - rows), "unembedded": unembedded, "wrong_embedding": wrong_embedding},
+        "pending": pending,
+        "dead_letters": [{"event": e, "error": err, "count": n} for e, err, n in dead],
+        "reconcile": {"exit": reconcile.returncode, "report": reconcile.stdout.strip()[:2000],
+                      "stderr_tail": reconcile.stderr.strip()[-500:]},
+    }
+
+
+def wait_drained(svc: Services, timeout: float) -> tuple[bool, float]:
+    import psycopg
+    start = time.monotonic()
+    last_report = 0.0
+    while time.monotonic() - start < timeout:
+        try:
+            with psycopg.connect(svc.dsn("chaos"), autocommit=True) as db:
+                pending = db.execute("SELECT count(*) FROM outbox.events").fetchone()[0]
+        except psycopg.Error:
+            pending = None
+        if pending == 0:
+            return True, time.monotonic() - start
+        if time.monotonic() - last_report >= 10:
+            say(f"draining: {pending} events pending")
+            last_report = time.monotonic()
+        time.sleep(0.5)
+    return False, time.monotonic() - start
+
+
+# --------------------------------------------------------------------------------------------
+
+def build(args) -> Path:
+    config = "release" if args.release else "debug"
+    if not args.no_build:
+        say(f"swift build -c {config}")
+        out = subprocess.run(["swift", "build", "-c", config], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if out.returncode != 0:
+            raise SetupError("swift build failed:\n" + out.stdout[-3000:])
+    bin_dir = REPO / ".build" / config
+    for name in ("outbox-relay", "outbox-reconciler"):
+        if not (bin_dir / name).exists():
+            raise SetupError(f"{bin_dir / name} is missing (drop --no-build)")
+    return bin_dir
+
+
+def prepare(svc: Services, qdrant: Qdrant, config: Path, bin_dir: Path) -> None:
+    import psycopg
+    with psycopg.connect(svc.dsn("outbox"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS chaos WITH (FORCE)")
+        admin.execute("CREATE DATABASE chaos")
+    out = subprocess.run([str(bin_dir / "outbox-relay"), "migrate", "--config", str(config)],
+                         env=daemon_env(OUTBOX_LOG_LEVEL="warning"),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if out.returncode != 0:
+        raise SetupError(f"outbox-relay migrate failed: {out.stdout.strip()}")
+    with psycopg.connect(svc.dsn("chaos"), autocommit=True) as db:
+        db.execute("CREATE TABLE chaos_ledger (key text NOT NULL, seq int NOT NULL, row_id uuid NOT NULL, "
+                   "PRIMARY KEY (key, seq))")
+    redis = Redis(svc.redis_port, svc.redis_password)
+    redis.call("FLUSHALL")
+    redis.close()
+    qdrant.clear_faults()
+    qdrant.request("DELETE", f"/collections/{COLLECTION}", ok=(200, 404))
+
+
+def summarize(args, result: dict, faults: collections.Counter, retries: collections.Counter, writer: WriterStats,
+              daemons: list[Daemon], exits: dict, drained: tuple[bool, float], leaks: list[str],
+              injection_failures: list[str]) -> list[str]:
+    """Print the summary; return the failed checks."""
+    r, q = result["redis"], result["qdrant"]
+    failed = []
+
+    def check(ok: bool, what: str) -> str:
+        if not ok:
+            failed.append(what)
+        return "ok" if ok else "FAILED"
+
+    print()
+    print(f"chaos summary (seed {args.seed}, {args.duration:.0f} s of writes, "
+          f"{'release' if args.release else 'debug'} build)")
+    print(f"  faults        {sum(faults.values())}: " + ", ".join(f"{k} {faults[k]}" for k in FAULT_KINDS))
+    print(f"  retries       the relays logged {retries['qdrant']} failed qdrant and {retries['redis']} failed redis "
+          "delivery attempts (batches), all retried")
+    print(f"  written       {result['transactions']} transactions committed: "
+          f"{result['transactions']} qdrant.upsert + {r['committed']} redis.xadd events "
+          f"({writer.errors} writer transactions failed during faults: "
+          f"{', '.join(f'{k} {n}' for k, n in writer.error_kinds.most_common()) or 'none'})")
+    print(f"  redis stream  {r['entries']} entries; lost {r['lost']}, duplicated {r['duplicated']}, "
+          f"out of order {r['out_of_order']}, not committed {r['phantom']}  "
+          + check(r["lost"] == r["duplicated"] == r["out_of_order"] == r["phantom"] == 0
+                  and r["duplicated_outbox_ids"] == r["missing_outbox_id"] == 0, "redis stream"))
+    if r["lost_sample"]:
+        print(f"                lost, e.g.: {' '.join(r['lost_sample'])}")
+    print(f"  qdrant        {q['rows']} rows, {q['points']} points; missing {q['missing']}, extra {q['extra']}, "
+          f"embedding_id unset {q['unembedded']}, wrong {q['wrong_embedding']}  "
+          + check(q["missing"] == q["extra"] == q["unembedded"] == q["wrong_embedding"] == 0
+                  and q["rows"] == result["transactions"], "qdrant points / embedding ids"))
+    print(f"  drained       {'in %.1f s' % drained[1] if drained[0] else 'NOT within %.0f s' % drained[1]}; "
+          f"pending {result['pending']}  " + check(drained[0] and result["pending"] == 0, "drain"))
+    unexplained = [d for d in result["dead_letters"] if not (d["error"] or "").strip()]
+    print(f"  dead letters  {sum(d['count'] for d in result['dead_letters'])}  "
+          + check(not unexplained, "dead letters without a reason"))
+    for d in result["dead_letters"]:
+        print(f"                {d['count']} x {d['event']}: {d['error']}")
+    print(f"  reconcile     exit {result['reconcile']['exit']}  "
+          + check(result["reconcile"]["exit"] == 0, "reconcile exit 0"))
+    if result["reconcile"]["exit"] != 0:
+        print("                " + (result["reconcile"]["report"] or result["reconcile"]["stderr_tail"]))
+    crashed = {d.name: d.unexpected_exits for d in daemons if d.unexpected_exits}
+    print(f"  daemons       starts {', '.join(f'{d.name} {d.starts}' for d in daemons)}; "
+          f"exited on their own: {crashed or 'none'}; SIGTERM exit {exits}  "
+          + check(not crashed and all(v == 0 for v in exits.values()), "daemons"))
+    print(f"  secrets       {'in ' + ', '.join(leaks) if leaks else 'in no daemon log'}  "
+          + check(not leaks, "secrets in logs"))
+    if injection_failures:
+        check(False, "fault injection")
+        print(f"  injection     failed: {'; '.join(injection_failures)}")
+    print(f"  RESULT        {'PASS' if not failed else 'FAIL: ' + ', '.join(failed)}")
+    return failed
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        svc = Services.from_env()
+        import psycopg  # noqa: F401  (fail early, in setup, when the venv lacks it)
+    except (SetupError, ImportError) as e:
+        print(f"chaos: error: {e}", file=sys.stderr)
+        return 2
+    rng = random.Random(args.seed)
+    qdrant = Qdrant(svc.qdrant_port, svc.api_key)
+    logs = svc.state / "logs"
+    config = svc.state / "run" / "chaos.yaml"
+    daemons: list[Daemon] = []
+    stop_writers, stop_faults = threading.Event(), threading.Event()
+    try:
+        schedule = fault_schedule(rng, args.duration, tuple(args.fault_interval))
+        say(f"seed {args.seed}: {len(schedule)} faults over {args.duration:.0f} s, "
+            f"{args.writers} writers at {args.rate:g} transactions/s over {args.keys} keys")
+        bin_dir = build(args)
+        write_config(svc, config)
+        prepare(svc, qdrant, config, bin_dir)
+        for log in logs.glob("chaos-*.log"):
+            log.unlink()
+        relay_argv = [str(bin_dir / "outbox-relay"), "--config", str(config)]
+        daemons = [Daemon("relay-a", relay_argv, daemon_env(), logs / "chaos-relay-a.log"),
+                   Daemon("relay-b", relay_argv, daemon_env(OUTBOX_RELAY_HTTP_PORT="8572"), logs / "chaos-relay-b.log"),
+                   Daemon("reconciler", [str(bin_dir / "outbox-reconciler"), "--config", str(config)],
+                          daemon_env(), logs / "chaos-reconciler.log")]
+        for d in daemons:
+            d.start()
+    except (SetupError, RuntimeError, OSError) as e:
+        print(f"chaos: error: {e}", file=sys.stderr)
+        for d in daemons:
+            d.kill9()
+        return 2
+
+    stats = WriterStats()
+    keys = [f"k{i:04d}" for i in range(args.keys)]
+    rng.shuffle(keys)
+    writers = [Writer(i, keys[i::args.writers], svc.dsn("chaos"), args.rate / args.writers, args.seed,
+                      stop_writers, stats) for i in range(args.writers)]
+    start = time.monotonic()
+    injector = FaultInjector(schedule, rng, svc, qdrant, daemons[:2], stop_faults, start)
+    try:
+        for w in writers:
+            w.start()
+        injector.start()
+        last_report = start
+        while time.monotonic() - start < args.duration:
+            time.sleep(0.5)
+            for d in daemons:
+                d.check_alive()
+            if time.monotonic() - last_report >= 15:
+                with stats.lock:
+                    say(f"{stats.transactions} transactions committed, {stats.errors} failed")
+                last_report = time.monotonic()
+        say("writes and faults stop; draining")
+        stop_faults.set()
+        stop_writers.set()
+        injector.join()
+        for w in writers:
+            w.join()
+        qdrant.clear_faults()
+        for d in daemons:
+            d.signal(signal.SIGCONT)
+            d.check_alive()
+        drained = wait_drained(svc, args.drain_timeout)
+        say("checking")
+        result = run_checks(args, svc, qdrant, config, bin_dir)
+        exits = {d.name: d.terminate(30) for d in daemons}
+        logs_text = {d.name: d.log.read_text(errors="replace") for d in daemons}
+        leaks = sorted({name for name, text in logs_text.items() for s in svc.secrets() if s in text})
+        retries = collections.Counter(
+            destination for text in logs_text.values() for line in text.splitlines() if "will retry" in line
+            for destination in ("qdrant", "redis") if f"outbox.destination={destination}" in line)
+    except KeyboardInterrupt:
+        print("chaos: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        stop_faults.set()
+        stop_writers.set()
+        for d in daemons:
+            if d.proc is not None and d.proc.poll() is None:
+                d.kill9()
+        try:
+            qdrant.clear_faults()
+        except Exception:
+            pass
+
+    failed = summarize(args, result, injector.done, retries, stats, daemons, exits, drained, leaks,
+                       injector.failures)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "seed": args.seed, "duration_s": args.duration, "rate": args.rate, "writers": args.writers,
+            "keys": args.keys, "build": "release" if args.release else "debug",
+            "faults": dict(injector.done), "delivery_retries": dict(retries), "writer_errors": stats.errors, **result,
+            "daemon_starts": {d.name: d.starts for d in daemons},
+            "unexpected_exits": {d.name: d.unexpected_exits for d in daemons},
+            "sigterm_exit": exits, "secret_leaks": leaks, "drained": drained[0], "drain_s": round(drained[1], 1),
+            "failed": failed}, indent=2) + "\n")
+    return 0 if not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
