@@ -94,4 +94,153 @@ import Testing
         let error = await problem("postgres: [unclosed\n")
         #expect(error?.problem.contains("not valid YAML") == true)
     }
+
+    // MARK: Unknown keys and wrong shapes
+
+    @Test(arguments: [
+        ("relay:\n  batch_sise: 5\n", "relay.batch_sise", "unknown key; did you mean relay.batch_size?"),
+        ("relay.batch_sise: 5\n", "relay.batch_sise", "unknown key; did you mean relay.batch_size?"),
+        ("postgress:\n  url: postgresql://h/db\n", "postgress", "unknown key; did you mean postgres?"),
+        ("relay:\n  http: {host: 127.0.0.1, prot: 1}\n", "relay.http.prot", "unknown key; did you mean relay.http.port?"),
+        // The right name in the wrong section.
+        ("relay:\n  dedupe_ttl: 1d\n", "relay.dedupe_ttl", "unknown key; did you mean redis.dedupe_ttl?"),
+        ("kafka:\n  brokers: localhost\n", "kafka",
+         "unknown key (known here: embedding, postgres, qdrant, reconciler, redis, relay, schema, tables)"),
+        ("tables:\n  extractions:\n    table: public.extractions\n    embeding_column: e\n", "tables.extractions.embeding_column",
+         "unknown key; did you mean tables.extractions.embedding_column?"),
+        ("tables:\n  docs:\n    owner: me\n", "tables.docs.owner",
+         "unknown key (known here: collection, created_at_column, embedding_column, id_column, table, text_column)"),
+        ("qdrant:\n  collections:\n    c: {size: 4, distanse: Dot}\n", "qdrant.collections.c.distanse",
+         "unknown key; did you mean qdrant.collections.c.distance?"),
+        ("qdrant:\n  colections:\n    c: {size: 4}\n", "qdrant.colections", "unknown key; did you mean qdrant.collections?"),
+    ])
+    func unknownKeyIsRejectedNamingItWithASuggestion(yaml: String, key: String, message: String) async {
+        let error = await problem(yaml)
+        #expect(error?.key == key, "\(String(describing: error))")
+        #expect(error?.problem == message)
+        #expect(error?.description.contains("\n") == false)
+    }
+
+    @Test func severalUnknownKeysReportTheFirstAndCountTheRest() async {
+        let error = await problem("relay:\n  batch_sise: 5\n  max_atempts: 3\nzzz: 1\n")
+        #expect(error?.description == "config: relay.batch_sise: unknown key; did you mean relay.batch_size? (and 2 more problem(s))")
+    }
+
+    @Test func anUnknownSecretKeyIsNamedButItsValueIsNotShown() async {
+        let error = await problem("postgres:\n  pasword: hunter2-secret\n")
+        #expect(error?.key == "postgres.pasword")
+        #expect(error?.problem == "unknown key; did you mean postgres.password?")
+        #expect(error?.description.contains("hunter2") == false)
+    }
+
+    @Test(arguments: [
+        ("relay:\n  batch_size: [1, 2]\n", "relay.batch_size", "expected a single value, got a list"),
+        ("postgres:\n  url: {host: h}\n", "postgres.url", "expected a single value, got a map"),
+        ("postgres: localhost\n", "postgres", "must be a map (connect_timeout, password, password_file, url)"),
+        ("relay:\n  http: 8470\n", "relay.http", "must be a map (host, port)"),
+        ("tables: [extractions]\n", "tables",
+         "must be a map of name: {collection, created_at_column, embedding_column, id_column, table, text_column}"),
+        ("tables:\n  extractions: public.extractions\n", "tables.extractions",
+         "must be a map with collection, created_at_column, embedding_column, id_column, table, text_column"),
+        ("qdrant:\n  collections:\n    c: {size: [4]}\n", "qdrant.collections.c.size", "expected a single value, got a list"),
+        ("tables.extractions.table: public.x\n", "tables.extractions.table", "write tables as nested maps; dotted keys work for settings only"),
+    ])
+    func wrongShapeNamesTheKey(yaml: String, key: String, message: String) async {
+        let error = await problem(yaml)
+        #expect(error?.key == key, "\(String(describing: error))")
+        #expect(error?.problem == message)
+    }
+
+    @Test(arguments: [
+        ("relay:\n  batch_size: many\n", "relay.batch_size", #"expected an integer, got "many""#),
+        ("relay:\n  batch_size: 1.5\n", "relay.batch_size", #"expected an integer, got "1.5""#),
+        ("relay:\n  batch_size: -3\n", "relay.batch_size", "must be between 1 and 10000, got -3"),
+        ("relay:\n  http: {port: 70000}\n", "relay.http.port", "must be between 0 and 65535, got 70000"),
+        ("reconciler:\n  repair: maybe\n", "reconciler.repair", #"expected true or false, got "maybe""#),
+        ("embedding:\n  provider: magic\n", "embedding.provider", #"must be hashing or openai, got "magic""#),
+        ("qdrant:\n  url: 127.0.0.1:6333\n", "qdrant.url", "must start with http:// or https://"),
+        ("postgres:\n  url: ''\n", "postgres.url", "must not be empty"),
+    ])
+    func wrongTypeOrValueNamesTheKey(yaml: String, key: String, message: String) async {
+        let error = await problem(yaml)
+        #expect(error?.key == key, "\(String(describing: error))")
+        #expect(error?.problem == message)
+    }
+
+    static let durationKeys = ConfigKeys.settings.filter {
+        ["timeout", "interval", "_ttl", "_age", "backoff_", "grace", "_period", "stuck_after"].contains(where: $0.contains)
+    }.sorted()
+
+    @Test func everyDurationKeyIsCovered() {
+        #expect(Self.durationKeys.count == 16, "\(Self.durationKeys)")
+    }
+
+    @Test(arguments: durationKeys)
+    func negativeZeroHugeAndNonsenseDurationsNameTheKey(key: String) async {
+        // In the file (dotted form) and in the environment: same checks, same message.
+        let env = "OUTBOX_" + key.uppercased().replacingOccurrences(of: ".", with: "_")
+        for (value, message) in [
+            ("-1s", #"must be positive, got "-1s""#), ("0ms", #"must be positive, got "0ms""#),
+            ("1e300s", #"must be at most 36500d, got "1e300s""#),
+            ("soon", #"expected a duration like 250ms, 5s, 2m or 1h, got "soon""#),
+            ("nan", #"expected a duration like 250ms, 5s, 2m or 1h, got "nan""#),
+        ] {
+            let fromFile = await problem("\(key): \(value)\n")
+            #expect(fromFile?.key == key, "\(key) = \(value): \(String(describing: fromFile))")
+            #expect(fromFile?.problem == message, "\(key) = \(value)")
+            let fromEnvironment = await problem("{}", environment: [env: value])
+            #expect(fromEnvironment?.key == key, "\(env) = \(value): \(String(describing: fromEnvironment))")
+            #expect(fromEnvironment?.problem == message, "\(env) = \(value)")
+        }
+    }
+
+    @Test func claimIdleTimeoutBeyondPostgresLimitIsRefusedAtLoad() async {
+        let error = await problem("relay:\n  claim_idle_timeout: 30d\n")
+        #expect(error?.key == "relay.claim_idle_timeout")
+        #expect(error?.problem == "must be at most 2147483647ms (about 24.8 days), Postgres' limit")
+        #expect(await problem("relay:\n  claim_idle_timeout: 24d\n") == nil)
+    }
+
+    @Test func everyKeyTheCodeReadsIsDeclaredAndEveryDeclaredKeyIsRead() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-config-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("outbox.yaml").path
+        try "{}".write(toFile: path, atomically: true, encoding: .utf8)
+        let recorder = ConfigKeyRecorder()
+        _ = try await OutboxConfiguration.load(path: path, environment: [:], recorder: recorder)
+        #expect(recorder.recorded.subtracting(ConfigKeys.settings).isEmpty, "read but not declared: \(recorder.recorded.subtracting(ConfigKeys.settings))")
+        #expect(ConfigKeys.settings.subtracting(recorder.recorded).isEmpty, "declared but never read: \(ConfigKeys.settings.subtracting(recorder.recorded))")
+    }
+
+    @Test func theShippedConfigurationHasOnlyKnownKeys() async throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let config = try await OutboxConfiguration.load(path: root.appendingPathComponent("config/outbox.yaml").path, environment: [:])
+        #expect(config.tables["extractions"] != nil)
+        #expect(config.collections["extractions"]?.size == 384)
+    }
+
+    @Test func dottedKeysAndNullSectionsAreAccepted() async throws {
+        let config = try await load("relay.batch_size: 7\nreconciler:\nrelay.http.port: 9999\n")
+        #expect(config.relay.batchSize == 7)
+        #expect(config.relay.httpPort == 9999)
+    }
+
+    /// The environment is shared with other tools (OUTBOX_LOG_LEVEL, scripts' variables), so unknown
+    /// OUTBOX_* variables are not errors; known ones still override, and cannot hide a file typo.
+    @Test func environmentOverridesKeepWorkingAndUnknownVariablesAreIgnored() async throws {
+        let config = try await load(
+            "relay:\n  batch_size: 5\n",
+            environment: ["OUTBOX_RELAY_BATCH_SIZE": "7", "OUTBOX_RELAY_BATCH_SISE": "9", "OUTBOX_LOG_LEVEL": "debug",
+                          "OUTBOX_VENV": "/opt/venv"])
+        #expect(config.relay.batchSize == 7)
+        let typo = await problem("relay:\n  batch_sise: 5\n", environment: ["OUTBOX_RELAY_BATCH_SIZE": "7"])
+        #expect(typo?.key == "relay.batch_sise")
+    }
+
+    @Test func suggestionsNeedACloseMatch() {
+        #expect(ConfigKeys.suggestion(for: "relay.batch_sise", among: Array(ConfigKeys.settings)) == "relay.batch_size")
+        #expect(ConfigKeys.suggestion(for: "relay.zebra", among: Array(ConfigKeys.settings)) == nil)
+        #expect(ConfigKeys.editDistance("kitten", "sitting") == 3)
+    }
 }

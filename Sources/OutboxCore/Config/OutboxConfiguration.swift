@@ -1,6 +1,8 @@
 import Configuration
 import Foundation
+import Synchronization
 import SystemPackage
+import Yams
 
 /// A configuration problem, reported as one line naming the key (DESIGN §5: exit 2).
 public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
@@ -64,6 +66,13 @@ public struct OutboxConfiguration: Sendable {
     public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment)
         async throws -> OutboxConfiguration
     {
+        try await load(path: path, environment: environment, recorder: nil)
+    }
+
+    /// `recorder` collects every key the code reads (tests check them against ``ConfigKeys``).
+    static func load(path: String, environment: [String: String], recorder: ConfigKeyRecorder?) async throws
+        -> OutboxConfiguration
+    {
         guard FileManager.default.fileExists(atPath: path) else {
             throw ConfigurationError(key: "", problem: "config file \(path) not found (pass --config PATH)")
         }
@@ -79,10 +88,14 @@ public struct OutboxConfiguration: Sendable {
                 key.hasSuffix("PASSWORD") || key.hasSuffix("API_KEY") || key.hasSuffix("_URL")
             }
         ).prefixKeys(with: "outbox")
+        // The file's shape (unknown keys, sections that are not maps) is checked before any value
+        // is read: a misspelt key would otherwise leave its default in place without a word.
+        let document = try? Yams.load(yaml: (try? String(contentsOfFile: path, encoding: .utf8)) ?? "")
+        try ConfigKeys.check(document)
         let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        let maps = try ConfigMaps.load(path: path)
+        let maps = try ConfigMaps.load(document: document)
         return try OutboxConfiguration(
-            reader: ConfigValues(ConfigReader(providers: [env, file]), baseDirectory: base),
+            reader: ConfigValues(ConfigReader(providers: [env, file]), baseDirectory: base, recorder: recorder),
             tables: maps.tables, collections: maps.collections)
     }
 
@@ -127,14 +140,17 @@ public struct OutboxConfiguration: Sendable {
 struct ConfigValues {
     let reader: ConfigReader
     let baseDirectory: String
+    let recorder: ConfigKeyRecorder?
 
-    init(_ reader: ConfigReader, baseDirectory: String) {
+    init(_ reader: ConfigReader, baseDirectory: String, recorder: ConfigKeyRecorder? = nil) {
         self.reader = reader
         self.baseDirectory = baseDirectory
+        self.recorder = recorder
     }
 
     func raw(_ key: String, secret: Bool = false) -> String? {
-        reader.string(forKey: ConfigKey(key), isSecret: secret)
+        recorder?.record(key)
+        return reader.string(forKey: ConfigKey(key), isSecret: secret)
     }
 
     func string(_ key: String, default value: String, secret: Bool = false) throws -> String {
@@ -164,6 +180,9 @@ struct ConfigValues {
         guard duration > .zero else {
             throw ConfigurationError(key: key, problem: "must be positive, got \"\(text)\"")
         }
+        guard duration <= maximumDuration else {
+            throw ConfigurationError(key: key, problem: "must be at most 36500d, got \"\(text)\"")
+        }
         return duration
     }
 
@@ -185,15 +204,31 @@ struct ConfigValues {
     }
 }
 
+/// The longest duration any key accepts (100 years): longer values are typos, and would overflow
+/// the arithmetic that backoff and timeouts do with them.
+let maximumDuration: Duration = .seconds(36_500 * 86_400)
+
+/// A recorder of the keys the configuration code reads.
+final class ConfigKeyRecorder: Sendable {
+    private let keys = Mutex<Set<String>>([])
+    func record(_ key: String) { keys.withLock { _ = $0.insert(key) } }
+    var recorded: Set<String> { keys.withLock { $0 } }
+}
+
 /// Parses `250ms`, `5s`, `1.5s`, `2m`, `1h`, or a bare number of seconds. Negative values parse
-/// (so the caller can say "must be positive").
+/// (so the caller can say "must be positive"); huge ones are clamped past ``maximumDuration`` (so
+/// the caller can say "must be at most") instead of overflowing.
 func parseDuration(_ text: String) -> Duration? {
     let trimmed = text.trimmingCharacters(in: .whitespaces).lowercased()
     let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
+    func milliseconds(_ number: Double, _ scale: Double) -> Duration {
+        let ms = min(max(number * scale * 1000, -1e15), 1e15)
+        return .milliseconds(Int64(ms.rounded()))
+    }
     for (suffix, scale) in units where trimmed.hasSuffix(suffix) {
         guard let number = Double(trimmed.dropLast(suffix.count)), number.isFinite else { return nil }
-        return .milliseconds(Int64((number * scale * 1000).rounded()))
+        return milliseconds(number, scale)
     }
     guard let seconds = Double(trimmed), seconds.isFinite else { return nil }
-    return .milliseconds(Int64((seconds * 1000).rounded()))
+    return milliseconds(seconds, 1)
 }

@@ -46,6 +46,12 @@ public struct RelaySettings: Sendable {
         maxPerKey = try c.int("relay.max_per_key", default: maxPerKey, range: 1...10_000)
         pollInterval = try c.duration("relay.poll_interval", default: pollInterval)
         claimIdleTimeout = try c.duration("relay.claim_idle_timeout", default: claimIdleTimeout)
+        // Postgres' idle_in_transaction_session_timeout is an int of milliseconds: a longer value
+        // would be refused by every relay session, at run time, over and over.
+        guard claimIdleTimeout <= .milliseconds(Int64(Int32.max)) else {
+            throw ConfigurationError(
+                key: "relay.claim_idle_timeout", problem: "must be at most 2147483647ms (about 24.8 days), Postgres' limit")
+        }
         maxAttempts = try c.int("relay.max_attempts", default: maxAttempts, range: 1...1_000_000)
         maxAge = try c.duration("relay.max_age", default: maxAge)
         backoff.initial = try c.duration("relay.backoff_initial", default: backoff.initial)
@@ -152,9 +158,8 @@ public struct EmbeddingSettings: Sendable {
 /// Reads the map-valued sections (`tables:`, `qdrant.collections:`) that a key/value reader cannot
 /// enumerate.
 enum ConfigMaps {
-    static func load(path: String) throws -> (tables: [String: TableMapping], collections: [String: CollectionSpec]) {
-        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-        let root = (try? Yams.load(yaml: text)) as? [String: Any] ?? [:]
+    static func load(document: Any?) throws -> (tables: [String: TableMapping], collections: [String: CollectionSpec]) {
+        let root = Dictionary(document.flatMap(ConfigKeys.mapping) ?? [], uniquingKeysWith: { _, last in last })
         var tables: [String: TableMapping] = [:]
         if let section = root["tables"] {
             guard let map = section as? [String: Any] else {
