@@ -25,10 +25,41 @@ public enum CommandSupport {
         }
     }
 
-    /// Prints `message` to stderr and exits.
+    /// Prints `message` to stderr as one line (libpq's messages span several) and exits.
     public static func fail(_ message: String, exitCode: Int32) -> Never {
-        FileHandle.standardError.write(Data((message + "\n").utf8))
+        FileHandle.standardError.write(Data((oneLine(message) + "\n").utf8))
         exit(exitCode)
+    }
+
+    /// `text` with its line breaks (and the indentation after them) folded into "; ".
+    public static func oneLine(_ text: String) -> String {
+        text.split(whereSeparator: \.isNewline)
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            .joined(separator: "; ")
+    }
+
+    /// The store an error came from, the config key that points at it, and its secret-free
+    /// address — or nil when `error` is not a failure to reach a store.
+    public static func unreachable(_ error: any Error, _ config: OutboxConfiguration) -> (key: String, message: String)? {
+        switch error {
+        case let error as PostgresError where error.isConnectionError:
+            let key = error.message.contains("password") && config.postgres.password != nil ? "postgres.password" : "postgres.url"
+            return (key, "cannot reach Postgres at \(config.postgres.redactedURL): \(error.message)")
+        case let error as RedisError where error.code == .connectionFailed || error.code == .connectionLost:
+            let auth = ["WRONGPASS", "NOAUTH", "invalid password", "invalid username"].contains { error.message.contains($0) }
+            let key = auth && config.redis.password != nil ? "redis.password" : "redis.url"
+            return (key, "cannot reach Redis at \(config.redis.redactedURL): \(error.message)")
+        case let error as HTTPTransportError:
+            return ("qdrant.url", "cannot reach Qdrant at \(config.qdrant.url): \(error.message)")
+        default:
+            return nil
+        }
+    }
+
+    /// Exits 2 with one line naming the key of the store `error` failed to reach, if it is such an
+    /// error; returns otherwise.
+    public static func exitIfUnreachable(_ error: any Error, _ config: OutboxConfiguration) {
+        if let (key, message) = unreachable(error, config) { fail("\(key): \(message)", exitCode: 2) }
     }
 
     /// Runs the connectivity probe and prints a line per store; exits 0 when all answered, else 2.
@@ -36,7 +67,8 @@ public enum CommandSupport {
         let probes = await Connectivity.probe(config, logger: logger)
         for probe in probes {
             let state = probe.problem == nil ? "ok  " : "FAIL"
-            print("\(state) \(probe.store.padding(toLength: 9, withPad: " ", startingAt: 0)) \(probe.address)  \(probe.problem ?? probe.detail)")
+            let outcome = probe.problem.map { "\(probe.key): \(oneLine($0))" } ?? probe.detail
+            print("\(state) \(probe.store.padding(toLength: 9, withPad: " ", startingAt: 0)) \(probe.address)  \(outcome)")
         }
         exit(probes.allSatisfy { $0.problem == nil } ? 0 : 2)
     }
@@ -77,6 +109,7 @@ extension CommandSupport {
         do {
             return try await PostgresConnection.connect(postgres, logger: logger)
         } catch {
+            exitIfUnreachable(error, config)
             fail("cannot reach Postgres at \(config.postgres.redactedURL): \(error)", exitCode: 2)
         }
     }

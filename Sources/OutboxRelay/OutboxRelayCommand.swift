@@ -52,7 +52,8 @@ extension OutboxRelayCommand {
                     print("Applied \(report.applied.count) migration(s): \(report.applied.joined(separator: ", ")).")
                 }
             } catch let error as PostgresError where error.code == .connectionFailed {
-                CommandSupport.fail("migrate: cannot reach Postgres at \(config.postgres.redactedURL): \(error.message)", exitCode: 2)
+                CommandSupport.exitIfUnreachable(error, config)
+                CommandSupport.fail("migrate: \(error)", exitCode: 2)
             } catch {
                 CommandSupport.fail("migrate: \(error)", exitCode: 1)
             }

@@ -103,6 +103,7 @@ extension ReconcilerCommand {
                 report = try await Reconciler(configuration: config, settings: config.reconciler, logger: logger)
                     .run(db, options: runOptions) { table, rows in progress.update(table: table, rows: rows) }
             } catch {
+                CommandSupport.exitIfUnreachable(error, config)
                 CommandSupport.fail("reconcile: \(error)", exitCode: 2)
             }
             if json {

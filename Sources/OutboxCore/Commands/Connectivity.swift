@@ -6,6 +6,8 @@ import Logging
 public enum Connectivity {
     public struct Probe: Sendable {
         public let store: String
+        /// The config key naming the store's address (`postgres.url`, …).
+        public var key: String { store + ".url" }
         /// The address with secrets removed.
         public let address: String
         /// nil when reachable; otherwise the (secret-free) reason.

@@ -10,9 +10,9 @@ public actor RelayHealth {
         public let since: Date
     }
 
-    /// Postgres failures by component (`listener`, `redis worker`, …): one component's success
-    /// does not clear another's failure.
-    private(set) var postgresFailures: [String: Failure] = [:]
+    /// Connection failures by component (`listener`, `redis worker`, …), with the store that could
+    /// not be reached: one component's success does not clear another's failure.
+    private(set) var connectionFailures: [String: (store: String, failure: Failure)] = [:]
     /// Components that have not completed start-up yet.
     private(set) var starting: Set<String> = ["listener", "redis worker", "qdrant worker"]
     private(set) var destinationFailures: [OutboxEvent.Destination: Failure] = [:]
@@ -23,12 +23,15 @@ public actor RelayHealth {
     public init() {}
 
     func postgresOK(_ component: String) {
-        postgresFailures[component] = nil
+        connectionFailures[component] = nil
         starting.remove(component)
     }
 
-    func postgresFailed(_ component: String, _ message: String) {
-        if postgresFailures[component] == nil { postgresFailures[component] = Failure(message: message, since: Date()) }
+    /// `store` is the one `component` could not reach: Postgres, or at start-up its destination.
+    func postgresFailed(_ component: String, _ message: String, store: String = "postgres") {
+        if connectionFailures[component]?.store != store {
+            connectionFailures[component] = (store, Failure(message: message, since: Date()))
+        }
     }
 
     /// A batch where nothing was delivered and something failed transiently marks the destination
@@ -51,8 +54,11 @@ public actor RelayHealth {
     public func notReadyReasons() -> [String] {
         var reasons: [String] = []
         for component in starting.sorted() { reasons.append("starting: \(component) not connected yet") }
-        if let failure = postgresFailures.values.min(by: { $0.since < $1.since }) {
-            reasons.append("postgres unreachable: \(failure.message)")
+        // The oldest failure per store: an unreachable Redis at start-up is not a Postgres outage.
+        for store in Set(connectionFailures.values.map(\.store)).sorted() {
+            if let oldest = connectionFailures.values.filter({ $0.store == store }).min(by: { $0.failure.since < $1.failure.since }) {
+                reasons.append("\(store) unreachable: \(oldest.failure.message)")
+            }
         }
         for (destination, failure) in destinationFailures.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
             reasons.append("\(destination.rawValue) failing since \(ISO8601DateFormatter().string(from: failure.since)): \(failure.message)")

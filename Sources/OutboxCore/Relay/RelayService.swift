@@ -103,7 +103,8 @@ public final class RelayService: Service {
                 return
             } catch {
                 failures += 1
-                await health.postgresFailed(component, "\(error)")
+                // Start-up also connects to the destination: name the store that failed.
+                await health.postgresFailed(component, "\(error)", store: error is PostgresError ? "postgres" : destination.rawValue)
                 let delay = Backoff(initial: .milliseconds(250), maximum: .seconds(5)).delay(afterAttempt: failures)
                 logger.warning("Worker failed; restarting", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 try? await Task.sleep(for: delay)
