@@ -333,6 +333,7 @@ public actor PostgresConnection {
         -> PostgresResult
     {
         executor.preconditionOnQueue()
+        try EncodedParameter.checkForNUL(parameters)
         let conn = try liveConnection()
         let result = withParameters(parameters) { count, types, values, lengths, formats in
             cancellable(hook) { PQexecParams(conn, sql, count, types, values, lengths, formats, 0) }
@@ -346,6 +347,7 @@ public actor PostgresConnection {
     {
         executor.preconditionOnQueue()
         guard !statements.isEmpty else { return [] }
+        for statement in statements { try EncodedParameter.checkForNUL(statement.parameters) }
         let conn = try liveConnection()
         guard PQenterPipelineMode(conn) == 1 else { throw connectionError(conn) }
         PQsetnonblocking(conn, 1)

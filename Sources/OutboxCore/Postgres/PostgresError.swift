@@ -12,6 +12,8 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
         public static let decoding = Code(raw: "decoding error")
         /// A statement in a pipeline was skipped because an earlier one failed.
         public static let pipelineAborted = Code(raw: "pipeline aborted")
+        /// A parameter value Postgres cannot take (a NUL byte in text); nothing was sent.
+        public static let invalidParameter = Code(raw: "invalid parameter")
         /// The driver was used wrongly (e.g. a statement after a lost transaction).
         public static let usage = Code(raw: "usage error")
         public var description: String { raw }

@@ -88,6 +88,24 @@ struct EncodedParameter {
         }
     }
 
+    /// Text-format values travel as C strings: libpq would cut one at a NUL byte and send the
+    /// rest of the statement with a silently shortened value (`"a\0b"` stored as `"a"`). Postgres
+    /// text and jsonb cannot hold NUL anyway, so such a value is refused before anything is sent,
+    /// with the SQLSTATE Postgres uses for it (22021, character_not_in_repertoire).
+    static func checkForNUL(_ parameters: [PostgresValue]) throws {
+        for (index, parameter) in parameters.enumerated() {
+            let hasNUL = switch parameter {
+            case .text(let s), .jsonb(let s), .untyped(let s): s.utf8.contains(0)
+            case .textArray(let a): a.contains { $0.utf8.contains(0) }
+            default: false
+            }
+            guard hasNUL else { continue }
+            throw PostgresError(
+                code: .invalidParameter, sqlState: "22021",
+                message: "parameter $\(index + 1) contains a NUL byte (0x00), which Postgres text cannot store")
+        }
+    }
+
     private init(oid: UInt32, bytes: [UInt8]?, format: Int32) {
         self.oid = oid
         self.bytes = bytes
