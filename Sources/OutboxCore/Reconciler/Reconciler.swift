@@ -384,7 +384,7 @@ struct TableScan {
     static func pointText(_ id: JSONValue) -> String {
         switch id {
         case .string(let s): s.lowercased()
-        case .number(let n): String(UInt64(n))
+        case .number(let n): UInt64(exactly: n).map(String.init) ?? id.jsonText
         default: id.jsonText
         }
     }

@@ -10,6 +10,9 @@ public struct ClaimedEvent: Sendable, Equatable {
     public let createdAt: Date
     /// Attempts before this one.
     public let attempts: Int
+    /// Set when the stored payload cannot be delivered exactly as written (see
+    /// ``JSONValue/parseExact(_:)``); such an event is dead-lettered with this reason.
+    public var payloadProblem: String? = nil
 }
 
 /// What became of one claimed event.

@@ -52,10 +52,27 @@ enum OutboxStore {
     }
 
     private static func decode(_ row: PostgresRow, _ destination: OutboxEvent.Destination) throws -> ClaimedEvent {
-        ClaimedEvent(
+        // jsonb holds numbers exactly and keys byte for byte; a payload the relay could only
+        // deliver altered is kept out of delivery and dead-lettered with the reason.
+        var payload: JSONValue = .null
+        var problem: String?
+        do {
+            payload = try JSONValue.parseExact(try row.decode("payload"))
+        } catch let error as JSONValue.InexactPayload {
+            problem = error.message
+        }
+        return ClaimedEvent(
             id: try row.decode("id"), destination: destination, operation: try row.decode("operation"),
-            key: try row.decode("key"), payload: (try? JSONValue.parse(try row.decode("payload"))) ?? .null,
-            createdAt: try row.decode("created_at"), attempts: try row.decode("attempts"))
+            key: try row.decode("key"), payload: payload, createdAt: try row.decode("created_at"),
+            attempts: try row.decode("attempts"), payloadProblem: problem)
+    }
+
+    /// An error text as it can be stored: a NUL byte (which a server could echo back from input)
+    /// would make the driver refuse the whole acknowledgement, and a huge echo would bloat the row.
+    static func storable(_ reason: String) -> String {
+        var text = reason.contains("\0") ? reason.replacingOccurrences(of: "\0", with: "\\u0000") : reason
+        if text.utf8.count > 4096 { text = String(decoding: text.utf8.prefix(4096), as: UTF8.self) + "…" }
+        return text
     }
 
     struct Acknowledgement: Equatable {
@@ -82,17 +99,17 @@ enum OutboxStore {
                 deliveredIDs.append(event.id)
                 if let source { sourceUpdates[source.table, default: []].append(source) }
             case .dead(let reason):
-                dead.append((event.id, reason))
+                dead.append((event.id, Self.storable(reason)))
             case .retry(let reason, let retryAfter):
                 let attempt = event.attempts + 1
                 let age = now.timeIntervalSince(event.createdAt)
                 if attempt >= settings.maxAttempts {
-                    dead.append((event.id, "gave up after \(attempt) attempts; last error: \(reason)"))
+                    dead.append((event.id, Self.storable("gave up after \(attempt) attempts; last error: \(reason)")))
                 } else if age >= settings.maxAge.seconds {
-                    dead.append((event.id, "gave up after \(Int(age)) s (relay.max_age); last error: \(reason)"))
+                    dead.append((event.id, Self.storable("gave up after \(Int(age)) s (relay.max_age); last error: \(reason)")))
                 } else {
                     let backoff = settings.backoff.delay(afterAttempt: attempt).seconds
-                    retries.append((event.id, max(backoff, retryAfter?.seconds ?? 0), reason))
+                    retries.append((event.id, max(backoff, retryAfter?.seconds ?? 0), Self.storable(reason)))
                 }
             case .skipped:
                 break  // released untouched when the transaction commits

@@ -44,9 +44,11 @@ public struct QdrantClient: Sendable {
         return created.status == 409 ? Reply(status: 200, result: .bool(true), error: nil, retryAfter: nil) : created
     }
 
-    /// Percent-escapes a collection name for a URL path segment.
+    /// Percent-escapes a collection name for a URL path segment. `.` and `..` are escaped whole:
+    /// as literal dot segments libcurl would resolve them, sending the request to another path.
     static func escape(_ name: String) -> String {
-        name.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-_.~"))) ?? name
+        if name == "." || name == ".." { return String(repeating: "%2E", count: name.count) }
+        return name.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-_.~"))) ?? name
     }
 }
 
@@ -280,7 +282,7 @@ struct QdrantDeliverer: Deliverer {
                 let rowID: String
                 switch s["id"] {
                 case .string(let text)?: rowID = text
-                case .number(let n)? where n.rounded() == n: rowID = String(Int64(n))
+                case .number(let n)? where Int64(exactly: n) != nil: rowID = String(Int64(exactly: n)!)
                 default:
                     return .failure(PayloadProblem(message: "malformed qdrant.upsert payload: \"source.id\" must be a string or an integer"))
                 }

@@ -133,8 +133,15 @@ struct RedisDeliverer: Deliverer {
                 guard case .object(let fields)? = p["fields"], !fields.isEmpty else {
                     throw PayloadProblem(message: "malformed redis.xadd payload: \"fields\" must be a non-empty object")
                 }
+                var maxlen = ""
+                if let value = p["maxlen"] {
+                    guard let n = value.numberValue.flatMap({ Int(exactly: $0) }), n >= 1 else {
+                        throw PayloadProblem(message: "malformed redis.xadd payload: \"maxlen\" must be a positive integer")
+                    }
+                    maxlen = String(n)
+                }
                 var args = [shas.xadd, String(keys.count + 1), try string("stream")] + keys
-                args += [ttl, p["maxlen"]?.numberValue.map { String(Int($0)) } ?? "", String(event.id)]
+                args += [ttl, maxlen, String(event.id)]
                 for (name, value) in fields.sorted(by: { $0.key < $1.key }) {
                     guard let text = value.stringValue else {
                         throw PayloadProblem(message: "malformed redis.xadd payload: field \"\(name)\" is not a string")
@@ -154,10 +161,10 @@ struct RedisDeliverer: Deliverer {
             case "set":
                 var args = ["SET", try string("key"), try string("value")]
                 if let ttl = p["ttl_seconds"]?.numberValue {
-                    guard ttl >= 1, ttl.rounded() == ttl else {
+                    guard let seconds = Int(exactly: ttl), seconds >= 1 else {
                         throw PayloadProblem(message: "malformed redis.set payload: \"ttl_seconds\" must be a positive integer")
                     }
-                    args += ["EX", String(Int(ttl))]
+                    args += ["EX", String(seconds)]
                 }
                 return .success(RedisCommand(args))
             default:

@@ -290,7 +290,11 @@ final class DestinationWorker: Sendable {
             for event in events { heads[event.key] = min(heads[event.key] ?? .max, event.id) }
             cursor.value = heads.count >= settings.batchSize ? (heads.values.max() ?? 0) : 0
             guard !events.isEmpty else { return (.init(), []) }
-            let outcomes = await deliverer.deliver(events)
+            // A payload that cannot be delivered exactly as stored is dead-lettered with the reason;
+            // permanent failures do not block their key, so the rest goes out as usual.
+            let readable = events.filter { $0.payloadProblem == nil }
+            var outcomes = readable.isEmpty ? [:] : await deliverer.deliver(readable)
+            for event in events { if let problem = event.payloadProblem { outcomes[event.id] = .dead(reason: problem) } }
             for event in events {
                 switch outcomes[event.id] {
                 case .retry(let reason, let after)?:

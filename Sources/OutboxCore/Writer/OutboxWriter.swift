@@ -107,8 +107,13 @@ public struct OutboxEvent: Sendable, Equatable {
 public enum OutboxWriter {
     /// Calls `outbox.enqueue(...)` and returns the new event id. Must run inside
     /// ``PostgresConnection/transaction(_:)`` (outside one it commits on its own, like any statement).
+    ///
+    /// Throws ``JSONValue/InexactPayload`` (nothing sent) for a payload holding an integer of
+    /// magnitude 2^53 or more, such as a ``OutboxEvent/PointID/integer(_:)`` that large: a JSON
+    /// number (a double) would store a neighbouring value instead.
     @discardableResult
     public static func enqueue(_ event: OutboxEvent, on connection: PostgresConnection) async throws -> Int64 {
+        try event.payload.checkExactIntegers()
         let result = try await connection.query(
             "SELECT outbox.enqueue($1, $2, $3, $4::jsonb, $5::jsonb) AS id",
             [
@@ -121,6 +126,7 @@ public enum OutboxWriter {
     /// Enqueues several events in one round trip (pipeline), returning their ids in order.
     @discardableResult
     public static func enqueue(_ events: [OutboxEvent], on connection: PostgresConnection) async throws -> [Int64] {
+        for event in events { try event.payload.checkExactIntegers() }
         let statements = events.map { event in
             (
                 sql: "SELECT outbox.enqueue($1, $2, $3, $4::jsonb, $5::jsonb) AS id",
