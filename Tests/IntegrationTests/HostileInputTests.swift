@@ -310,26 +310,41 @@ import Testing
             let collection = TestEnvironment.uniqueName("big")
             let name = TestEnvironment.uniqueName("big")
             #expect(try await qdrant.call(.PUT, "/collections/\(collection)", ["vectors": ["size": 4, "distance": "Dot"]]).status == 200)
-            // 10 MB of mixed 1- to 4-byte characters (and JSON escapes).
+            // 10 MB of mixed 1- to 4-byte characters and JSON escapes: a random block, repeated
+            // (built, enqueued and compared without long CPU work on the cooperative pool).
             var rng = SplitMix64(seed: 10)
             let alphabet = ["a", "é", "日", "😀", "\"", "\\", "\n", " "]
-            var big = ""
-            while big.utf8.count < 10_000_000 { big += alphabet[Int.random(in: 0..<alphabet.count, using: &rng)] }
-            let point = UUID()
+            let block = (0..<16_384).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &rng)] }.joined()
+            let big = String(repeating: block, count: 10_000_000 / block.utf8.count + 1)
+            let bigBytes = await offPool { Array(big.utf8) }
+            let point = UUID().uuidString.lowercased()
             let row = UUID()
+            // As a writer in any language would: the payload built by Postgres from bound text.
             try await db.transaction { tx in
                 try await tx.query("INSERT INTO extractions (id, source_id, content) VALUES ($1, 's', $2)", [.uuid(row), .text(big)])
-                try await OutboxWriter.enqueue(.redisSet(key: name + ":set", value: big, key: name), on: tx)
-                try await OutboxWriter.enqueue(.redisXAdd(stream: name + ":stream", fields: ["big": big], key: name), on: tx)
-                try await OutboxWriter.enqueue(.qdrantUpsert(
-                    collection: collection, id: .uuid(point), vector: [1, 0, 0, 0], payload: ["big": .string(big)], key: name), on: tx)
+                try await tx.query(
+                    "SELECT outbox.enqueue('redis', 'set', $1, jsonb_build_object('key', $2::text, 'value', $3::text))",
+                    [.text(name), .text(name + ":set"), .text(big)])
+                try await tx.query(
+                    "SELECT outbox.enqueue('redis', 'xadd', $1, jsonb_build_object('stream', $2::text, 'fields', jsonb_build_object('big', $3::text)))",
+                    [.text(name), .text(name + ":stream"), .text(big)])
+                try await tx.query(
+                    """
+                    SELECT outbox.enqueue('qdrant', 'upsert', $1, jsonb_build_object(
+                      'collection', $2::text, 'id', $4::text, 'vector', '[1, 0, 0, 0]'::jsonb, 'payload', jsonb_build_object('big', $3::text)))
+                    """, [.text(name), .text(collection), .text(big), .text(point)])
                 // 10 MB of text to embed, and the row's embedding written back.
-                try await OutboxWriter.enqueue(.qdrantUpsert(
-                    collection: collection, id: .uuid(row), text: big, source: ("extractions", row.uuidString.lowercased()), key: name + "-t"), on: tx)
+                try await tx.query(
+                    """
+                    SELECT outbox.enqueue('qdrant', 'upsert', $1, jsonb_build_object(
+                      'collection', $2::text, 'id', $4::text, 'text', $3::text, 'source', jsonb_build_object('table', 'extractions', 'id', $4::text)))
+                    """, [.text(name + "-t"), .text(collection), .text(big), .text(row.uuidString.lowercased())])
                 // Beyond Qdrant's 32 MiB request limit: refused by Qdrant, dead-lettered with its words.
-                try await OutboxWriter.enqueue(.qdrantUpsert(
-                    collection: collection, id: .uuid(UUID()), vector: [1, 0, 0, 0], payload: ["big": .string(big + big + big + big)],
-                    key: name + "-huge"), on: tx)
+                try await tx.query(
+                    """
+                    SELECT outbox.enqueue('qdrant', 'upsert', $1, jsonb_build_object(
+                      'collection', $2::text, 'id', $4::text, 'vector', '[1, 0, 0, 0]'::jsonb, 'payload', jsonb_build_object('big', repeat($3::text, 4))))
+                    """, [.text(name + "-huge"), .text(collection), .text(big), .text(UUID().uuidString)])
             }
             let relay = try RelayProcess(databaseURL: url, environment: ["OUTBOX_EMBEDDING_DIMENSIONS": "4"])
             try await eventually("drain", timeout: .seconds(120)) {
@@ -342,13 +357,17 @@ import Testing
             #expect(try dead.first?.decode("error", as: String.self).contains("qdrant answered 400: JSON payload") == true, "\(dead)")
 
             let redis = try await TestEnvironment.redis()
-            #expect(try await redis.command("GET", name + ":set") == .bulk(Array(big.utf8)), "10 MB value changed on the way")
+            #expect(try await redis.command("GET", name + ":set") == .bulk(bigBytes), "10 MB value changed on the way")
             let entry = try await redis.command("XRANGE", name + ":stream", "-", "+").array?.first?.array?[1].array ?? []
-            #expect(entry.count == 4 && entry[1] == .bulk(Array(big.utf8)), "10 MB stream field changed on the way")
-            let stored = try await qdrant.call(.POST, "/collections/\(collection)/points", [
-                "ids": [.string(point.uuidString.lowercased())], "with_payload": true,
-            ], timeout: .seconds(60))
-            #expect(stored.json?["result"]?.arrayValue?.first?["payload"]?["big"]?.stringValue.map { Array($0.utf8) } == Array(big.utf8))
+            #expect(entry.count == 4 && entry[1] == .bulk(bigBytes), "10 MB stream field changed on the way")
+            let stored = try await qdrant.http.perform(HTTPRequest(
+                method: .POST, url: qdrant.baseURL + "/collections/\(collection)/points",
+                headers: [("api-key", qdrant.apiKey), ("Content-Type", "application/json")],
+                body: Array(#"{"ids": ["\#(point)"], "with_payload": true}"#.utf8), timeout: .seconds(60)))
+            let storedBig = await offPool {
+                (try? JSONValue.parse(stored.bodyText))?["result"]?.arrayValue?.first?["payload"]?["big"]?.stringValue.map { Array($0.utf8) }
+            }
+            #expect(storedBig == bigBytes, "10 MB Qdrant payload changed on the way")
             #expect(try await db.query("SELECT embedding_id FROM extractions WHERE id = $1", [.uuid(row)]).first?
                 .decode("embedding_id", as: UUID?.self) == row)
             try await redis.command("DEL", name + ":set", name + ":stream")
@@ -770,6 +789,12 @@ import Testing
         let line = text[..<range.lowerBound].split(separator: "\n", omittingEmptySubsequences: false).last ?? ""
         return String(line.suffix(200)) + "<secret>"
     }
+}
+
+/// Runs CPU-heavy test work (copying or parsing megabytes) on a Dispatch thread, so that it does
+/// not hold a cooperative-pool thread that other tests in this process are timing.
+func offPool<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in DispatchQueue.global().async { continuation.resume(returning: work()) } }
 }
 
 // MARK: - Fuzzing support
