@@ -17,5 +17,9 @@ static inline CURLcode ccurl_easy_setopt_data_function(CURL *h, CURLoption o, cc
 static inline CURLcode ccurl_easy_setopt_xferinfo_function(CURL *h, ccurl_xferinfo_callback f) {
     return curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, f);
 }
+typedef int (*ccurl_seek_callback)(void *userdata, curl_off_t offset, int origin);
+static inline CURLcode ccurl_easy_setopt_seek_function(CURL *h, ccurl_seek_callback f) {
+    return curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, f);
+}
 static inline CURLcode ccurl_easy_getinfo_long(CURL *h, CURLINFO i, long *v) { return curl_easy_getinfo(h, i, v); }
 #endif

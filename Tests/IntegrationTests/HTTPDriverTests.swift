@@ -126,6 +126,20 @@ struct QdrantCalls {
         return body.arrayValue ?? body["violations"]?.arrayValue ?? []
     }
 
+    @Test func aRequestDroppedOnAKeptAliveConnectionIsResentWithItsBody() async throws {
+        let port = try freePort()
+        let server = try await startHelper("dropping_server.py", [String(port)])
+        defer { kill(server.processIdentifier, SIGKILL) }
+        let http = HTTPConnection(logger: TestEnvironment.logger)
+        let body = [UInt8](repeating: 0x61, count: 100_000)
+        for _ in 0..<3 {  // the second goes out on the kept-alive connection, which the server drops
+            let response = try await http.perform(
+                HTTPRequest(method: .PUT, url: "http://127.0.0.1:\(port)/points", body: body, timeout: .seconds(5)))
+            #expect(response.status == 200)
+            #expect(try JSONValue.parse(response.bodyText)["received"]?.numberValue == 100_000)
+        }
+    }
+
     @Test func missingAPIKeyIs401() async throws {
         let http = HTTPConnection(logger: TestEnvironment.logger)
         let response = try await http.perform(HTTPRequest(method: .GET, url: try TestEnvironment.qdrantURL() + "/collections"))

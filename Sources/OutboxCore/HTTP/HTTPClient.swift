@@ -147,6 +147,10 @@ public actor HTTPConnection {
             ccurl_easy_setopt_off(h, CURLOPT_INFILESIZE_LARGE, curl_off_t(transfer.upload.count))
             ccurl_easy_setopt_ptr(h, CURLOPT_READDATA, context.toOpaque())
             ccurl_easy_setopt_data_function(h, CURLOPT_READFUNCTION, readCallback)
+            // Lets curl rewind the body and resend it on a fresh connection when a kept-alive one
+            // turns out dead mid-request (else: "rewinding of the data stream failed").
+            ccurl_easy_setopt_ptr(h, CURLOPT_SEEKDATA, context.toOpaque())
+            ccurl_easy_setopt_seek_function(h, seekCallback)
         }
 
         let code = curl_easy_perform(h)
@@ -225,6 +229,13 @@ private let readCallback: ccurl_data_callback = { pointer, size, count, userdata
     }
     transfer.uploadOffset += length
     return length
+}
+
+private let seekCallback: ccurl_seek_callback = { userdata, offset, origin in
+    let transfer = Unmanaged<Transfer>.fromOpaque(userdata!).takeUnretainedValue()
+    guard origin == SEEK_SET, offset >= 0, offset <= transfer.upload.count else { return CURL_SEEKFUNC_CANTSEEK }
+    transfer.uploadOffset = Int(offset)
+    return CURL_SEEKFUNC_OK
 }
 
 /// Returning non-zero aborts the transfer with `CURLE_ABORTED_BY_CALLBACK`.
