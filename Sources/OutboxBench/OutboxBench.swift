@@ -13,9 +13,26 @@ struct OutboxBench: AsyncParsableCommand {
         commandName: "outbox-bench",
         abstract: "Benchmarks: relay and reconciler against the bounds of the same machine.",
         discussion: """
-            Scenarios: drain-redis, idle, memory, writer-overhead, latency, reconcile-scan (default: all). \\
-            Needs the local services (scripts/services up; eval "$(scripts/services env)") and a release build: \\
-            swift build -c release && .build/release/outbox-bench. Prints a table; --json writes the figures.
+            Scenarios (default: all, in this order; name one or more to run only those):
+
+            - drain-redis: preload --drain-events redis.xadd events over 1,000 keys; the relay's drain rate against \
+            two bounds measured in the same run: a one-statement SQL drain of the same rows (DELETE ... RETURNING, \
+            1,000 per statement) and Redis' pipelined XADD (1,000 per pipeline).
+            - drain-qdrant: preload --qdrant-events qdrant.upsert events with --vector-size vectors, one key each; the \
+            relay's rate against the Qdrant stand-in ingesting the same points directly in the requests the relay \
+            makes (a claim of relay.batch_size events, split at relay.qdrant_max_batch_bytes; PUT \
+            /points?wait=true&ordering=strong, one request at a time).
+            - idle: statements on the wire (scripts/pg-wire-proxy.py) and CPU seconds of an idle relay over --seconds.
+            - memory: peak RSS (VmHWM) of the relay while it drains a --memory-events redis.set backlog.
+            - writer-overhead: a domain-only insert transaction against the same transaction with an outbox event \
+            (synchronous_commit=off), p50 / p99, for each way a writer can send it.
+            - latency: writers commit at 1,000/s and 5,000/s for --seconds each; commit-to-delivered p50 / p90 / p99 / max.
+            - reconcile-scan: outbox-reconciler reconcile (database-side categories) over --scan-rows rows, 1 % unembedded.
+
+            Each scenario runs in a fresh database (created and dropped on the server of postgres.url); the relay \
+            runs as its own process. Needs the local services (scripts/services up; eval "$(scripts/services env)") \
+            and a release build (swift build -c release). Prints a table; --json writes the figures. Timings depend \
+            on what else the machine runs: compare runs made back to back.
             """)
 
     @Argument(help: "Scenarios to run.")
@@ -24,12 +41,16 @@ struct OutboxBench: AsyncParsableCommand {
     @OptionGroup var options: GlobalOptions
 
     @Option(help: "Events preloaded for drain-redis.") var drainEvents = 200_000
+    @Option(help: "qdrant.upsert events preloaded for drain-qdrant.") var qdrantEvents = 50_000
+    @Option(help: "Vector dimensions for drain-qdrant.") var vectorSize = 384
     @Option(help: "Backlog for the memory scenario.") var memoryEvents = 1_000_000
     @Option(help: "Rows for reconcile-scan.") var scanRows = 1_000_000
-    @Option(help: "Seconds per latency rate and for idle.") var seconds = 30
+    @Option(help: "Seconds per latency rate, and the idle window.") var seconds = 30
     @Option(help: "Write the figures as JSON to this file.") var json: String?
+    @Option(help: ArgumentHelp("The outbox-relay binary to run (default: the one beside outbox-bench), e.g. another build for an A/B comparison.", valueName: "path"))
+    var relay: String?
 
-    static let all = ["drain-redis", "idle", "memory", "writer-overhead", "latency", "reconcile-scan"]
+    static let all = ["drain-redis", "drain-qdrant", "idle", "memory", "writer-overhead", "latency", "reconcile-scan"]
 
     func validate() throws {
         for s in scenarios where !Self.all.contains(s) {
@@ -40,13 +61,16 @@ struct OutboxBench: AsyncParsableCommand {
     func run() async throws {
         let logger = CommandSupport.bootstrapLogging(label: "outbox-bench")
         let config = await CommandSupport.loadConfiguration(path: options.config)
-        let bench = Bench(config: config, configPath: options.config ?? "config/outbox.yaml", logger: logger, seconds: seconds)
+        let bench = Bench(
+            config: config, configPath: options.config ?? "config/outbox.yaml", logger: logger, seconds: seconds,
+            relayBinary: relay.map { URL(fileURLWithPath: $0) })
         var results: [(String, [(String, String)])] = []
         for scenario in scenarios.isEmpty ? Self.all : scenarios {
             FileHandle.standardError.write(Data("== \(scenario)\n".utf8))
             let figures: [(String, String)]
             switch scenario {
             case "drain-redis": figures = try await bench.drainRedis(events: drainEvents)
+            case "drain-qdrant": figures = try await bench.drainQdrant(events: qdrantEvents, dimensions: vectorSize)
             case "idle": figures = try await bench.idle()
             case "memory": figures = try await bench.memory(events: memoryEvents)
             case "writer-overhead": figures = try await bench.writerOverhead()
@@ -54,7 +78,7 @@ struct OutboxBench: AsyncParsableCommand {
             default: figures = try await bench.reconcileScan(rows: scanRows)
             }
             results.append((scenario, figures))
-            for (name, value) in figures { print("\(scenario.padding(toLength: 16, withPad: " ", startingAt: 0)) \(name.padding(toLength: 34, withPad: " ", startingAt: 0)) \(value)") }
+            for (name, value) in figures { print("\(scenario.padding(toLength: 16, withPad: " ", startingAt: 0)) \(name.padding(toLength: 40, withPad: " ", startingAt: 0)) \(value)") }
         }
         if let json {
             let body: JSONValue = .object(Dictionary(uniqueKeysWithValues: results.map { scenario, figures in
@@ -70,6 +94,7 @@ struct Bench {
     let configPath: String
     let logger: Logger
     let seconds: Int
+    let relayBinary: URL?
 
     var binDirectory: URL { URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent() }
 
@@ -94,7 +119,7 @@ struct Bench {
 
     func startRelay(_ url: String, port: Int, extra: [String: String] = [:]) throws -> Process {
         let process = Process()
-        process.executableURL = binDirectory.appendingPathComponent("outbox-relay")
+        process.executableURL = relayBinary ?? binDirectory.appendingPathComponent("outbox-relay")
         process.arguments = ["serve", "--config", configPath]
         var env = ProcessInfo.processInfo.environment
         env["OUTBOX_POSTGRES_URL"] = url
@@ -193,6 +218,107 @@ struct Bench {
             ("redis pipelined xadd events/s", fmt(xaddRate)), ("relay / sql bound", fmt(relayRate / sqlRate * 100, 1) + " %"),
             ("relay / xadd bound", fmt(relayRate / xaddRate * 100, 1) + " %"),
         ]
+    }
+
+    /// The relay's drain rate for `qdrant.upsert` events with vectors, against the stand-in's own
+    /// ingest rate for the same points sent the way the relay sends them: the same point JSON, in
+    /// requests of the same size (a claim's worth of events, capped at
+    /// `relay.qdrant_max_batch_bytes`), `PUT /points?wait=true&ordering=strong`, one at a time.
+    func drainQdrant(events: Int, dimensions: Int) async throws -> [(String, String)] {
+        let qdrant = QdrantClient(configuration: config.qdrant, logger: logger)
+        let suffix = UUID().uuidString.prefix(8).lowercased()
+        let relayCollection = "bench_relay_\(suffix)", directCollection = "bench_direct_\(suffix)"
+        for name in [relayCollection, directCollection] {
+            let body: JSONValue = ["vectors": ["size": .number(Double(dimensions)), "distance": "Cosine"]]
+            let reply = try await qdrant.call(.PUT, "/collections/\(name)", body: Array(body.jsonText.utf8))
+            guard reply.status == 200 else { throw BenchError("cannot create collection \(name): \(reply.status) \(reply.error ?? "")") }
+        }
+        defer {
+            Task { for name in [relayCollection, directCollection] { _ = try? await qdrant.call(.DELETE, "/collections/\(name)") } }
+        }
+        return try await withDatabase { url, db in
+            // Preload: one key per point (the writer API's default), a small payload, a vector.
+            var done = 0
+            while done < events {
+                let n = min(5_000, events - done)
+                try await db.query(
+                    """
+                    SELECT count(outbox.enqueue('qdrant', 'upsert', g::text, jsonb_build_object(
+                      'collection', $3::text, 'id', g, 'payload', jsonb_build_object('n', g),
+                      'vector', (SELECT jsonb_agg(round(sin(g * 0.37 + i)::numeric, 6)) FROM generate_series(1, $4::int) i))))
+                    FROM generate_series($1::int8, $1::int8 + $2 - 1) g
+                    """, [.int(Int64(done + 1)), .int(Int64(n)), .text(relayCollection), .int(Int64(dimensions))])
+                done += n
+            }
+            try await db.query("VACUUM ANALYZE outbox.events")
+
+            // The relay's requests: a claim takes relay.batch_size keys (one event each here),
+            // and its upserts go out as one request unless relay.qdrant_max_batch_bytes splits it.
+            // The point JSON is the relay's: {"id","payload","vector"} without spaces.
+            let claim = max(1, min(config.relay.batchSize, config.relay.batchEvents))
+            var bodies: [[UInt8]] = []
+            var lastID: Int64 = 0
+            while true {
+                let rows = try await db.query(
+                    """
+                    SELECT id, replace(jsonb_build_object('id', payload->'id', 'payload', coalesce(payload->'payload', '{}'::jsonb),
+                                                          'vector', payload->'vector')::text, ' ', '') AS point
+                    FROM outbox.events WHERE id > $1 ORDER BY id LIMIT $2
+                    """, [.int(lastID), .int(Int64(claim))]).rows
+                guard let last = rows.last else { break }
+                lastID = try last.decode("id")
+                var body: [UInt8] = []
+                var size = 0
+                for row in rows {
+                    let point = Array(try row.decode("point", as: String.self).utf8)
+                    if !body.isEmpty, size + point.count + 1 > config.relay.qdrantMaxBatchBytes {
+                        bodies.append(Array("{\"points\":[".utf8) + body + Array("]}".utf8))
+                        body = []
+                        size = 0
+                    }
+                    if !body.isEmpty { body.append(UInt8(ascii: ",")) }
+                    body += point
+                    size += point.count + 1
+                }
+                bodies.append(Array("{\"points\":[".utf8) + body + Array("]}".utf8))
+            }
+            let bytes = bodies.reduce(0) { $0 + $1.count }
+            let requests = bodies.count
+            let path = "/collections/\(directCollection)/points?wait=true&ordering=strong"
+            var started = ContinuousClock.now
+            for body in bodies {
+                let reply = try await qdrant.call(.PUT, path, body: body)
+                guard reply.status == 200, reply.updateStatus == "completed" else {
+                    throw BenchError("direct ingest: \(reply.status) \(reply.updateStatus ?? "") \(reply.error ?? "")")
+                }
+            }
+            let directRate = Double(events) / (ContinuousClock.now - started).inSeconds
+            bodies = []
+
+            let port = 18_474
+            started = ContinuousClock.now
+            let relay = try startRelay(url, port: port)
+            var peak = 0.0
+            var cpu = 0.0
+            while await delivered(port: port) < events {
+                peak = max(peak, proc(relay.processIdentifier, "VmHWM"))
+                cpu = cpuSeconds(relay.processIdentifier)
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let elapsed = (ContinuousClock.now - started).inSeconds
+            cpu = max(cpu, cpuSeconds(relay.processIdentifier))
+            await stop(relay)
+            let relayRate = Double(events) / elapsed
+            let count = try await qdrant.call(.POST, "/collections/\(relayCollection)/points/count", body: Array(#"{"exact":true}"#.utf8))
+            let landed = Int(count.result?["count"]?.numberValue ?? -1)
+            return [
+                ("events / dimensions", "\(events) / \(dimensions) (points in the relay's collection: \(landed))"),
+                ("direct requests / points / KiB each", "\(requests) / \(fmt(Double(events) / Double(requests))) / \(fmt(Double(bytes) / Double(requests) / 1024))"),
+                ("relay events/s", fmt(relayRate)), ("direct ingest events/s", fmt(directRate)),
+                ("relay / direct", fmt(relayRate / directRate * 100, 1) + " %"),
+                ("relay cpu s / peak RSS MB", "\(fmt(cpu, 1)) / \(fmt(peak / 1024, 1))"),
+            ]
+        }
     }
 
     func idle() async throws -> [(String, String)] {
@@ -374,6 +500,11 @@ struct Bench {
             ]
         }
     }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }
 
 actor CommitLog {

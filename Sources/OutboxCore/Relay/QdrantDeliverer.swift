@@ -82,6 +82,8 @@ struct QdrantDeliverer: Deliverer {
         var operation: Operation
         /// JSON size of this item's part of a request body, for the byte cap.
         var bytes: Int
+        /// An upsert's point as JSON, encoded once for both the byte cap and the body.
+        var point: [UInt8] = []
     }
 
     func deliver(_ events: [ClaimedEvent]) async -> [Int64: DeliveryOutcome] {
@@ -96,7 +98,10 @@ struct QdrantDeliverer: Deliverer {
         await embed(&items, outcomes: &outcomes)
         items.removeAll { outcomes[$0.event.id] != nil }
         for index in items.indices {
-            if case .upsert(_, let point, _, _) = items[index].operation { items[index].bytes = point.jsonText.utf8.count + 1 }
+            if case .upsert(_, let point, _, _) = items[index].operation {
+                items[index].point = point.jsonBytes
+                items[index].bytes = items[index].point.count + 1
+            }
         }
 
         var blocker = KeyBlocker()
@@ -143,29 +148,37 @@ struct QdrantDeliverer: Deliverer {
     private func send(_ group: [Item], createdCollection: Bool = false) async -> [(Int64, DeliveryOutcome)] {
         let collection = group[0].operation.collection
         let path = "/collections/\(QdrantClient.escape(collection))"
-        let body: JSONValue
+        let body: [UInt8]
         let endpoint: (HTTPRequest.Method, String)
         switch group[0].operation {
         case .upsert:
-            body = ["points": .array(group.compactMap { if case .upsert(_, let p, _, _) = $0.operation { p } else { nil } })]
+            // {"points":[...]} from the points encoded for the byte cap.
+            var bytes = Array(#"{"points":["#.utf8)
+            bytes.reserveCapacity(group.reduce(16) { $0 + $1.bytes })
+            for (i, item) in group.enumerated() {
+                if i > 0 { bytes.append(UInt8(ascii: ",")) }
+                bytes += item.point
+            }
+            bytes += Array("]}".utf8)
+            body = bytes
             endpoint = (.PUT, path + "/points?wait=true&ordering=strong")
         case .delete:
-            body = ["points": .array(group.flatMap { item -> [JSONValue] in
+            body = JSONValue.object(["points": .array(group.flatMap { item -> [JSONValue] in
                 if case .delete(_, let ids) = item.operation { return ids }
                 return []
-            })]
+            })]).jsonBytes
             endpoint = (.POST, path + "/points/delete?wait=true&ordering=strong")
         case .setPayload(_, _, let payload):
-            body = ["payload": payload, "points": .array(group.flatMap { item -> [JSONValue] in
+            body = JSONValue.object(["payload": payload, "points": .array(group.flatMap { item -> [JSONValue] in
                 if case .setPayload(_, let ids, _) = item.operation { return ids }
                 return []
-            })]
+            })]).jsonBytes
             endpoint = (.POST, path + "/points/payload?wait=true&ordering=strong")
         }
 
         let reply: QdrantClient.Reply
         do {
-            reply = try await client.call(endpoint.0, endpoint.1, body: Array(body.jsonText.utf8))
+            reply = try await client.call(endpoint.0, endpoint.1, body: body)
         } catch {
             return group.map { ($0.event.id, .retry(reason: "qdrant: \(error)", retryAfter: nil)) }
         }
