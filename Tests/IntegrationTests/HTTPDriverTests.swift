@@ -236,7 +236,10 @@ struct QdrantCalls {
         let (ticks, worstGap) = await ticker.value
         #expect(elapsed >= .seconds(2), "the slow calls did not actually block (\(elapsed))")
         #expect(elapsed < .seconds(4), "the blocked calls ran one after another (\(elapsed))")
-        #expect(worstGap < .milliseconds(100), "the cooperative pool stalled for \(worstGap)")
-        #expect(ticks > 100)
+        // Eight 2-second blocking calls on a pool of (here) 2 threads would stall the ticker for
+        // about 2 s; the bound leaves room for the OS scheduler on a loaded 2-core machine (gaps
+        // of ~120 ms were seen with a benchmark running beside the suite).
+        #expect(worstGap < .milliseconds(500), "the cooperative pool stalled for \(worstGap)")
+        #expect(ticks > 50, "the ticker ran \(ticks) times in \(elapsed)")
     }
 }
