@@ -24,8 +24,9 @@ struct OutboxBench: AsyncParsableCommand {
             /points?wait=true&ordering=strong, one request at a time).
             - idle: statements on the wire (scripts/pg-wire-proxy.py) and CPU seconds of an idle relay over --seconds.
             - memory: peak RSS (VmHWM) of the relay while it drains a --memory-events redis.set backlog.
-            - writer-overhead: a domain-only insert transaction against the same transaction with an outbox event \
-            (synchronous_commit=off), p50 / p99, for each way a writer can send it.
+            - writer-overhead: a domain-only insert transaction against the same transaction with a qdrant.upsert \
+            event (synchronous_commit=off), p50 / p99, for each way a writer can send it: in the insert's round trip \
+            (OutboxWriter.write, a pipeline), in one statement with the insert (a CTE), in a round trip of its own.
             - latency: writers commit at 1,000/s and 5,000/s for --seconds each; commit-to-delivered p50 / p90 / p99 / max.
             - reconcile-scan: outbox-reconciler reconcile (database-side categories) over --scan-rows rows, 1 % unembedded.
 
@@ -45,6 +46,7 @@ struct OutboxBench: AsyncParsableCommand {
     @Option(help: "Vector dimensions for drain-qdrant.") var vectorSize = 384
     @Option(help: "Backlog for the memory scenario.") var memoryEvents = 1_000_000
     @Option(help: "Rows for reconcile-scan.") var scanRows = 1_000_000
+    @Option(help: "Measured transactions per writer-overhead variant.") var writerTransactions = 5_000
     @Option(help: "Seconds per latency rate, and the idle window.") var seconds = 30
     @Option(help: "Write the figures as JSON to this file.") var json: String?
     @Option(help: ArgumentHelp("The outbox-relay binary to run (default: the one beside outbox-bench), e.g. another build for an A/B comparison.", valueName: "path"))
@@ -73,12 +75,12 @@ struct OutboxBench: AsyncParsableCommand {
             case "drain-qdrant": figures = try await bench.drainQdrant(events: qdrantEvents, dimensions: vectorSize)
             case "idle": figures = try await bench.idle()
             case "memory": figures = try await bench.memory(events: memoryEvents)
-            case "writer-overhead": figures = try await bench.writerOverhead()
+            case "writer-overhead": figures = try await bench.writerOverhead(transactions: writerTransactions)
             case "latency": figures = try await bench.latency()
             default: figures = try await bench.reconcileScan(rows: scanRows)
             }
             results.append((scenario, figures))
-            for (name, value) in figures { print("\(scenario.padding(toLength: 16, withPad: " ", startingAt: 0)) \(name.padding(toLength: 40, withPad: " ", startingAt: 0)) \(value)") }
+            for (name, value) in figures { print("\(scenario.padding(toLength: 16, withPad: " ", startingAt: 0)) \(name.padding(toLength: 60, withPad: " ", startingAt: 0)) \(value)") }
         }
         if let json {
             let body: JSONValue = .object(Dictionary(uniqueKeysWithValues: results.map { scenario, figures in
@@ -378,33 +380,64 @@ struct Bench {
         }
     }
 
-    func writerOverhead() async throws -> [(String, String)] {
+    /// A writer's transaction (BEGIN, domain insert, COMMIT; synchronous_commit off) with and
+    /// without a `qdrant.upsert` event, sent the ways a writer can send it. The variants take turns
+    /// transaction by transaction, so a change in the machine's load hits them alike.
+    func writerOverhead(transactions: Int) async throws -> [(String, String)] {
         try await withDatabase { _, db in
             try await db.query("SET synchronous_commit = off")
-            func measure(_ enqueue: Bool, _ n: Int) async throws -> [Double] {
-                var times: [Double] = []
-                for i in 0..<n {
-                    let started = ContinuousClock.now
-                    try await db.transaction { tx in
-                        let id = UUID()
-                        try await tx.query("INSERT INTO extractions (id, source_id, content) VALUES ($1, 'doc', 'text')", [.uuid(id)])
-                        if enqueue {
-                            try await OutboxWriter.enqueue(.qdrantUpsert(
-                                collection: "c", id: .uuid(id), text: "text", source: ("extractions", id.uuidString.lowercased())), on: tx)
-                        }
-                    }
-                    if i >= n / 10 { times.append((ContinuousClock.now - started).inSeconds * 1000) }  // drop warm-up
-                }
-                return times.sorted()
+            let insert = "INSERT INTO extractions (id, source_id, content) VALUES ($1, 'doc', 'text')"
+            @Sendable func event(_ id: UUID) -> OutboxEvent {
+                .qdrantUpsert(collection: "c", id: .uuid(id), text: "text", source: ("extractions", id.uuidString.lowercased()))
             }
-            _ = try await measure(true, 500)
-            let plain = try await measure(false, 5000), with = try await measure(true, 5000)
-            let p50 = percentile(plain, 0.5), p50e = percentile(with, 0.5)
-            return [
-                ("domain-only p50 / p99 ms", "\(fmt(p50, 3)) / \(fmt(percentile(plain, 0.99), 3))"),
-                ("with outbox.enqueue p50 / p99 ms", "\(fmt(p50e, 3)) / \(fmt(percentile(with, 0.99), 3))"),
-                ("added to p50", fmt((p50e - p50) / p50 * 100, 1) + " %"),
+            let variants: [(name: String, run: @Sendable (PostgresConnection, UUID) async throws -> Void)] = [
+                ("domain-only (insert)", { tx, id in try await tx.query(insert, [.uuid(id)]) }),
+                ("+ event, same round trip (OutboxWriter.write)", { tx, id in
+                    try await OutboxWriter.write((insert, [.uuid(id)]), enqueue: [event(id)], on: tx)
+                }),
+                ("+ event, one statement (CTE)", { tx, id in
+                    let e = try event(id).enqueueStatement
+                    try await tx.query(
+                        """
+                        WITH row AS (INSERT INTO extractions (id, source_id, content) VALUES ($6, 'doc', 'text') RETURNING id)
+                        SELECT outbox.enqueue($1, $2, $3, $4::jsonb, $5::jsonb) AS id FROM row
+                        """, e.parameters + [.uuid(id)])
+                }),
+                ("+ event, second round trip (enqueue)", { tx, id in
+                    try await tx.query(insert, [.uuid(id)])
+                    try await OutboxWriter.enqueue(event(id), on: tx)
+                }),
+                // Yardsticks: what any second row costs, and the outbox row without outbox.enqueue.
+                ("ref: + 2nd domain row, same round trip", { tx, id in
+                    _ = try await tx.pipeline([(insert, [.uuid(id)]), (insert, [.uuid(UUID())])])
+                }),
+                ("ref: + bare outbox.events row, same round trip", { tx, id in
+                    let e = try event(id).enqueueStatement
+                    _ = try await tx.pipeline([
+                        (insert, [.uuid(id)]),
+                        ("INSERT INTO outbox.events (destination, operation, key, payload, headers) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb) RETURNING id",
+                         e.parameters),
+                    ])
+                }),
             ]
+            var times = Array(repeating: [Double](), count: variants.count)
+            let warmup = transactions / 10
+            for i in 0..<(warmup + transactions) {
+                for (v, variant) in variants.enumerated() {
+                    let started = ContinuousClock.now
+                    try await db.transaction { tx in try await variant.run(tx, UUID()) }
+                    if i >= warmup { times[v].append((ContinuousClock.now - started).inSeconds * 1000) }
+                }
+            }
+            let sorted = times.map { $0.sorted() }
+            let base = percentile(sorted[0], 0.5)
+            var figures = [("transactions per variant (after \(warmup) warm-up)", "\(transactions)")]
+            for (v, variant) in variants.enumerated() {
+                let p50 = percentile(sorted[v], 0.5)
+                figures.append((variant.name + " p50 / p99 ms", "\(fmt(p50, 3)) / \(fmt(percentile(sorted[v], 0.99), 3))"
+                    + (v == 0 ? "" : " (+\(fmt((p50 - base) / base * 100, 1)) % at p50)")))
+            }
+            return figures
         }
     }
 

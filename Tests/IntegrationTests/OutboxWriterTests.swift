@@ -85,6 +85,152 @@ import Testing
         #expect(try await count(db, "SELECT count(*) AS n FROM outbox.events WHERE key = $1", [.text(key)]) == 0)
     }
 
+    @Test(arguments: [
+        ("", "{}", "key must be a non-empty string"),
+        ("k", "[]", "headers must be a JSON object, got array"),
+    ])
+    func enqueueRejectsAnEmptyKeyAndHeadersThatAreNotAnObject(key: String, headers: String, message: String) async throws {
+        let db = try await TestEnvironment.migratedConnection()
+        let error = try await #require(throws: PostgresError.self) {
+            try await db.transaction { tx in
+                try await tx.query(
+                    "SELECT outbox.enqueue('redis', 'publish', $1, '{\"channel\":\"c\",\"message\":\"m\"}', $2::jsonb)",
+                    [.text(key), .jsonb(headers)])
+            }
+        }
+        #expect(error.sqlState == "22023")
+        #expect(error.message.contains(message), "got: \(error.message)")
+    }
+
+    /// schema/006's fast path (`outbox._event_is_valid`) may only accept what 001's detailed
+    /// checks (`outbox.validate_event`) accept; everything else takes the detailed path, whose
+    /// errors the tests above check. Compared over payloads derived from a valid one per operation:
+    /// each field removed, replaced, and nested values and array elements replaced, by values of
+    /// every JSON type and the edge cases of the checks.
+    @Test func fastValidationAcceptsOnlyWhatTheDetailedChecksAccept() async throws {
+        let corpus = Self.validationCorpus()
+        let db = try await TestEnvironment.migratedConnection()
+        let row = try await db.transaction { tx in
+            try await tx.query(
+                """
+                CREATE FUNCTION pg_temp.detailed_ok(d text, o text, p jsonb) RETURNS boolean LANGUAGE plpgsql AS $$
+                BEGIN PERFORM outbox.validate_event(d, o, p); RETURN true;
+                EXCEPTION WHEN invalid_parameter_value THEN RETURN false; END $$
+                """)
+            return try await tx.query(
+                """
+                SELECT count(*) FILTER (WHERE fast) AS fast, count(*) FILTER (WHERE detailed) AS detailed,
+                       count(*) FILTER (WHERE fast AND NOT detailed) AS violations,
+                       string_agg(d || '.' || o || ' ' || p, E'\n') FILTER (WHERE fast AND NOT detailed) AS examples
+                FROM (SELECT d, o, p, coalesce(outbox._event_is_valid(d, o, p::jsonb), false) AS fast,
+                             pg_temp.detailed_ok(d, o, p::jsonb) AS detailed
+                      FROM unnest($1::text[], $2::text[], $3::text[]) AS c(d, o, p)) r
+                """, [.textArray(corpus.map(\.0)), .textArray(corpus.map(\.1)), .textArray(corpus.map(\.2))]).first!
+        }
+        let examples = try row.decode("examples", as: String?.self) ?? ""
+        #expect(try row.decode("violations", as: Int.self) == 0, "\(examples)")
+        // The fast path does the work: nearly every valid payload takes it.
+        let fast = try row.decode("fast", as: Int.self), detailed = try row.decode("detailed", as: Int.self)
+        #expect(corpus.count > 3_000 && detailed > 1_000 && fast >= detailed * 9 / 10, "\(corpus.count) payloads, \(detailed) valid, \(fast) fast")
+    }
+
+    static func validationCorpus() -> [(String, String, String)] {
+        let uuid = "2b1c1e4e-5d7a-4f3e-9a55-2f0d1c3b4a59"
+        let bases: [(String, String, String)] = [
+            ("qdrant", "upsert", #"{"collection":"c","id":"\#(uuid)","vector":[0.1,2],"text":"t","payload":{"a":1},"source":{"table":"extractions","id":"r1"}}"#),
+            ("qdrant", "delete", #"{"collection":"c","ids":["\#(uuid)"]}"#),
+            ("qdrant", "set_payload", #"{"collection":"c","ids":["\#(uuid)"],"payload":{"a":1}}"#),
+            ("redis", "xadd", #"{"stream":"s","fields":{"a":"b"},"maxlen":100}"#),
+            ("redis", "publish", #"{"channel":"c","message":"m"}"#),
+            ("redis", "del", #"{"keys":["a","b"]}"#),
+            ("redis", "set", #"{"key":"k","value":"v","ttl_seconds":60}"#),
+        ]
+        let samples = [
+            "null", "true", "false", "0", "1", "1.0", "-1", "1.5", "1e2", "1e400", "-0", "18446744073709551615",
+            "18446744073709551616", #""""#, #""x""#, #""\#(uuid)""#, #""\#(uuid.uppercased().replacingOccurrences(of: "-", with: ""))""#,
+            #""\#(uuid)\n""#, #""not-a-uuid""#, "[]", "[1]", #"["x"]"#, "[[1]]", "[null]", #"[1,"x"]"#, #"["\#(uuid)",1]"#,
+            #"["\#(uuid)",["\#(uuid)"]]"#, "{}", #"{"a":"b"}"#, #"{"outbox_id":"x"}"#, #"{"a":1}"#, #"{"a":["b"]}"#,
+            #"{"table":"extractions","id":"r"}"#, #"{"table":"","id":"r"}"#, #"{"table":"x","id":[1]}"#, #"{"table":"x","id":1.5}"#,
+            #"{"table":["x"],"id":"r"}"#,
+        ]
+        let fields = ["collection", "id", "vector", "text", "payload", "source", "ids", "stream", "fields", "maxlen", "channel",
+                      "message", "keys", "key", "value", "ttl_seconds"]
+        // Values are spliced as text, so numbers beyond a double (1e400) reach Postgres as written.
+        func object(_ members: [(String, String)]) -> String {
+            "{" + members.map { "\(JSONValue.string($0.0).jsonText):\($0.1)" }.joined(separator: ",") + "}"
+        }
+        func members(_ json: String) -> [(String, String)] {
+            guard case .object(let o)? = try? JSONValue.parse(json) else { return [] }
+            return o.keys.sorted().map { ($0, o[$0]!.jsonText) }
+        }
+        var corpus: [(String, String, String)] = []
+        for (d, o, base) in bases {
+            corpus.append((d, o, base))
+            for sample in samples { corpus.append((d, o, sample)) }
+            let top = members(base)
+            for field in fields {
+                let others = top.filter { $0.0 != field }
+                corpus.append((d, o, object(others)))
+                for sample in samples { corpus.append((d, o, object(others + [(field, sample)]))) }
+                guard let value = top.first(where: { $0.0 == field })?.1 else { continue }
+                // Nested: replace (or add) each member of an object, each element of an array.
+                if value.hasPrefix("{") {
+                    let inner = members(value)
+                    for key in inner.map(\.0) + ["x"] {
+                        for sample in samples {
+                            corpus.append((d, o, object(others + [(field, object(inner.filter { $0.0 != key } + [(key, sample)]))])))
+                        }
+                    }
+                } else if value.hasPrefix("["), case .array(let elements)? = try? JSONValue.parse(value) {
+                    let texts = elements.map(\.jsonText)
+                    for position in 0...texts.count {
+                        for sample in samples {
+                            var changed = texts
+                            if position < changed.count { changed[position] = sample } else { changed.append(sample) }
+                            corpus.append((d, o, object(others + [(field, "[" + changed.joined(separator: ",") + "]")])))
+                        }
+                    }
+                }
+            }
+        }
+        for (d, o) in [("kafka", "xadd"), ("redis", "zadd"), ("qdrant", "xadd")] {
+            corpus.append((d, o, #"{"stream":"s","fields":{"a":"b"}}"#))
+        }
+        return corpus
+    }
+
+    @Test func writeSendsTheDomainStatementAndTheEventInOneRoundTrip() async throws {
+        let db = try await TestEnvironment.migratedConnection()
+        let kept = UUID()
+        let insert = "INSERT INTO extractions (id, source_id, content) VALUES ($1, 'doc-w', 'kept') RETURNING id"
+        let written = try await db.transaction { tx in
+            try await OutboxWriter.write(
+                (insert, [.uuid(kept)]),
+                enqueue: [.qdrantUpsert(collection: "extractions", id: .uuid(kept), text: "kept",
+                                        source: ("extractions", kept.uuidString.lowercased()))],
+                on: tx)
+        }
+        #expect(try written.results.map { try $0.first!.decode("id", as: UUID.self) } == [kept])
+        let eventID = try #require(written.eventIDs.first)
+        #expect(try await count(db, "SELECT count(*) AS n FROM outbox.events WHERE id = $1 AND key = $2",
+                                [.int(eventID), .text(kept.uuidString.lowercased())]) == 1)
+
+        // A failing domain statement: its error is thrown, the event after it never runs, and
+        // the transaction rolls back.
+        let key = TestEnvironment.uniqueName("write")
+        let error = try await #require(throws: PostgresError.self) {
+            try await db.transaction { tx in
+                try await OutboxWriter.write(
+                    (insert, [.uuid(kept)]),  // duplicate primary key
+                    enqueue: [.redisPublish(channel: "c", message: "m", key: key)], on: tx)
+            }
+        }
+        #expect(error.sqlState == "23505")
+        #expect(try await count(db, "SELECT count(*) AS n FROM outbox.events WHERE key = $1", [.text(key)]) == 0)
+        try await db.query("DELETE FROM outbox.events WHERE id = $1", [.int(eventID)])
+        try await db.query("DELETE FROM extractions WHERE id = $1", [.uuid(kept)])
+    }
+
     @Test func oneTransactionWakesListenersOncePerDestination() async throws {
         let db = try await TestEnvironment.migratedConnection()
         let listener = try await TestEnvironment.connect()

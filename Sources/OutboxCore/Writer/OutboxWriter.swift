@@ -92,15 +92,42 @@ public struct OutboxEvent: Sendable, Equatable {
     }
 }
 
+extension OutboxEvent {
+    /// `SELECT outbox.enqueue(...) AS id` with this event's parameters: for writers that send it in
+    /// a pipeline of their own (``PostgresConnection/pipeline(_:)``) or want the SQL.
+    ///
+    /// Throws ``JSONValue/InexactPayload`` for a payload holding an integer of magnitude 2^53 or
+    /// more, such as a ``OutboxEvent/PointID/integer(_:)`` that large: a JSON number (a double)
+    /// would store a neighbouring value instead.
+    public var enqueueStatement: (sql: String, parameters: [PostgresValue]) {
+        get throws {
+            try payload.checkExactIntegers()
+            return enqueueStatementUnchecked
+        }
+    }
+
+    var enqueueStatementUnchecked: (sql: String, parameters: [PostgresValue]) {
+        (
+            "SELECT outbox.enqueue($1, $2, $3, $4::jsonb, $5::jsonb) AS id",
+            [
+                .text(destination.rawValue), .text(operation), .text(key), .jsonb(payload.fastJSONText),
+                .jsonb(headers.isEmpty ? "{}" : JSONValue.object(headers.mapValues { .string($0) }).fastJSONText),
+            ]
+        )
+    }
+}
+
 /// Enqueues events inside the caller's transaction, next to its domain writes.
 ///
+/// The fastest shape sends the domain write and the enqueue in one round trip:
 /// ```swift
 /// try await db.transaction { tx in
-///     try await tx.query("INSERT INTO extractions (id, source_id, content) VALUES ($1, $2, $3)",
-///                        [.uuid(id), .text(source), .text(content)])
-///     try await OutboxWriter.enqueue(
-///         .qdrantUpsert(collection: "extractions", id: .uuid(id), text: content,
-///                       source: ("extractions", id.uuidString.lowercased())), on: tx)
+///     try await OutboxWriter.write(
+///         ("INSERT INTO extractions (id, source_id, content) VALUES ($1, $2, $3)",
+///          [.uuid(id), .text(source), .text(content)]),
+///         enqueue: [.qdrantUpsert(collection: "extractions", id: .uuid(id), text: content,
+///                                 source: ("extractions", id.uuidString.lowercased()))],
+///         on: tx)
 /// }
 /// ```
 /// If the transaction rolls back, neither the row nor the event exists.
@@ -113,29 +140,38 @@ public enum OutboxWriter {
     /// number (a double) would store a neighbouring value instead.
     @discardableResult
     public static func enqueue(_ event: OutboxEvent, on connection: PostgresConnection) async throws -> Int64 {
-        try event.payload.checkExactIntegers()
-        let result = try await connection.query(
-            "SELECT outbox.enqueue($1, $2, $3, $4::jsonb, $5::jsonb) AS id",
-            [
-                .text(event.destination.rawValue), .text(event.operation), .text(event.key),
-                .jsonb(event.payload.jsonText), .jsonb(JSONValue.object(event.headers.mapValues { .string($0) }).jsonText),
-            ])
-        return try result.first!.decode("id")
+        let statement = try event.enqueueStatement
+        return try await connection.query(statement.sql, statement.parameters).first!.decode("id")
     }
 
     /// Enqueues several events in one round trip (pipeline), returning their ids in order.
     @discardableResult
     public static func enqueue(_ events: [OutboxEvent], on connection: PostgresConnection) async throws -> [Int64] {
-        for event in events { try event.payload.checkExactIntegers() }
-        let statements = events.map { event in
-            (
-                sql: "SELECT outbox.enqueue($1, $2, $3, $4::jsonb, $5::jsonb) AS id",
-                parameters: [
-                    PostgresValue.text(event.destination.rawValue), .text(event.operation), .text(event.key),
-                    .jsonb(event.payload.jsonText), .jsonb(JSONValue.object(event.headers.mapValues { .string($0) }).jsonText),
-                ]
-            )
-        }
-        return try await connection.pipeline(statements).map { try $0.get().first!.decode("id") }
+        try await write([], enqueue: events, on: connection).eventIDs
+    }
+
+    /// Runs the writer's own `statements`, then enqueues `events`, all in one round trip (libpq
+    /// pipeline): a domain write and its event cost the writer one round trip instead of two.
+    /// Returns the statements' results and the event ids, in order. If any statement fails, the
+    /// ones after it do not run and its error is thrown; inside ``PostgresConnection/transaction(_:)``
+    /// the transaction then rolls back, so neither the rows nor the events exist. Events are checked
+    /// as `enqueue(_:on:)` checks them, before anything is sent.
+    @discardableResult
+    public static func write(
+        _ statements: (sql: String, parameters: [PostgresValue])..., enqueue events: [OutboxEvent], on connection: PostgresConnection
+    ) async throws -> (results: [PostgresResult], eventIDs: [Int64]) {
+        try await write(statements, enqueue: events, on: connection)
+    }
+
+    /// Like the variadic `write`, with the statements as an array.
+    @discardableResult
+    public static func write(
+        _ statements: [(sql: String, parameters: [PostgresValue])], enqueue events: [OutboxEvent], on connection: PostgresConnection
+    ) async throws -> (results: [PostgresResult], eventIDs: [Int64]) {
+        let enqueues = try events.map { try $0.enqueueStatement }
+        let outcomes = try await connection.pipeline(statements + enqueues)
+        // The first failure is the cause; the statements after it report `.pipelineAborted`.
+        let results = try outcomes.map { try $0.get() }
+        return (Array(results.prefix(statements.count)), try results.dropFirst(statements.count).map { try $0.first!.decode("id") })
     }
 }
