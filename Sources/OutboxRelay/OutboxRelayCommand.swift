@@ -20,6 +20,11 @@ struct OutboxRelayCommand: AsyncParsableCommand {
         subcommands: [Serve.self, Migrate.self, Status.self, DeadLettersCommand.self, CheckCommand.self],
         defaultSubcommand: Serve.self
     )
+
+    static func main() async {
+        MallocArenas.limit()  // peak RSS while draining: see MallocArenas
+        await main(nil)
+    }
 }
 
 extension OutboxRelayCommand {
