@@ -115,7 +115,17 @@ struct Bench {
         try await Migrator(directory: config.schemaDirectory, logger: logger).migrate(db)
         let result = try await body(url, db)
         await db.close()
-        try await admin.query("DROP DATABASE \(name) WITH (FORCE)")
+        // An autovacuum worker in the database (after a bulk load) cannot be terminated by a
+        // non-superuser: wait for it rather than lose the figures.
+        for attempt in 1...20 {
+            do {
+                try await admin.query("DROP DATABASE \(name) WITH (FORCE)")
+                break
+            } catch {
+                if attempt == 20 { FileHandle.standardError.write(Data("warning: could not drop database \(name): \(error)\n".utf8)) }
+                try await Task.sleep(for: .seconds(1))
+            }
+        }
         return result
     }
 
