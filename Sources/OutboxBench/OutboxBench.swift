@@ -245,10 +245,21 @@ struct Bench {
             let reply = try await qdrant.call(.PUT, "/collections/\(name)", body: Array(body.jsonText.utf8))
             guard reply.status == 200 else { throw BenchError("cannot create collection \(name): \(reply.status) \(reply.error ?? "")") }
         }
-        defer {
-            Task { for name in [relayCollection, directCollection] { _ = try? await qdrant.call(.DELETE, "/collections/\(name)") } }
+        let figures: Result<[(String, String)], any Error>
+        do {
+            figures = .success(try await drainQdrant(events: events, dimensions: dimensions, qdrant: qdrant,
+                                                     relayCollection: relayCollection, directCollection: directCollection))
+        } catch {
+            figures = .failure(error)
         }
-        return try await withDatabase { url, db in
+        for name in [relayCollection, directCollection] { _ = try? await qdrant.call(.DELETE, "/collections/\(name)") }
+        return try figures.get()
+    }
+
+    private func drainQdrant(
+        events: Int, dimensions: Int, qdrant: QdrantClient, relayCollection: String, directCollection: String
+    ) async throws -> [(String, String)] {
+        try await withDatabase { url, db in
             // Preload: one key per point (the writer API's default), a small payload, a vector.
             var done = 0
             while done < events {
