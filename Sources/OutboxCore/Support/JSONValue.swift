@@ -40,12 +40,9 @@ public enum JSONValue: Sendable, Hashable, Codable {
         }
     }
 
-    /// Compact JSON text with sorted keys.
-    public var jsonText: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: (try? encoder.encode(self)) ?? Data("null".utf8), as: UTF8.self)
-    }
+    /// Compact JSON text with sorted keys (the byte-level writer of JSONFastCodec.swift; the same
+    /// text `JSONEncoder` with `.sortedKeys, .withoutEscapingSlashes` produces).
+    public var jsonText: String { String(decoding: jsonBytes, as: UTF8.self) }
 
     public static func parse(_ text: String) throws -> JSONValue {
         try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))

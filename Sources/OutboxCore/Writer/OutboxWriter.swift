@@ -110,8 +110,8 @@ extension OutboxEvent {
         (
             "SELECT outbox.enqueue($1, $2, $3, $4::jsonb, $5::jsonb) AS id",
             [
-                .text(destination.rawValue), .text(operation), .text(key), .jsonb(payload.fastJSONText),
-                .jsonb(headers.isEmpty ? "{}" : JSONValue.object(headers.mapValues { .string($0) }).fastJSONText),
+                .text(destination.rawValue), .text(operation), .text(key), .jsonb(payload.jsonText),
+                .jsonb(headers.isEmpty ? "{}" : JSONValue.object(headers.mapValues { .string($0) }).jsonText),
             ]
         )
     }
