@@ -168,6 +168,52 @@ import Testing
         try await db.query("DROP TABLE \(table)")
     }
 
+    @Test func preparedStatementsAreParsedOncePerSessionAndRecoverFromALostStatement() async throws {
+        let db = try await TestEnvironment.connect()
+        let sql = "SELECT $1::int8 * 2 AS v"
+        func prepared(_ value: Int64) async throws -> Int64 {
+            try await db.pipeline([PostgresStatement(sql, [.int(value)], prepared: true)])[0].get().first!.decode("v")
+        }
+        func preparedCount() async throws -> Int {
+            try await db.query("SELECT count(*) AS n FROM pg_prepared_statements WHERE statement = $1", [.text(sql)])
+                .first!.decode("n")
+        }
+        // First prepared inside a transaction that rolls back: the statement outlives it.
+        await #expect(throws: PostgresError.self) {
+            try await db.transaction { tx in
+                _ = try await tx.pipeline([PostgresStatement(sql, [.int(1)], prepared: true)])
+                throw PostgresError(code: .server, message: "roll back")
+            }
+        }
+        #expect(try await preparedCount() == 1)
+        #expect(try await prepared(21) == 42)
+        #expect(try await prepared(50) == 100)
+        #expect(try await preparedCount() == 1)
+
+        // A session that lost its statements (DISCARD ALL, a pooler) fails once, then prepares again.
+        try await db.query("DISCARD ALL")
+        let lost = try await db.pipeline([PostgresStatement(sql, [.int(1)], prepared: true)])[0]
+        guard case .failure(let error) = lost else {
+            Issue.record("expected the lost statement to fail: \(lost)")
+            return
+        }
+        #expect(error.sqlState == "26000")
+        // Prepared again once, though the pipeline runs it twice.
+        let twice = try await db.pipeline([PostgresStatement(sql, [.int(1)], prepared: true), PostgresStatement(sql, [.int(2)], prepared: true)])
+        #expect(try twice.map { try $0.get().first!.decode("v", as: Int64.self) } == [2, 4])
+        #expect(try await preparedCount() == 1)
+
+        // A statement that does not parse reports its own error, not "skipped".
+        let bad = try await db.pipeline([PostgresStatement("SELEC 1", prepared: true), PostgresStatement("SELECT 1 AS v")])
+        guard case .failure(let syntax) = bad[0], case .failure(let skipped) = bad[1] else {
+            Issue.record("expected a syntax error, then a skipped statement: \(bad)")
+            return
+        }
+        #expect(syntax.sqlState == "42601")
+        #expect(skipped.code == .pipelineAborted)
+        #expect(try await prepared(5) == 10)
+    }
+
     @Test func notifyArrivesWithin100Milliseconds() async throws {
         let listener = try await TestEnvironment.connect()
         let sender = try await TestEnvironment.connect()

@@ -54,6 +54,8 @@ public actor PostgresConnection {
     /// Woken by cancellation of a LISTEN wait (`eventfd`).
     private let wakeFD: Int32
     private var listenChannels: Set<String> = []
+    /// Names of the statements prepared in the current session (``PostgresStatement/prepared``).
+    private var preparedStatements: Set<String> = []
     private var pendingNotifications: [PostgresNotification] = []
 
     // Transaction ownership: statements from other tasks wait while a transaction is open.
@@ -132,6 +134,11 @@ public actor PostgresConnection {
     public func pipeline(_ statements: [(sql: String, parameters: [PostgresValue])]) async throws
         -> [Result<PostgresResult, PostgresError>]
     {
+        try await pipeline(statements.map { PostgresStatement($0.sql, $0.parameters) })
+    }
+
+    /// Like the tuple form, for statements that may be ``PostgresStatement/prepared``.
+    public func pipeline(_ statements: [PostgresStatement]) async throws -> [Result<PostgresResult, PostgresError>] {
         try await awaitTurn()
         let hook = CancellationHook()
         return try await withTaskCancellationHandler {
@@ -297,6 +304,7 @@ public actor PostgresConnection {
     }
 
     private func dropConnection() {
+        preparedStatements.removeAll()
         if let canceller { PQfreeCancel(canceller) }
         if let conn { PQfinish(conn) }
         canceller = nil
@@ -342,7 +350,7 @@ public actor PostgresConnection {
         return try check(result, conn: conn, hook: hook)
     }
 
-    private func runPipeline(_ statements: [(sql: String, parameters: [PostgresValue])], hook: CancellationHook)
+    private func runPipeline(_ statements: [PostgresStatement], hook: CancellationHook)
         throws -> [Result<PostgresResult, PostgresError>]
     {
         executor.preconditionOnQueue()
@@ -356,19 +364,35 @@ public actor PostgresConnection {
             if PQpipelineStatus(conn) != PQ_PIPELINE_OFF { PQexitPipelineMode(conn) }
         }
         return try cancellable(hook) { () throws -> [Result<PostgresResult, PostgresError>] in
+            // What each result coming back answers: a Parse of a statement this session has not
+            // prepared yet (its name), or a statement (its prepared name, if any).
+            enum Reply { case prepare(String), statement(String?) }
+            var replies: [Reply] = []
+            var parsing: Set<String> = []
             for statement in statements {
                 let sent = withParameters(statement.parameters) { count, types, values, lengths, formats in
-                    PQsendQueryParams(conn, statement.sql, count, types, values, lengths, formats, 0)
+                    guard statement.prepared else {
+                        replies.append(.statement(nil))
+                        return PQsendQueryParams(conn, statement.sql, count, types, values, lengths, formats, 0)
+                    }
+                    let name = Self.statementName(statement.sql, UnsafeBufferPointer(start: types, count: Int(count)))
+                    if !preparedStatements.contains(name), parsing.insert(name).inserted {
+                        guard PQsendPrepare(conn, name, statement.sql, count, types) == 1 else { return 0 }
+                        replies.append(.prepare(name))
+                    }
+                    replies.append(.statement(name))
+                    return PQsendQueryPrepared(conn, name, count, values, lengths, formats, 0)
                 }
                 guard sent == 1 else { throw connectionError(conn) }
-                try flush(conn)
             }
+            // One write for the whole pipeline (libpq also sends whenever its buffer fills).
             guard PQpipelineSync(conn) == 1 else { throw connectionError(conn) }
             try flush(conn)
 
             var results: [Result<PostgresResult, PostgresError>] = []
             results.reserveCapacity(statements.count)
-            // Each statement yields one result then NULL; the sync point ends the pipeline.
+            var failedPrepare: PostgresError?
+            // Each message yields one result then NULL; the sync point ends the pipeline.
             while true {
                 guard let result = PQgetResult(conn) else {
                     if PQstatus(conn) != CONNECTION_OK { throw connectionError(conn) }
@@ -377,16 +401,41 @@ public actor PostgresConnection {
                 defer { PQclear(result) }
                 let status = PQresultStatus(result)
                 if status == PGRES_PIPELINE_SYNC { break }
-                if status == PGRES_PIPELINE_ABORTED {
-                    results.append(.failure(PostgresError(
-                        code: .pipelineAborted, message: "skipped: an earlier statement in the pipeline failed")))
-                    continue
+                guard !replies.isEmpty else { continue }
+                switch replies.removeFirst() {
+                case .prepare(let name):
+                    if status == PGRES_COMMAND_OK {
+                        preparedStatements.insert(name)
+                    } else if status != PGRES_PIPELINE_ABORTED {
+                        // The statement's own result then says "aborted"; report why instead.
+                        do { _ = try check(result, conn: conn, hook: hook) } catch let error as PostgresError { failedPrepare = error }
+                    }
+                case .statement(let name):
+                    if status == PGRES_PIPELINE_ABORTED {
+                        results.append(.failure(failedPrepare ?? PostgresError(
+                            code: .pipelineAborted, message: "skipped: an earlier statement in the pipeline failed")))
+                        failedPrepare = nil
+                        continue
+                    }
+                    let outcome = Result { try check(result, conn: conn, hook: hook) }.mapError { $0 as! PostgresError }
+                    // 26000: the session lost the statement (DISCARD ALL, a pooler): prepare it again next time.
+                    if let name, case .failure(let error) = outcome, error.sqlState == "26000" { preparedStatements.remove(name) }
+                    results.append(outcome)
                 }
-                results.append(Result { try check(result, conn: conn, hook: hook) }.mapError { $0 as! PostgresError })
             }
             if hook.isCancelled { throw CancellationError() }
             return results
         }
+    }
+
+    /// A server-side name for `sql` with these parameter types: the same text and types share one
+    /// prepared statement per session.
+    private static func statementName(_ sql: String, _ types: UnsafeBufferPointer<Oid>) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
+        func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        sql.utf8.forEach(mix)
+        for type in types { withUnsafeBytes(of: type.littleEndian) { $0.forEach(mix) } }
+        return "outbox_" + String(hash, radix: 16)
     }
 
     /// Flushes a non-blocking connection's output, reading input meanwhile so a large pipeline

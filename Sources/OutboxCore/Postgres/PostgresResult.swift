@@ -135,3 +135,21 @@ public struct PostgresNotification: Sendable, Equatable {
     public let payload: String
     public let backendPID: Int32
 }
+
+/// One statement of a ``PostgresConnection/pipeline(_:)-([PostgresStatement])``.
+///
+/// A `prepared` statement is parsed and planned once per session: the first use sends it as a
+/// named server-side statement, later uses only bind and execute it. Worth it for a short
+/// statement a hot path runs many times whose plan does not depend on its values (the writer's
+/// `outbox.enqueue` call); parse and plan are most of such a statement's server time.
+public struct PostgresStatement: Sendable {
+    public var sql: String
+    public var parameters: [PostgresValue]
+    public var prepared: Bool
+
+    public init(_ sql: String, _ parameters: [PostgresValue] = [], prepared: Bool = false) {
+        self.sql = sql
+        self.parameters = parameters
+        self.prepared = prepared
+    }
+}

@@ -140,8 +140,7 @@ public enum OutboxWriter {
     /// number (a double) would store a neighbouring value instead.
     @discardableResult
     public static func enqueue(_ event: OutboxEvent, on connection: PostgresConnection) async throws -> Int64 {
-        let statement = try event.enqueueStatement
-        return try await connection.query(statement.sql, statement.parameters).first!.decode("id")
+        try await write([], enqueue: [event], on: connection).eventIDs[0]
     }
 
     /// Enqueues several events in one round trip (pipeline), returning their ids in order.
@@ -168,8 +167,13 @@ public enum OutboxWriter {
     public static func write(
         _ statements: [(sql: String, parameters: [PostgresValue])], enqueue events: [OutboxEvent], on connection: PostgresConnection
     ) async throws -> (results: [PostgresResult], eventIDs: [Int64]) {
-        let enqueues = try events.map { try $0.enqueueStatement }
-        let outcomes = try await connection.pipeline(statements + enqueues)
+        // The enqueue call is prepared once per session: parsing and planning it cost more
+        // server time than the rest of the call (docs/PERFORMANCE.md, writer-overhead).
+        let enqueues = try events.map { event in
+            let statement = try event.enqueueStatement
+            return PostgresStatement(statement.sql, statement.parameters, prepared: true)
+        }
+        let outcomes = try await connection.pipeline(statements.map { PostgresStatement($0.sql, $0.parameters) } + enqueues)
         // The first failure is the cause; the statements after it report `.pipelineAborted`.
         let results = try outcomes.map { try $0.get() }
         return (Array(results.prefix(statements.count)), try results.dropFirst(statements.count).map { try $0.first!.decode("id") })
