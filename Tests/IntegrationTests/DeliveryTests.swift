@@ -90,9 +90,10 @@ func startHelper(_ script: String, _ arguments: [String]) async throws -> Proces
         try await redis.command("DEL", key, other)
     }
 
-    @Test func aFailedXAddHoldsBackTheLaterOnesOfItsKeyInThePipeline() async throws {
-        // Redis runs the whole pipeline whatever fails in it: without a guard, event 2 would land
-        // while event 1 is retried, and the stream would hold them in the wrong order.
+    @Test func aFailedXAddHoldsBackTheLaterOnesOfItsKeyInTheBatch() async throws {
+        // Redis runs every command it is sent whatever fails before it: unless the script held
+        // them back, event 2 would land while event 1 is retried, and the stream would hold them
+        // in the wrong order.
         let deliverer = try await redisDeliverer()
         let blocked = TestEnvironment.uniqueName("str")
         let stream = "stream:" + TestEnvironment.uniqueName("guarded")

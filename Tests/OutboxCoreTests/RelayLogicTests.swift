@@ -117,16 +117,25 @@ import Testing
         #expect(!QdrantDeliverer.sameRequest(.delete(collection: "c", ids: [1]), .delete(collection: "d", ids: [1])))
     }
 
-    @Test func redisCommandsCarryTheDedupeKeyAndOutboxID() throws {
+    @Test func redisChunksKeepEachKeysEventsTogetherAndInOrder() {
+        let keys = ["a", "b", "a", "c", "d", "a", "c", "e", "b"]
+        let items = keys.enumerated().map { i, key in
+            (event: ClaimedEvent(id: Int64(i + 1), destination: .redis, operation: "set", key: key, payload: [:], createdAt: Date(), attempts: 0),
+             arguments: i)
+        }
+        let chunks = RedisDeliverer.chunked(items, size: 2)
+        #expect(chunks.map { $0.map(\.event.id) } == [[1, 2, 3, 6, 9], [4, 5, 7], [8]])
+        #expect(RedisDeliverer.chunked(items, size: 500).map(\.count) == [9])
+    }
+
+    @Test func redisCommandsCarryTheOrderingKeyDedupeKeyAndOutboxID() throws {
         let redis = RedisDelivererCommands(namespace: "outbox:dedupe:db1")
         let xadd = try redis.command(for: event("xadd", ["stream": "s", "fields": ["b": "2", "a": "1"], "maxlen": 100], destination: .redis)).get()
-        #expect(xadd.arguments.map { String(decoding: $0, as: UTF8.self) }
-            == ["EVALSHA", "sha-x", "2", "s", "outbox:dedupe:db1:1", "604800", "100", "1", "a", "1", "b", "2"])
-        let guarded = try redis.command(for: event("publish", ["channel": "c", "message": "m"], destination: .redis), guardKey: "outbox:dedupe:db1:0").get()
-        #expect(guarded.arguments.map { String(decoding: $0, as: UTF8.self) }
-            == ["EVALSHA", "sha-p", "2", "outbox:dedupe:db1:1", "outbox:dedupe:db1:0", "604800", "c", "m"])
+        #expect(xadd == ["k", "outbox:dedupe:db1:1", "12", "XADD", "s", "MAXLEN", "~", "100", "*", "a", "1", "b", "2", "outbox_id", "1"])
+        let publish = try redis.command(for: event("publish", ["channel": "c", "message": "m"], destination: .redis)).get()
+        #expect(publish == ["k", "outbox:dedupe:db1:1", "3", "PUBLISH", "c", "m"])
         let set = try redis.command(for: event("set", ["key": "k", "value": "v", "ttl_seconds": 60], destination: .redis)).get()
-        #expect(set.arguments.map { String(decoding: $0, as: UTF8.self) } == ["SET", "k", "v", "EX", "60"])
+        #expect(set == ["k", "", "5", "SET", "k", "v", "EX", "60"])
         guard case .failure(let problem) = redis.command(for: event("set", ["key": "k", "value": 5], destination: .redis)) else {
             Issue.record("accepted a non-string value")
             return
@@ -135,13 +144,11 @@ import Testing
     }
 }
 
-/// `RedisDeliverer.buildCommand` without a connection (its Lua SHAs stubbed).
+/// `RedisDeliverer.buildCommand` without a connection.
 struct RedisDelivererCommands {
     let namespace: String
 
-    func command(for event: ClaimedEvent, guardKey: String? = nil) -> Result<RedisCommand, RedisDeliverer.PayloadProblem> {
-        RedisDeliverer.buildCommand(
-            for: event, shas: (xadd: "sha-x", publish: "sha-p"), dedupeNamespace: namespace, dedupeTTL: .seconds(604_800),
-            guardKey: guardKey)
+    func command(for event: ClaimedEvent) -> Result<[String], RedisDeliverer.PayloadProblem> {
+        RedisDeliverer.buildCommand(for: event, dedupeNamespace: namespace)
     }
 }

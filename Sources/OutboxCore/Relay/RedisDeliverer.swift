@@ -1,108 +1,130 @@
 import Foundation
 import Logging
 
-/// Applies `redis.*` events through one pipelined round trip per batch.
+/// Applies `redis.*` events: one Lua call per chunk of events, all chunks in one pipelined round
+/// trip.
 ///
-/// `xadd` and `publish` run in Lua scripts that check and set a dedupe key for the event
-/// atomically with the effect, so a redelivered event (after a crash between the effect and the
-/// acknowledgement) appends or publishes nothing. `del` and `set` are idempotent by nature.
+/// `xadd` and `publish` check and set a dedupe key for the event atomically with the effect, so a
+/// redelivered event (after a crash between the effect and the acknowledgement) appends or
+/// publishes nothing. `del` and `set` are idempotent by nature.
 ///
-/// Per-key order inside one pipeline: Redis runs every command of a pipeline even when an earlier
-/// one fails, and a transient error can clear in the middle of one (LOADING after a restart, OOM,
-/// BUSY). So an `xadd`/`publish` that follows another of the same ordering key in the pipeline
-/// names its predecessor's dedupe key as a guard and applies only if that key exists; otherwise it
-/// returns -1 and is retried after its predecessor. Later `set`/`del` events of a failed key ran
-/// already; they are retried with it, and running them again in order restores the final state.
+/// Per-key order: all events of one ordering key go into the same chunk, in id order, and the
+/// script stops applying a key's events at its first failure (the rest report "held back" and are
+/// retried after it). A chunk refused as a whole (LOADING after a restart, BUSY, NOSCRIPT) applies
+/// nothing. So no event lands before an earlier event of its key.
+///
+/// One call per chunk instead of one per event: Redis' cost per event was the script call itself
+/// (7.9 µs per EVALSHA, of which 3.1 µs the commands it ran; docs/PERFORMANCE.md, drain-redis).
 struct RedisDeliverer: Deliverer {
     let redis: RedisConnection
     /// `{prefix}:{database instance}` — event ids are only unique within one database.
     let dedupeNamespace: String
     let dedupeTTL: Duration
     let logger: Logger
+    /// Events per Lua call; a call blocks other Redis clients while it runs (~5 µs per event).
+    var chunkEvents = 500
 
-    /// KEYS: stream, dedupe key, [guard]. ARGV: ttl seconds, maxlen ('' for none), event id,
-    /// field/value pairs. The effect goes first so that a failing XADD (e.g. WRONGTYPE) leaves no
-    /// dedupe key behind.
-    static let xadd = RedisScript("""
-        if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
-        if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-        local args = {'XADD', KEYS[1]}
-        if ARGV[2] ~= '' then
-          table.insert(args, 'MAXLEN'); table.insert(args, '~'); table.insert(args, ARGV[2])
+    /// ARGV: dedupe TTL in seconds, then per event: ordering key, dedupe key ('' for none), the
+    /// number of command arguments, the command. Returns per event: 1 applied, 0 a duplicate
+    /// (applied before), -1 held back (an earlier event of its key failed in this call), or the
+    /// command's error. The dedupe key is set first (NX) and removed again if the command fails,
+    /// so a failed XADD (e.g. WRONGTYPE) leaves none behind.
+    static let apply = RedisScript("""
+        local ttl = ARGV[1]
+        local results, failed = {}, {}
+        local i, n = 2, 0
+        while i <= #ARGV do
+          local key, dedupe, argc = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+          local first = i + 3
+          i = first + argc
+          n = n + 1
+          if failed[key] then
+            results[n] = -1
+          elseif dedupe ~= '' and not redis.call('SET', dedupe, '1', 'NX', 'EX', ttl) then
+            results[n] = 0
+          else
+            local reply = redis.pcall(unpack(ARGV, first, i - 1))
+            if type(reply) == 'table' and reply.err then
+              if dedupe ~= '' then redis.call('DEL', dedupe) end
+              failed[key] = true
+              results[n] = reply
+            else
+              results[n] = 1
+            end
+          end
         end
-        table.insert(args, '*')
-        for i = 4, #ARGV do table.insert(args, ARGV[i]) end
-        table.insert(args, 'outbox_id'); table.insert(args, ARGV[3])
-        redis.call(unpack(args))
-        redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
-        return 1
-        """)
-
-    /// KEYS: dedupe key, [guard]. ARGV: ttl seconds, channel, message.
-    static let publish = RedisScript("""
-        if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
-        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-        redis.call('PUBLISH', ARGV[2], ARGV[3])
-        redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-        return 1
+        return results
         """)
 
     func deliver(_ events: [ClaimedEvent]) async -> [Int64: DeliveryOutcome] {
         var outcomes: [Int64: DeliveryOutcome] = [:]
+        var commands: [(event: ClaimedEvent, arguments: [String])] = []
+        for event in events {
+            switch Self.buildCommand(for: event, dedupeNamespace: dedupeNamespace) {
+            case .success(let arguments): commands.append((event, arguments))
+            case .failure(let problem): outcomes[event.id] = .dead(reason: problem.message)
+            }
+        }
+        let chunks = Self.chunked(commands, size: chunkEvents)
+        guard !chunks.isEmpty else { return outcomes }
+        let ttl = String(max(1, Int(dedupeTTL.seconds)))
         for attempt in 0..<2 {
             do {
-                let shas = (
-                    xadd: try await redis.scriptSHA(Self.xadd, reload: attempt > 0),
-                    publish: try await redis.scriptSHA(Self.publish, reload: attempt > 0))
-                var commands: [RedisCommand] = []
-                var sent: [ClaimedEvent] = []
-                var lastDedupeKey: [String: String] = [:]  // ordering key -> dedupe key of its last xadd/publish
-                for event in events {
-                    let built = Self.buildCommand(
-                        for: event, shas: shas, dedupeNamespace: dedupeNamespace, dedupeTTL: dedupeTTL,
-                        guardKey: lastDedupeKey[event.key])
-                    switch built {
-                    case .success(let command):
-                        commands.append(command)
-                        sent.append(event)
-                        if event.operation == "xadd" || event.operation == "publish" {
-                            lastDedupeKey[event.key] = Self.dedupeKey(for: event, namespace: dedupeNamespace)
-                        }
-                    case .failure(let problem):
-                        outcomes[event.id] = .dead(reason: problem.message)
-                    }
-                }
-                let replies = try await redis.pipeline(commands)
+                let sha = try await redis.scriptSHA(Self.apply, reload: attempt > 0)
+                let replies = try await redis.pipeline(chunks.map { chunk in
+                    RedisCommand(["EVALSHA", sha, "0", ttl] + chunk.flatMap(\.arguments))
+                })
                 if attempt == 0, replies.contains(where: { if case .error(let m) = $0 { m.hasPrefix("NOSCRIPT") } else { false } }) {
-                    outcomes.removeAll()
                     continue  // scripts flushed (server restart): reload, then resend; dedupe keeps it safe
                 }
-                var blocker = KeyBlocker()
-                for (event, reply) in zip(sent, replies) {
-                    // Redis already ran later commands of a failed key: they are retried with it.
-                    let outcome: DeliveryOutcome
-                    if blocker.isBlocked(event) || reply == .integer(-1) {
-                        outcome = .retry(reason: "an earlier event of key \(event.key) failed in the same batch", retryAfter: nil)
-                    } else if case .error(let message) = reply {
-                        switch FailureClass.redis(errorReply: message) {
-                        case .transient: outcome = .retry(reason: "redis: \(message)", retryAfter: nil)
-                        case .permanent: outcome = .dead(reason: "redis rejected \(event.operation): \(message)")
-                        }
-                    } else {
-                        outcome = .delivered(source: nil)
+                for (chunk, reply) in zip(chunks, replies) {
+                    guard case .array(let results) = reply, results.count == chunk.count else {
+                        // Refused as a whole (or not understood): nothing of it was applied.
+                        let reason = if case .error(let message) = reply { "redis: \(message)" } else { "redis: unexpected reply \(reply)" }
+                        for (event, _) in chunk { outcomes[event.id] = .retry(reason: reason, retryAfter: nil) }
+                        continue
                     }
-                    blocker.record(outcome, for: event)
-                    outcomes[event.id] = outcome
+                    for ((event, _), result) in zip(chunk, results) {
+                        outcomes[event.id] = Self.outcome(of: event, result)
+                    }
                 }
                 return outcomes
             } catch {
                 let reason = "\(error)"
-                return Dictionary(uniqueKeysWithValues: events.map { event in
-                    (event.id, outcomes[event.id] ?? .retry(reason: reason, retryAfter: nil))
-                })
+                for event in events where outcomes[event.id] == nil { outcomes[event.id] = .retry(reason: reason, retryAfter: nil) }
+                return outcomes
             }
         }
         return outcomes
+    }
+
+    /// Splits `items` (in id order) into chunks of about `size`, keeping every ordering key's
+    /// events together and in order: a key joins the chunk that is open when its first event comes.
+    static func chunked<T>(_ items: [(event: ClaimedEvent, arguments: T)], size: Int) -> [[(event: ClaimedEvent, arguments: T)]] {
+        var chunks: [[(event: ClaimedEvent, arguments: T)]] = []
+        var chunkOfKey: [String: Int] = [:]
+        for item in items {
+            let chunk = chunkOfKey[item.event.key] ?? {
+                if chunks.isEmpty || chunks[chunks.count - 1].count >= size { chunks.append([]) }
+                chunkOfKey[item.event.key] = chunks.count - 1
+                return chunks.count - 1
+            }()
+            chunks[chunk].append(item)
+        }
+        return chunks
+    }
+
+    static func outcome(of event: ClaimedEvent, _ result: RedisReply) -> DeliveryOutcome {
+        switch result {
+        case .integer(1), .integer(0): .delivered(source: nil)
+        case .integer(-1): .retry(reason: "an earlier event of key \(event.key) failed in the same batch", retryAfter: nil)
+        case .error(let message):
+            switch FailureClass.redis(errorReply: message) {
+            case .transient: .retry(reason: "redis: \(message)", retryAfter: nil)
+            case .permanent: .dead(reason: "redis rejected \(event.operation): \(message)")
+            }
+        default: .retry(reason: "redis: unexpected reply \(result)", retryAfter: nil)
+        }
     }
 
     struct PayloadProblem: Error {
@@ -111,21 +133,18 @@ struct RedisDeliverer: Deliverer {
 
     static func dedupeKey(for event: ClaimedEvent, namespace: String) -> String { "\(namespace):\(event.id)" }
 
-    /// The command applying `event`; `guardKey` is the dedupe key of the previous `xadd`/`publish`
-    /// of the same ordering key in the pipeline, if any.
-    static func buildCommand(
-        for event: ClaimedEvent, shas: (xadd: String, publish: String), dedupeNamespace: String, dedupeTTL: Duration,
-        guardKey: String? = nil
-    ) -> Result<RedisCommand, PayloadProblem> {
+    /// `event`'s arguments to the `apply` script: ordering key, dedupe key ('' for `set` and `del`),
+    /// argument count, the command.
+    static func buildCommand(for event: ClaimedEvent, dedupeNamespace: String) -> Result<[String], PayloadProblem> {
         let p = event.payload
-        let ttl = String(max(1, Int(dedupeTTL.seconds)))
-        let dedupeKey = dedupeKey(for: event, namespace: dedupeNamespace)
-        let keys = [dedupeKey] + (guardKey.map { [$0] } ?? [])
         func string(_ field: String) throws(PayloadProblem) -> String {
             guard let value = p[field]?.stringValue else {
                 throw PayloadProblem(message: "malformed redis.\(event.operation) payload: \"\(field)\" must be a string")
             }
             return value
+        }
+        func script(_ dedupe: Bool, _ command: [String]) -> [String] {
+            [event.key, dedupe ? dedupeKey(for: event, namespace: dedupeNamespace) : "", String(command.count)] + command
         }
         do throws(PayloadProblem) {
             switch event.operation {
@@ -133,40 +152,38 @@ struct RedisDeliverer: Deliverer {
                 guard case .object(let fields)? = p["fields"], !fields.isEmpty else {
                     throw PayloadProblem(message: "malformed redis.xadd payload: \"fields\" must be a non-empty object")
                 }
-                var maxlen = ""
+                var command = ["XADD", try string("stream")]
                 if let value = p["maxlen"] {
                     guard let n = value.numberValue.flatMap({ Int(exactly: $0) }), n >= 1 else {
                         throw PayloadProblem(message: "malformed redis.xadd payload: \"maxlen\" must be a positive integer")
                     }
-                    maxlen = String(n)
+                    command += ["MAXLEN", "~", String(n)]
                 }
-                var args = [shas.xadd, String(keys.count + 1), try string("stream")] + keys
-                args += [ttl, maxlen, String(event.id)]
+                command.append("*")
                 for (name, value) in fields.sorted(by: { $0.key < $1.key }) {
                     guard let text = value.stringValue else {
                         throw PayloadProblem(message: "malformed redis.xadd payload: field \"\(name)\" is not a string")
                     }
-                    args += [name, text]
+                    command += [name, text]
                 }
-                return .success(RedisCommand(["EVALSHA"] + args))
+                return .success(script(true, command + ["outbox_id", String(event.id)]))
             case "publish":
-                return .success(RedisCommand(
-                    ["EVALSHA", shas.publish, String(keys.count)] + keys + [ttl, try string("channel"), try string("message")]))
+                return .success(script(true, ["PUBLISH", try string("channel"), try string("message")]))
             case "del":
                 let keys = p["keys"]?.arrayValue?.compactMap(\.stringValue) ?? []
                 guard !keys.isEmpty, keys.count == p["keys"]?.arrayValue?.count else {
                     throw PayloadProblem(message: "malformed redis.del payload: \"keys\" must be a non-empty list of strings")
                 }
-                return .success(RedisCommand(["DEL"] + keys))
+                return .success(script(false, ["DEL"] + keys))
             case "set":
-                var args = ["SET", try string("key"), try string("value")]
+                var command = ["SET", try string("key"), try string("value")]
                 if let ttl = p["ttl_seconds"]?.numberValue {
                     guard let seconds = Int(exactly: ttl), seconds >= 1 else {
                         throw PayloadProblem(message: "malformed redis.set payload: \"ttl_seconds\" must be a positive integer")
                     }
-                    args += ["EX", String(seconds)]
+                    command += ["EX", String(seconds)]
                 }
-                return .success(RedisCommand(args))
+                return .success(script(false, command))
             default:
                 throw PayloadProblem(message: "unknown operation redis.\(event.operation)")
             }
