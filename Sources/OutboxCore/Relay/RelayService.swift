@@ -135,8 +135,8 @@ public final class RelayService: Service {
                     if ContinuousClock.now >= nextPoll {
                         let row = try await db.query(
                             """
-                            SELECT (SELECT min(available_at) FROM outbox.events WHERE destination = 'qdrant') <= now() AS qdrant,
-                                   (SELECT min(available_at) FROM outbox.events WHERE destination = 'redis') <= now() AS redis
+                            SELECT EXISTS (SELECT FROM outbox.events WHERE destination = 'qdrant' AND available_at <= now()) AS qdrant,
+                                   EXISTS (SELECT FROM outbox.events WHERE destination = 'redis' AND available_at <= now()) AS redis
                             """).first!
                         for destination in [OutboxEvent.Destination.qdrant, .redis] where row[destination.rawValue] == .bool(true) {
                             await wakeups[destination]?.signal()
