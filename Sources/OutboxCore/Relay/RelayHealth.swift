@@ -28,7 +28,7 @@ public actor RelayHealth {
     }
 
     /// `store` is the one `component` could not reach: Postgres, or at start-up its destination.
-    func postgresFailed(_ component: String, _ message: String, store: String = "postgres") {
+    func connectionFailed(_ component: String, _ message: String, store: String = "postgres") {
         if connectionFailures[component]?.store != store {
             connectionFailures[component] = (store, Failure(message: message, since: Date()))
         }

@@ -104,7 +104,7 @@ public final class RelayService: Service {
             } catch {
                 failures += 1
                 // Start-up also connects to the destination: name the store that failed.
-                await health.postgresFailed(component, "\(error)", store: error is PostgresError ? "postgres" : destination.rawValue)
+                await health.connectionFailed(component, "\(error)", store: error is PostgresError ? "postgres" : destination.rawValue)
                 let delay = Backoff(initial: .milliseconds(250), maximum: .seconds(5)).delay(afterAttempt: failures)
                 logger.warning("Worker failed; restarting", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 try? await Task.sleep(for: delay)
@@ -147,7 +147,7 @@ public final class RelayService: Service {
             } catch {
                 if stopping.isSet || Task.isCancelled { return }
                 failures += 1
-                await health.postgresFailed("listener", "\(error)")
+                await health.connectionFailed("listener", "\(error)")
                 let delay = Backoff(initial: .milliseconds(250), maximum: .seconds(5)).delay(afterAttempt: failures)
                 logger.warning("Listener failed; reconnecting", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 try? await Task.sleep(for: delay)

@@ -102,18 +102,14 @@ extension OutboxEvent {
     public var enqueueStatement: (sql: String, parameters: [PostgresValue]) {
         get throws {
             try payload.checkExactIntegers()
-            return enqueueStatementUnchecked
+            return (
+                "SELECT outbox.enqueue($1, $2, $3, $4::jsonb, $5::jsonb) AS id",
+                [
+                    .text(destination.rawValue), .text(operation), .text(key), .jsonb(payload.jsonText),
+                    .jsonb(headers.isEmpty ? "{}" : JSONValue.object(headers.mapValues { .string($0) }).jsonText),
+                ]
+            )
         }
-    }
-
-    var enqueueStatementUnchecked: (sql: String, parameters: [PostgresValue]) {
-        (
-            "SELECT outbox.enqueue($1, $2, $3, $4::jsonb, $5::jsonb) AS id",
-            [
-                .text(destination.rawValue), .text(operation), .text(key), .jsonb(payload.jsonText),
-                .jsonb(headers.isEmpty ? "{}" : JSONValue.object(headers.mapValues { .string($0) }).jsonText),
-            ]
-        )
     }
 }
 
