@@ -15,7 +15,7 @@ struct OutboxBench: AsyncParsableCommand {
         discussion: """
             Scenarios (default: all, in this order; name one or more to run only those):
 
-            - drain-redis: preload --drain-events redis.xadd events over 1,000 keys; the relay's drain rate against \
+            - drain-redis: preload --drain-events redis.xadd events over --keys keys (1,000); the relay's drain rate against \
             two bounds measured in the same run: a one-statement SQL drain of the same rows (DELETE ... RETURNING, \
             1,000 per statement) and Redis' pipelined XADD (1,000 per pipeline).
             - drain-qdrant: preload --qdrant-events qdrant.upsert events with --vector-size vectors, one key each; the \
@@ -23,7 +23,7 @@ struct OutboxBench: AsyncParsableCommand {
             makes (a claim of relay.batch_size events, split at relay.qdrant_max_batch_bytes; PUT \
             /points?wait=true&ordering=strong, one request at a time).
             - idle: statements on the wire (scripts/pg-wire-proxy.py) and CPU seconds of an idle relay over --seconds.
-            - memory: peak RSS (VmHWM) of the relay while it drains a --memory-events redis.set backlog.
+            - memory: peak RSS (VmHWM) of the relay while it drains a --memory-events redis.set backlog over --keys keys.
             - writer-overhead: a domain-only insert transaction against the same transaction with a qdrant.upsert \
             event (synchronous_commit=off), p50 / p99, for each way a writer can send it: in the insert's round trip \
             (OutboxWriter.write, a pipeline), in one statement with the insert (a CTE), in a round trip of its own.
@@ -42,6 +42,7 @@ struct OutboxBench: AsyncParsableCommand {
     @OptionGroup var options: GlobalOptions
 
     @Option(help: "Events preloaded for drain-redis.") var drainEvents = 200_000
+    @Option(help: "Keys the drain-redis and memory backlogs are spread over (round robin).") var keys = 1000
     @Option(help: "qdrant.upsert events preloaded for drain-qdrant.") var qdrantEvents = 50_000
     @Option(help: "Vector dimensions for drain-qdrant.") var vectorSize = 384
     @Option(help: "Backlog for the memory scenario.") var memoryEvents = 1_000_000
@@ -71,10 +72,10 @@ struct OutboxBench: AsyncParsableCommand {
             FileHandle.standardError.write(Data("== \(scenario)\n".utf8))
             let figures: [(String, String)]
             switch scenario {
-            case "drain-redis": figures = try await bench.drainRedis(events: drainEvents)
+            case "drain-redis": figures = try await bench.drainRedis(events: drainEvents, keys: keys)
             case "drain-qdrant": figures = try await bench.drainQdrant(events: qdrantEvents, dimensions: vectorSize)
             case "idle": figures = try await bench.idle()
-            case "memory": figures = try await bench.memory(events: memoryEvents)
+            case "memory": figures = try await bench.memory(events: memoryEvents, keys: keys)
             case "writer-overhead": figures = try await bench.writerOverhead(transactions: writerTransactions)
             case "latency": figures = try await bench.latency()
             default: figures = try await bench.reconcileScan(rows: scanRows)
@@ -192,11 +193,11 @@ struct Bench {
 
     // MARK: Scenarios
 
-    func drainRedis(events: Int) async throws -> [(String, String)] {
+    func drainRedis(events: Int, keys: Int) async throws -> [(String, String)] {
         let redis = try await RedisConnection.connect(config.redis, logger: logger)
         let stream = "bench:" + UUID().uuidString.prefix(8)
         let relayRate: Double = try await withDatabase { url, db in
-            try await preloadXAdd(db, events: events, keys: 1000, stream: stream)
+            try await preloadXAdd(db, events: events, keys: keys, stream: stream)
             let port = 18_470
             let started = ContinuousClock.now
             let relay = try startRelay(url, port: port)
@@ -208,7 +209,7 @@ struct Bench {
         try await redis.command("DEL", stream)
         // Bound 1: the same rows drained by SQL alone, 1,000 per statement.
         let sqlRate: Double = try await withDatabase { _, db in
-            try await preloadXAdd(db, events: events, keys: 1000, stream: stream)
+            try await preloadXAdd(db, events: events, keys: keys, stream: stream)
             let started = ContinuousClock.now
             while try await db.query(
                 "DELETE FROM outbox.events WHERE id IN (SELECT id FROM outbox.events ORDER BY id LIMIT 1000) RETURNING id, payload"
@@ -373,16 +374,16 @@ struct Bench {
         }
     }
 
-    func memory(events: Int) async throws -> [(String, String)] {
+    func memory(events: Int, keys: Int) async throws -> [(String, String)] {
         try await withDatabase { url, db in
             var done = 0
             while done < events {
                 let n = min(100_000, events - done)
                 try await db.query(
                     """
-                    SELECT count(outbox.enqueue('redis', 'set', 'k' || (g % 1000), jsonb_build_object('key', 'bench:mem:' || (g % 1000), 'value', g::text, 'ttl_seconds', 60)))
+                    SELECT count(outbox.enqueue('redis', 'set', 'k' || (g % $3), jsonb_build_object('key', 'bench:mem:' || (g % $3), 'value', g::text, 'ttl_seconds', 60)))
                     FROM generate_series($1::int8, $1::int8 + $2 - 1) g
-                    """, [.int(Int64(done)), .int(Int64(n))])
+                    """, [.int(Int64(done)), .int(Int64(n)), .int(Int64(keys))])
                 done += n
             }
             let port = 18_472
