@@ -22,6 +22,46 @@ import Testing
         }
     }
 
+    /// A deep backlog of a few hot keys: each claim takes the next share of every key rather than
+    /// scanning the whole backlog for heads, and a claim that finds no heads stops at its window.
+    @Test func claimsFollowHotKeysAndLookAtOneWindowOfRows() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { _, db in
+            try await db.query(
+                """
+                SELECT count(outbox.enqueue('redis', 'set', 'hot' || (g % 3), jsonb_build_object('key', 'k', 'value', g::text)))
+                FROM generate_series(1, 1500) g
+                """)
+            try await db.query(#"SELECT outbox.enqueue('redis', 'set', 'late', '{"key": "k", "value": "v"}')"#)
+            let base: Int64 = try await db.query("SELECT min(id) - 1 AS base FROM outbox.events").first!.decode("base")
+            let window = Int64(OutboxStore.window(batchSize: 10))
+            #expect(window == 1_000)
+            func claim(after: Int64, deliver: Bool) async throws -> OutboxStore.Claim {
+                try await db.transaction { tx in
+                    let claim = try await OutboxStore.claim(tx, destination: .redis, batchSize: 10, batchEvents: 60, maxPerKey: 20, after: after)
+                    if deliver { try await tx.query("DELETE FROM outbox.events WHERE id = ANY($1)", [.intArray(claim.events.map(\.id))]) }
+                    return claim
+                }
+            }
+            // 3 heads, 20 events each (60 / 3): every key may have more, so the next claim starts
+            // after the lowest of their last events.
+            let first = try await claim(after: 0, deliver: true)
+            #expect(first.heads == 3)
+            #expect(first.events.map(\.id) == (1...60).map { base + $0 })
+            #expect(first.next == OutboxStore.Scan(cursor: base + 58, more: true))  // hot1's 20th is event 58
+            let second = try await claim(after: first.next.cursor, deliver: true)
+            #expect(second.events.map(\.id) == (61...120).map { base + $0 })
+            // Started past pending events of every key, a claim finds no heads in its window of
+            // 1,000 rows and says to go on after it, without reading further.
+            let blocked = try await claim(after: base + 200, deliver: false)
+            #expect(blocked.events.isEmpty)
+            #expect(blocked.next == OutboxStore.Scan(cursor: base + 200 + window, more: true))
+            // The rest of the events fit in one window: the late key's head, then a new pass.
+            let last = try await claim(after: blocked.next.cursor, deliver: false)
+            #expect(last.events.map(\.key) == ["late"])
+            #expect(last.next == OutboxStore.Scan(cursor: 0, more: true))
+        }
+    }
+
     @Test func killMinus9MidDrainThenRestartLosesAndDuplicatesNothing() async throws {
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
             let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())

@@ -117,6 +117,26 @@ import Testing
         #expect(!QdrantDeliverer.sameRequest(.delete(collection: "c", ids: [1]), .delete(collection: "d", ids: [1])))
     }
 
+    @Test func aPassMovesOnAfterFullClaimsAndWindowsAndStartsOverAtTheEnd() {
+        typealias Scan = OutboxStore.Scan
+        func next(from: Int64 = 100, heads: [Int64], windowEnd: Int64? = nil, fullKeysLast: [Int64] = []) -> Scan {
+            OutboxStore.nextScan(from: from, heads: heads, batchSize: 3, windowEnd: windowEnd, fullKeysLast: fullKeysLast)
+        }
+        // A full claim: on after its last head (not after the window: heads may lie between).
+        #expect(next(heads: [101, 150, 120], windowEnd: 900) == Scan(cursor: 150, more: true))
+        // A short claim that stopped at its window: on after the window, at once.
+        #expect(next(heads: [101], windowEnd: 900) == Scan(cursor: 900, more: true))
+        #expect(next(heads: [], windowEnd: 900) == Scan(cursor: 900, more: true))
+        // The end of the events: from the front, at once if there was work or rows were skipped.
+        #expect(next(heads: [101]) == Scan(cursor: 0, more: true))
+        #expect(next(heads: []) == Scan(cursor: 0, more: true))
+        #expect(next(from: 0, heads: []) == Scan(cursor: 0, more: false))
+        // Keys that took their whole share go on just after their last event.
+        #expect(next(heads: [101, 102, 103], fullKeysLast: [140, 130]) == Scan(cursor: 103, more: true))
+        #expect(next(heads: [101], windowEnd: 900, fullKeysLast: [140, 130]) == Scan(cursor: 130, more: true))
+        #expect(next(from: 0, heads: [1], fullKeysLast: [40]) == Scan(cursor: 40, more: true))
+    }
+
     @Test func redisChunksKeepEachKeysEventsTogetherAndInOrder() {
         let keys = ["a", "b", "a", "c", "d", "a", "c", "e", "b"]
         let items = keys.enumerated().map { i, key in

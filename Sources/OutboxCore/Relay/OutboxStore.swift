@@ -3,6 +3,27 @@ import Foundation
 /// The relay's SQL: claiming and acknowledging events. Every statement runs inside the claiming
 /// transaction, so claims are row locks that vanish the instant the relay's session ends.
 enum OutboxStore {
+    /// One claim: the events, and where the next claim's scan starts.
+    struct Claim {
+        var events: [ClaimedEvent] = []
+        /// Heads claimed (one per key).
+        var heads = 0
+        /// Where the next claim should start (0: from the front) and whether to claim again at once.
+        var next = Scan()
+    }
+
+    /// A claim's place in a pass over one destination's events.
+    struct Scan: Equatable {
+        /// Heads with ids up to this one are left for the next pass.
+        var cursor: Int64 = 0
+        /// Claim again without waiting: the pass has not reached the end, or it did work.
+        var more = false
+    }
+
+    /// Rows one claim looks at for heads: enough for a full claim, and a bound on the work of a
+    /// claim that finds few (few keys, or keys another lane or relay holds).
+    static func window(batchSize: Int) -> Int { max(1_000, 2 * batchSize) }
+
     /// Claims up to `batchSize` keys' worth of events for `destination`, in id order.
     ///
     /// Step 1 locks the *head* (oldest event) of each available key with `SKIP LOCKED`: a key whose
@@ -11,28 +32,41 @@ enum OutboxStore {
     /// many events per round trip. Only heads are ever skip-locked, so step 2 cannot wait on
     /// another relay.
     ///
-    /// `after` skips heads with smaller ids: the caller passes the last head of its previous full
-    /// claim, so a long drain does not rescan the dead index entries its own deletes left at the
-    /// front of the id order; after a short claim it passes 0 and the next pass starts over
-    /// (picking up retries that came due meanwhile).
+    /// A pass walks the destination's events in id order, one *window* of rows after `after` per
+    /// claim, so a claim never scans further than `window` rows however few heads it finds, and a
+    /// long drain does not rescan the dead index entries its own deletes left at the front of the
+    /// id order. `Claim.next` says where the next claim starts (see `nextScan`).
     static func claim(
         _ tx: PostgresConnection, destination: OutboxEvent.Destination, batchSize: Int, batchEvents: Int, maxPerKey: Int,
         after: Int64 = 0
-    ) async throws -> [ClaimedEvent] {
-        let heads = try await tx.query(
+    ) async throws -> Claim {
+        // The head test looks for the key's previous event backwards from the candidate, so a
+        // follower is rejected at its neighbour rather than after the key's dead index entries.
+        let rows = try await tx.query(
             """
-            SELECT e.id, e.operation, e.key, e.payload::text AS payload, e.created_at, e.attempts
-            FROM outbox.events e
-            WHERE e.destination = $1 AND e.available_at <= now() AND e.id > $3
-              AND NOT EXISTS (
-                SELECT 1 FROM outbox.events p WHERE p.destination = e.destination AND p.key = e.key AND p.id < e.id)
-            ORDER BY e.id
-            LIMIT $2
-            FOR UPDATE OF e SKIP LOCKED
-            """, [.text(destination.rawValue), .int(Int64(batchSize)), .int(after)])
-        var events = try heads.rows.map { try decode($0, destination) }
-        let perKey = min(maxPerKey, batchEvents / max(1, events.count))
-        if perKey > 1, !events.isEmpty {
+            SELECT w.window_end, h.*
+            FROM (SELECT (SELECT id FROM outbox.events WHERE destination = $1 AND id > $3
+                          ORDER BY id OFFSET $4 - 1 LIMIT 1) AS window_end) w
+            LEFT JOIN LATERAL (
+              SELECT e.id, e.operation, e.key, e.payload::text AS payload, e.created_at, e.attempts
+              FROM outbox.events e
+              WHERE e.destination = $1 AND e.id > $3 AND e.id <= coalesce(w.window_end, 9223372036854775807)
+                AND e.available_at <= now()
+                AND (SELECT p.id FROM outbox.events p WHERE p.destination = e.destination AND p.key = e.key AND p.id < e.id
+                     ORDER BY p.id DESC LIMIT 1) IS NULL
+              ORDER BY e.id
+              LIMIT $2
+              FOR UPDATE OF e SKIP LOCKED
+            ) h ON true
+            """, [.text(destination.rawValue), .int(Int64(batchSize)), .int(after), .int(Int64(window(batchSize: batchSize)))]).rows
+        let windowEnd = try rows.first?.decode("window_end", as: Int64?.self) ?? nil
+        var claim = Claim()
+        claim.events = try rows.filter { !$0["id"].isNull }.map { try decode($0, destination) }
+        claim.heads = claim.events.count
+        let headIDs = claim.events.map(\.id)
+        let perKey = min(maxPerKey, batchEvents / max(1, claim.heads))
+        var fullKeysLast: [Int64] = []
+        if perKey > 1, !claim.events.isEmpty {
             let followers = try await tx.query(
                 """
                 SELECT x.id, x.operation, x.key, x.payload::text AS payload, x.created_at, x.attempts
@@ -44,11 +78,43 @@ enum OutboxStore {
                   FOR UPDATE
                 ) x
                 """,
-                [.text(destination.rawValue), .textArray(events.map(\.key)), .intArray(events.map(\.id)), .int(Int64(perKey - 1))])
-            events += try followers.rows.map { try decode($0, destination) }
-            events.sort { $0.id < $1.id }
+                [.text(destination.rawValue), .textArray(claim.events.map(\.key)), .intArray(headIDs), .int(Int64(perKey - 1))])
+            claim.events += try followers.rows.map { try decode($0, destination) }
+            // Keys that got all the events a key may take per claim may have more, just after.
+            var last: [String: (count: Int, id: Int64)] = [:]
+            for event in claim.events { last[event.key] = ((last[event.key]?.count ?? 0) + 1, max(last[event.key]?.id ?? 0, event.id)) }
+            fullKeysLast = last.values.filter { $0.count >= perKey }.map(\.id)
         }
-        return events
+        claim.events.sort { $0.id < $1.id }
+        claim.next = nextScan(
+            from: after, heads: headIDs, batchSize: batchSize, windowEnd: windowEnd, fullKeysLast: fullKeysLast)
+        return claim
+    }
+
+    /// Where the claim after one that started `from` (0: the front) begins:
+    /// - after a full claim (`batchSize` heads), after its last head;
+    /// - after a short claim that stopped at the window's end (`windowEnd`), after the window:
+    ///   its other heads are held by another lane or relay, or waiting for a retry, and are left
+    ///   for the next pass;
+    /// - after a claim that reached the end, at the front (a new pass, which also picks up retries
+    ///   come due); at once if this pass did any work.
+    /// A key that took its whole share of a claim (`fullKeysLast`: its last claimed id) may have
+    /// more events just after it, and the next claim starts no later than that: a few hot keys
+    /// then drain claim after claim instead of once per pass.
+    static func nextScan(from: Int64, heads: [Int64], batchSize: Int, windowEnd: Int64?, fullKeysLast: [Int64]) -> Scan {
+        var scan: Scan
+        if heads.count >= batchSize, let last = heads.max() {
+            scan = Scan(cursor: last, more: true)
+        } else if let windowEnd {
+            scan = Scan(cursor: windowEnd, more: true)
+        } else {
+            scan = Scan(cursor: 0, more: !heads.isEmpty || from != 0)
+        }
+        if let lowest = fullKeysLast.min() {
+            scan.cursor = scan.cursor == 0 ? lowest : min(scan.cursor, lowest)
+            scan.more = true
+        }
+        return scan
     }
 
     private static func decode(_ row: PostgresRow, _ destination: OutboxEvent.Destination) throws -> ClaimedEvent {

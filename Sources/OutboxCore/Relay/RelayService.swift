@@ -177,7 +177,7 @@ final class StopFlag: Sendable {
 /// with 384-dim vectors: claim and JSON work were a third of each batch's time). Lanes claim like
 /// two relays do — heads `SKIP LOCKED`, so they never share a key and per-key order holds. Lane 0
 /// answers the listener's wake-ups; other lanes are woken by a lane whose claim came back full
-/// (a backlog), and sleep when their own claim comes back short.
+/// (a backlog), and sleep when their own pass over the events ends with nothing to claim.
 final class DestinationWorker: Sendable {
     let destination: OutboxEvent.Destination
     let lanes: [Lane]
@@ -189,8 +189,11 @@ final class DestinationWorker: Sendable {
     let logger: Logger
 
     /// Lanes per destination. Qdrant: a request waits on Qdrant's write (`wait=true`) for long
-    /// enough to claim and encode the next batch meanwhile.
-    static func laneCount(_ destination: OutboxEvent.Destination) -> Int { destination == .qdrant ? 2 : 1 }
+    /// enough to claim and encode the next batch meanwhile. Redis: claim, delivery and
+    /// acknowledgement each keep a different process busy (Postgres, Redis, the relay), so a second
+    /// lane's claim overlaps the first one's delivery (drain-redis: 40,000 → 60,000 events/s,
+    /// docs/PERFORMANCE.md).
+    static let laneCount = 2
 
     /// One Postgres session of the worker and where its next claim's scan starts (see
     /// `OutboxStore.claim`).
@@ -237,7 +240,7 @@ final class DestinationWorker: Sendable {
             "enable_bitmapscan": "off",
         ]
         var lanes: [Lane] = []
-        for _ in 0..<laneCount(destination) { lanes.append(Lane(db: try await PostgresConnection.connect(postgres, logger: logger))) }
+        for _ in 0..<laneCount { lanes.append(Lane(db: try await PostgresConnection.connect(postgres, logger: logger))) }
         let db = lanes[0].db
         let sourceTypes = try await SourceColumnTypes.resolve(configuration.tables, on: db)
         let deliverer: any Deliverer
@@ -299,11 +302,7 @@ final class DestinationWorker: Sendable {
                 let at = ContinuousClock.now + retry
                 nextRetry = min(nextRetry ?? at, at)
             }
-            if result.claimed == 0 {
-                if lane.cursor != 0 {
-                    lane.cursor = 0  // the pass reached the end: start over before sleeping
-                    continue
-                }
+            if !result.more {
                 // Lanes other than 0 wait for a full claim; lane 0 also polls and retries.
                 await wakeups[index].wait(until: index > 0 ? nil : nextRetry.map { min($0, .now + settings.pollInterval) })
                 if let due = nextRetry, due <= .now { nextRetry = nil }
@@ -317,6 +316,8 @@ final class DestinationWorker: Sendable {
         var claimed = 0
         /// The claim took `relay.batch_size` keys: there is probably more.
         var full = false
+        /// Claim again at once (see `OutboxStore.nextScan`).
+        var more = false
         var retryIn: Duration?
     }
 
@@ -326,16 +327,14 @@ final class DestinationWorker: Sendable {
         var result = BatchResult()
         var lastRetry: String?
         let (ack, delivered) = try await lane.db.transaction { tx -> (OutboxStore.Acknowledgement, [ClaimedEvent]) in
-            let events = try await OutboxStore.claim(
+            let claim = try await OutboxStore.claim(
                 tx, destination: destination, batchSize: settings.batchSize, batchEvents: settings.batchEvents,
                 maxPerKey: settings.maxPerKey, after: lane.cursor)
+            let events = claim.events
             result.claimed = events.count
-            // Continue after the last claimed head (not after its followers: keys whose heads lie
-            // between were not claimed yet) when the claim was full; otherwise start over.
-            var heads: [String: Int64] = [:]
-            for event in events { heads[event.key] = min(heads[event.key] ?? .max, event.id) }
-            result.full = heads.count >= settings.batchSize
-            lane.cursor = result.full ? (heads.values.max() ?? 0) : 0
+            result.full = claim.heads >= settings.batchSize
+            result.more = claim.next.more
+            lane.cursor = claim.next.cursor
             guard !events.isEmpty else { return (.init(), []) }
             // A payload that cannot be delivered exactly as stored is dead-lettered with the reason;
             // permanent failures do not block their key, so the rest goes out as usual.
