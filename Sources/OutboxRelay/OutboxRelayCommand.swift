@@ -22,7 +22,7 @@ struct OutboxRelayCommand: AsyncParsableCommand {
     )
 
     static func main() async {
-        MallocArenas.limit()  // peak RSS while draining: see MallocArenas
+        MallocTuning.apply()  // peak RSS while draining: see MallocTuning
         await main(nil)
     }
 }
