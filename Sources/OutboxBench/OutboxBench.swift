@@ -118,7 +118,9 @@ struct Bench {
         let url = "postgresql://\(parts.user ?? ""):\(password)@\(parts.host):\(parts.port ?? 5432)/\(name)"
         let db = try await PostgresConnection.connect(PostgresConfiguration(url: url), logger: logger)
         try await Migrator(directory: config.schemaDirectory, logger: logger).migrate(db)
-        let result = try await body(url, db)
+        let result: Result<T, any Error>
+        do { result = .success(try await body(url, db)) } catch { result = .failure(error) }
+        try await removeDedupeKeys(db)
         await db.close()
         // An autovacuum worker in the database (after a bulk load) cannot be terminated by a
         // non-superuser: wait for it rather than lose the figures.
@@ -131,7 +133,22 @@ struct Bench {
                 try await Task.sleep(for: .seconds(1))
             }
         }
-        return result
+        return try result.get()
+    }
+
+    /// Deletes the Redis dedupe keys the relay wrote for this database (its instance id names
+    /// them). Left behind, millions of them (with their TTL) slowed later scenarios and runs:
+    /// Redis rewrote its append-only file in the middle of them.
+    func removeDedupeKeys(_ db: PostgresConnection) async throws {
+        guard let instance = try await db.query("SELECT id FROM outbox.instance").first?.decode("id", as: String.self) else { return }
+        let redis = try await RedisConnection.connect(config.redis, logger: logger)
+        var cursor = "0"
+        repeat {
+            let reply = try await redis.command("SCAN", cursor, "MATCH", "\(config.relay.dedupePrefix):\(instance):*", "COUNT", "10000").array ?? []
+            cursor = reply.first?.string ?? "0"
+            let keys = reply.count > 1 ? (reply[1].array ?? []).compactMap(\.string) : []
+            if !keys.isEmpty { try await redis.command(RedisCommand(["UNLINK"] + keys)) }
+        } while cursor != "0"
     }
 
     func startRelay(_ url: String, port: Int, extra: [String: String] = [:]) throws -> Process {
