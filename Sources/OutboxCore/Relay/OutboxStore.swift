@@ -81,12 +81,15 @@ enum OutboxStore {
                 """,
                 [.text(destination.rawValue), .textArray(claim.events.map(\.key)), .intArray(headIDs), .int(Int64(perKey - 1))])
             claim.events += try followers.rows.map { try decode($0, destination) }
-            // Keys that got all the events a key may take per claim may have more, just after.
-            var last: [String: (count: Int, id: Int64)] = [:]
-            for event in claim.events { last[event.key] = ((last[event.key]?.count ?? 0) + 1, max(last[event.key]?.id ?? 0, event.id)) }
-            fullKeysLast = last.values.filter { $0.count >= perKey }.map(\.id)
+            claim.events.sort { $0.id < $1.id }
+            // A key that took its whole share of this claim may have more events just after it.
+            var share: [String: (events: Int, last: Int64)] = [:]
+            for event in claim.events {
+                share[event.key, default: (0, 0)].events += 1
+                share[event.key]?.last = event.id
+            }
+            fullKeysLast = share.values.filter { $0.events >= perKey }.map(\.last)
         }
-        claim.events.sort { $0.id < $1.id }
         claim.next = nextScan(
             from: after, heads: headIDs, batchSize: batchSize, windowEnd: windowEnd, fullKeysLast: fullKeysLast)
         return claim
