@@ -120,7 +120,11 @@ struct Bench {
         try await Migrator(directory: config.schemaDirectory, logger: logger).migrate(db)
         let result: Result<T, any Error>
         do { result = .success(try await body(url, db)) } catch { result = .failure(error) }
-        try await removeDedupeKeys(db)
+        do {
+            try await removeDedupeKeys(db)
+        } catch {
+            FileHandle.standardError.write(Data("warning: could not remove the relay's Redis dedupe keys: \(error)\n".utf8))
+        }
         await db.close()
         // An autovacuum worker in the database (after a bulk load) cannot be terminated by a
         // non-superuser: wait for it rather than lose the figures.
