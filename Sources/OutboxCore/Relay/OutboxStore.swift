@@ -44,11 +44,13 @@ enum OutboxStore {
     ) async throws -> Claim {
         // The head test looks for the key's previous event backwards from the candidate, so a
         // follower is rejected at its neighbour rather than after the key's dead index entries.
+        // `OFFSET 0` keeps `w` a subquery of its own: pulled up into the query, its window scan
+        // ran twice (once per reference).
         let rows = try await tx.query(
             """
             SELECT w.window_end, h.*
             FROM (SELECT (SELECT id FROM outbox.events WHERE destination = $1 AND id > $3
-                          ORDER BY id OFFSET $4 - 1 LIMIT 1) AS window_end) w
+                          ORDER BY id OFFSET $4 - 1 LIMIT 1) AS window_end OFFSET 0) w
             LEFT JOIN LATERAL (
               SELECT e.id, e.operation, e.key, e.payload::text AS payload, e.created_at, e.attempts
               FROM outbox.events e
