@@ -89,10 +89,14 @@ import Testing
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
             let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
             let scenario = DrainScenario(keys: 300, rowsPerKey: 10)
-            try await scenario.seed(db, qdrant: qdrant)
             let small = ["OUTBOX_RELAY_BATCH_SIZE": "50"]
             let a = try RelayProcess(databaseURL: url, environment: small)
             let b = try RelayProcess(databaseURL: url, environment: small)
+            // Both wait before the events commit: a relay that started first could otherwise drain
+            // the whole outbox (two lanes per destination) before the other connected.
+            try await a.waitUntilReady()
+            try await b.waitUntilReady()
+            try await scenario.seed(db, qdrant: qdrant)
             try await eventually("drain by two relays", timeout: .seconds(120)) { try await scenario.pending(db) == 0 }
             try await scenario.verify(db, qdrant: qdrant)
             // Both took part.
