@@ -214,7 +214,10 @@ import Testing
         #expect(try await prepared(5) == 10)
     }
 
-    @Test func notifyArrivesWithin100Milliseconds() async throws {
+    /// The listener is woken by the notification itself, not by its 5 s timeout or a polling
+    /// interval. The bound is loose on purpose: this proves the wake-up, and the `latency`
+    /// benchmark measures how fast it is (a 100 ms bound failed on a loaded CI machine at 160 ms).
+    @Test func notifyWakesAParkedListenerWithoutWaitingForItsTimeout() async throws {
         let listener = try await TestEnvironment.connect()
         let sender = try await TestEnvironment.connect()
         let channel = TestEnvironment.uniqueName("chan")
@@ -230,7 +233,7 @@ import Testing
         let (notes, arrived) = try await received
         #expect(notes.map(\.payload) == ["hello"])
         #expect(notes.first?.channel == channel)
-        #expect(arrived - sent < .milliseconds(100), "notification took \(arrived - sent)")
+        #expect(arrived - sent < .seconds(1), "notification took \(arrived - sent)")
     }
 
     @Test func notificationWaitTimesOutAndCanBeCancelled() async throws {
