@@ -26,7 +26,8 @@ struct OutboxBench: AsyncParsableCommand {
             - memory: peak RSS (VmHWM) of the relay while it drains a --memory-events redis.set backlog over --keys keys.
             - writer-overhead: a domain-only insert transaction against the same transaction with a qdrant.upsert \
             event (synchronous_commit=off), p50 / p99, for each way a writer can send it: in the insert's round trip \
-            (OutboxWriter.write, a pipeline), in one statement with the insert (a CTE), in a round trip of its own.
+            (OutboxWriter.write, a pipeline), in one statement with the insert (a CTE), in a round trip of its own; \
+            yardsticks: a second domain row, the event's values sent without a row, a bare outbox.events row (both prepared).
             - latency: writers commit at 1,000/s and 5,000/s for --seconds each; commit-to-delivered p50 / p90 / p99 / max.
             - reconcile-scan: outbox-reconciler reconcile (database-side categories) over --scan-rows rows, 1 % unembedded.
 
@@ -453,16 +454,26 @@ struct Bench {
                     try await tx.query(insert, [.uuid(id)])
                     try await OutboxWriter.enqueue(event(id), on: tx)
                 }),
-                // Yardsticks: what any second row costs, and the outbox row without outbox.enqueue.
+                // Yardsticks: what any second row costs, what the event's values cost without a row,
+                // and the outbox row without outbox.enqueue (prepared, as OutboxWriter prepares its
+                // enqueue call). scripts/enqueue-profile splits the server's part further.
                 ("ref: + 2nd domain row, same round trip", { tx, id in
                     _ = try await tx.pipeline([(insert, [.uuid(id)]), (insert, [.uuid(UUID())])])
+                }),
+                ("ref: + the event's values alone, same round trip", { tx, id in
+                    let e = try event(id).enqueueStatement
+                    _ = try await tx.pipeline([
+                        PostgresStatement(insert, [.uuid(id)]),
+                        PostgresStatement("SELECT $1::text, $2::text, $3::text, $4::jsonb, $5::jsonb", e.parameters, prepared: true),
+                    ])
                 }),
                 ("ref: + bare outbox.events row, same round trip", { tx, id in
                     let e = try event(id).enqueueStatement
                     _ = try await tx.pipeline([
-                        (insert, [.uuid(id)]),
-                        ("INSERT INTO outbox.events (destination, operation, key, payload, headers) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb) RETURNING id",
-                         e.parameters),
+                        PostgresStatement(insert, [.uuid(id)]),
+                        PostgresStatement(
+                            "INSERT INTO outbox.events (destination, operation, key, payload, headers) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb) RETURNING id",
+                            e.parameters, prepared: true),
                     ])
                 }),
             ]

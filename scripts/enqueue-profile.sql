@@ -1,0 +1,98 @@
+-- Where outbox.enqueue's time goes, server side (docs/PERFORMANCE.md, writer-overhead).
+-- Run by scripts/enqueue-profile in a throwaway database that `outbox-relay migrate` prepared;
+-- it drops indexes, so never run it against a database you keep.
+--
+-- Each variant runs :transactions transactions of its own (COMMIT after each, synchronous_commit
+-- off), so per-transaction costs (plpgsql re-initialises its expressions in every transaction) are
+-- counted; variants take turns over :rounds rounds and the median round is reported. No client,
+-- no network: these are the server's µs per transaction, which the client-side
+-- `outbox-bench writer-overhead` figures add a round trip's share to.
+
+\set ON_ERROR_STOP on
+SET client_min_messages = warning;
+SET synchronous_commit = off;
+
+-- The steps of outbox.enqueue (schema/006) one at a time, each a plpgsql function like it.
+CREATE FUNCTION pg_temp.step(step int, destination text, operation text, key text, payload jsonb, headers jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE new_id bigint;
+BEGIN
+    -- Nested, not `step >= 2 AND ...`: plpgsql sets up a whole expression before it evaluates it,
+    -- in every transaction, and that setup is most of what validation costs.
+    IF step >= 2 THEN
+        IF NOT coalesce(outbox._event_is_valid(destination, operation, payload) AND key <> ''
+                        AND jsonb_typeof(headers) = 'object', false) THEN
+            RAISE EXCEPTION 'profile payload is not valid';
+        END IF;
+    END IF;
+    IF step >= 3 THEN
+        PERFORM pg_advisory_xact_lock(1869575285, hashtext(destination || ':' || key) & 1023);
+    END IF;
+    INSERT INTO outbox.events (destination, operation, key, payload, headers)
+    VALUES (destination, operation, key, payload, headers) RETURNING id INTO new_id;
+    IF step >= 4 THEN
+        PERFORM pg_notify('outbox_profile', destination);
+    END IF;
+    RETURN new_id;
+END $$;
+
+CREATE TABLE pg_temp.timings (variant text, round int, us numeric);
+
+CREATE PROCEDURE pg_temp.run(variant text, n int, round int) LANGUAGE plpgsql AS $$
+DECLARE
+    started timestamptz;
+    -- The payload outbox-bench's writer-overhead sends: a qdrant.upsert of a row, by text.
+    p jsonb := '{"collection": "c", "id": "7d2ee7e0-2a4c-4c1e-9d55-1f1f3b9d2a11", "text": "text",
+                 "source": {"table": "extractions", "id": "7d2ee7e0-2a4c-4c1e-9d55-1f1f3b9d2a11"}}';
+BEGIN
+    started := clock_timestamp();
+    FOR i IN 1..n LOOP
+        CASE variant
+        WHEN 'nothing (COMMIT only)' THEN NULL;
+        WHEN 'a domain row (extractions)' THEN
+            INSERT INTO public.extractions (source_id, content) VALUES ('doc', 'text');
+        WHEN 'an outbox.events row, plain INSERT' THEN
+            INSERT INTO outbox.events (destination, operation, key, payload, headers) VALUES ('qdrant', 'upsert', 'k' || i, p, '{}');
+        WHEN '  the same without schema/004''s two indexes' THEN
+            INSERT INTO outbox.events (destination, operation, key, payload, headers) VALUES ('qdrant', 'upsert', 'k' || i, p, '{}');
+        WHEN '  + in a plpgsql function' THEN PERFORM pg_temp.step(1, 'qdrant', 'upsert', 'k' || i, p, '{}');
+        WHEN '  + validation (fast path)' THEN PERFORM pg_temp.step(2, 'qdrant', 'upsert', 'k' || i, p, '{}');
+        WHEN '  + per-key advisory lock' THEN PERFORM pg_temp.step(3, 'qdrant', 'upsert', 'k' || i, p, '{}');
+        WHEN '  + NOTIFY' THEN PERFORM pg_temp.step(4, 'qdrant', 'upsert', 'k' || i, p, '{}');
+        WHEN 'outbox.enqueue' THEN PERFORM outbox.enqueue('qdrant', 'upsert', 'k' || i, p, '{}');
+        END CASE;
+        COMMIT;
+    END LOOP;
+    INSERT INTO pg_temp.timings VALUES (variant, round, extract(epoch FROM clock_timestamp() - started) * 1e6 / n);
+    COMMIT;
+    -- Keep the tables small, as the relay does, so later rounds do not pay for a growing backlog.
+    DELETE FROM outbox.events;
+    DELETE FROM public.extractions;
+    COMMIT;
+END $$;
+
+\echo 'outbox.enqueue, server side: µs per transaction (median of' :rounds 'rounds of' :transactions 'transactions)'
+SELECT format($$CALL pg_temp.run(%L, %s, %s);$$, v, :transactions, r)
+FROM generate_series(1, :rounds) r,
+     unnest(ARRAY['nothing (COMMIT only)', 'a domain row (extractions)', 'an outbox.events row, plain INSERT',
+                  '  + in a plpgsql function', '  + validation (fast path)', '  + per-key advisory lock', '  + NOTIFY',
+                  'outbox.enqueue']) WITH ORDINALITY AS u(v, o)
+ORDER BY r, o \gexec
+VACUUM outbox.events, public.extractions;
+
+DROP INDEX outbox.events_source_idx, outbox.events_point_idx;
+SELECT format($$CALL pg_temp.run(%L, %s, %s);$$, '  the same without schema/004''s two indexes', :transactions, r)
+FROM generate_series(1, :rounds) r \gexec
+
+SELECT variant AS "variant",
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY us)::numeric, 1) AS "µs / transaction",
+       round((percentile_cont(0.5) WITHIN GROUP (ORDER BY us)
+              - (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY us) FROM pg_temp.timings WHERE variant LIKE 'nothing%'))::numeric, 1)
+           AS "µs added to COMMIT only"
+FROM pg_temp.timings
+GROUP BY variant
+ORDER BY min(CASE variant
+    WHEN 'nothing (COMMIT only)' THEN 1 WHEN 'a domain row (extractions)' THEN 2
+    WHEN 'an outbox.events row, plain INSERT' THEN 3 WHEN '  the same without schema/004''s two indexes' THEN 4
+    WHEN '  + in a plpgsql function' THEN 5 WHEN '  + validation (fast path)' THEN 6
+    WHEN '  + per-key advisory lock' THEN 7 WHEN '  + NOTIFY' THEN 8 ELSE 9 END);
