@@ -53,7 +53,7 @@ BEGIN
             INSERT INTO public.extractions (source_id, content) VALUES ('doc', 'text');
         WHEN 'an outbox.events row, plain INSERT' THEN
             INSERT INTO outbox.events (destination, operation, key, payload, headers) VALUES ('qdrant', 'upsert', 'k' || i, p, '{}');
-        WHEN '  the same without schema/004''s two indexes' THEN
+        WHEN 'an outbox.events row without schema/004''s two indexes' THEN
             INSERT INTO outbox.events (destination, operation, key, payload, headers) VALUES ('qdrant', 'upsert', 'k' || i, p, '{}');
         WHEN '  + in a plpgsql function' THEN PERFORM pg_temp.step(1, 'qdrant', 'upsert', 'k' || i, p, '{}');
         WHEN '  + validation (fast path)' THEN PERFORM pg_temp.step(2, 'qdrant', 'upsert', 'k' || i, p, '{}');
@@ -81,7 +81,7 @@ ORDER BY r, o \gexec
 VACUUM outbox.events, public.extractions;
 
 DROP INDEX outbox.events_source_idx, outbox.events_point_idx;
-SELECT format($$CALL pg_temp.run(%L, %s, %s);$$, '  the same without schema/004''s two indexes', :transactions, r)
+SELECT format($$CALL pg_temp.run(%L, %s, %s);$$, 'an outbox.events row without schema/004''s two indexes', :transactions, r)
 FROM generate_series(1, :rounds) r \gexec
 
 SELECT variant AS "variant",
@@ -93,6 +93,6 @@ FROM pg_temp.timings
 GROUP BY variant
 ORDER BY min(CASE variant
     WHEN 'nothing (COMMIT only)' THEN 1 WHEN 'a domain row (extractions)' THEN 2
-    WHEN 'an outbox.events row, plain INSERT' THEN 3 WHEN '  the same without schema/004''s two indexes' THEN 4
-    WHEN '  + in a plpgsql function' THEN 5 WHEN '  + validation (fast path)' THEN 6
-    WHEN '  + per-key advisory lock' THEN 7 WHEN '  + NOTIFY' THEN 8 ELSE 9 END);
+    WHEN 'an outbox.events row, plain INSERT' THEN 3 WHEN '  + in a plpgsql function' THEN 4
+    WHEN '  + validation (fast path)' THEN 5 WHEN '  + per-key advisory lock' THEN 6 WHEN '  + NOTIFY' THEN 7
+    WHEN 'outbox.enqueue' THEN 8 ELSE 9 END);
