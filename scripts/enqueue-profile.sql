@@ -12,16 +12,19 @@
 SET client_min_messages = warning;
 SET synchronous_commit = off;
 
--- The steps of outbox.enqueue (schema/006) one at a time, each a plpgsql function like it.
+-- The steps of outbox.enqueue (schema/006, 008) one at a time, each a plpgsql function like it.
 CREATE FUNCTION pg_temp.step(step int, destination text, operation text, key text, payload jsonb, headers jsonb)
 RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE new_id bigint;
+DECLARE new_id bigint; valid boolean;
 BEGIN
     -- Nested, not `step >= 2 AND ...`: plpgsql sets up a whole expression before it evaluates it,
     -- in every transaction, and that setup is most of what validation costs.
     IF step >= 2 THEN
-        IF NOT coalesce(outbox._event_is_valid(destination, operation, payload) AND key <> ''
-                        AND jsonb_typeof(headers) = 'object', false) THEN
+        -- schema/008: the operation's own check (this profile enqueues only qdrant.upsert).
+        IF destination = 'qdrant' AND operation = 'upsert' THEN
+            valid := outbox._event_is_valid('qdrant', 'upsert', payload);
+        END IF;
+        IF NOT coalesce(valid AND key <> '' AND jsonb_typeof(headers) = 'object', false) THEN
             RAISE EXCEPTION 'profile payload is not valid';
         END IF;
     END IF;

@@ -134,17 +134,67 @@ import Testing
         #expect(corpus.count > 3_000 && detailed > 1_000 && fast >= detailed * 9 / 10, "\(corpus.count) payloads, \(detailed) valid, \(fast) fast")
     }
 
+    /// schema/008: `outbox.enqueue` picks the operation's fast check statement by statement. Over
+    /// the corpus it accepts exactly what the detailed checks accept, and a valid event of every
+    /// operation is accepted without them (here they are replaced, inside a transaction that
+    /// rolls back, by a function that always fails).
+    @Test func enqueueTakesEachOperationsFastCheckAndAcceptsWhatTheDetailedChecksAccept() async throws {
+        let corpus = Self.validationCorpus()
+        let db = try await TestEnvironment.migratedConnection()
+        // The results leave the transaction in the error that rolls it back.
+        struct RolledBack: Error { var mismatches: String?, fastOperations: [String] }
+        do {
+            try await db.transaction { tx in
+                try await tx.query(
+                    """
+                    CREATE FUNCTION pg_temp.accepted(d text, o text, p jsonb, detailed boolean) RETURNS boolean LANGUAGE plpgsql AS $$
+                    BEGIN
+                        IF detailed THEN PERFORM outbox.validate_event(d, o, p); ELSE PERFORM outbox.enqueue(d, o, 'k', p); END IF;
+                        RETURN true;
+                    EXCEPTION WHEN invalid_parameter_value THEN RETURN false; END $$
+                    """)
+                let mismatches = try await tx.query(
+                    """
+                    SELECT string_agg(d || '.' || o || ' ' || p || CASE WHEN enqueued THEN ' accepted' ELSE ' refused' END, E'\n') AS m
+                    FROM (SELECT d, o, p, pg_temp.accepted(d, o, p::jsonb, false) AS enqueued, pg_temp.accepted(d, o, p::jsonb, true) AS detailed
+                          FROM unnest($1::text[], $2::text[], $3::text[]) AS c(d, o, p)) r
+                    WHERE enqueued <> detailed
+                    """, [.textArray(corpus.map(\.0)), .textArray(corpus.map(\.1)), .textArray(corpus.map(\.2))]
+                ).first!.decode("m", as: String?.self)
+                try await tx.query(
+                    """
+                    CREATE OR REPLACE FUNCTION outbox.validate_event(destination text, operation text, payload jsonb)
+                    RETURNS void LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'detailed checks ran' USING ERRCODE = '22023'; END $$
+                    """)
+                let valid = Self.validEvents
+                let fast = try await tx.query(
+                    "SELECT string_agg(d || '.' || o, ',') AS ops FROM unnest($1::text[], $2::text[], $3::text[]) AS c(d, o, p) WHERE pg_temp.accepted(d, o, p::jsonb, false)",
+                    [.textArray(valid.map(\.0)), .textArray(valid.map(\.1)), .textArray(valid.map(\.2))]
+                ).first!.decode("ops", as: String?.self)
+                throw RolledBack(mismatches: mismatches, fastOperations: fast?.split(separator: ",").map(String.init) ?? [])
+            }
+            Issue.record("the transaction committed")
+        } catch let result as RolledBack {
+            #expect(result.mismatches == nil, "\(result.mismatches ?? "")")
+            // Operations whose valid event went in without the detailed checks: all of them.
+            #expect(result.fastOperations == Self.validEvents.map { $0.0 + "." + $0.1 })
+        }
+    }
+
+    static let uuid = "2b1c1e4e-5d7a-4f3e-9a55-2f0d1c3b4a59"
+    /// A valid event of each operation.
+    static let validEvents: [(String, String, String)] = [
+        ("qdrant", "upsert", #"{"collection":"c","id":"\#(uuid)","vector":[0.1,2],"text":"t","payload":{"a":1},"source":{"table":"extractions","id":"r1"}}"#),
+        ("qdrant", "delete", #"{"collection":"c","ids":["\#(uuid)"]}"#),
+        ("qdrant", "set_payload", #"{"collection":"c","ids":["\#(uuid)"],"payload":{"a":1}}"#),
+        ("redis", "xadd", #"{"stream":"s","fields":{"a":"b"},"maxlen":100}"#),
+        ("redis", "publish", #"{"channel":"c","message":"m"}"#),
+        ("redis", "del", #"{"keys":["a","b"]}"#),
+        ("redis", "set", #"{"key":"k","value":"v","ttl_seconds":60}"#),
+    ]
+
     static func validationCorpus() -> [(String, String, String)] {
-        let uuid = "2b1c1e4e-5d7a-4f3e-9a55-2f0d1c3b4a59"
-        let bases: [(String, String, String)] = [
-            ("qdrant", "upsert", #"{"collection":"c","id":"\#(uuid)","vector":[0.1,2],"text":"t","payload":{"a":1},"source":{"table":"extractions","id":"r1"}}"#),
-            ("qdrant", "delete", #"{"collection":"c","ids":["\#(uuid)"]}"#),
-            ("qdrant", "set_payload", #"{"collection":"c","ids":["\#(uuid)"],"payload":{"a":1}}"#),
-            ("redis", "xadd", #"{"stream":"s","fields":{"a":"b"},"maxlen":100}"#),
-            ("redis", "publish", #"{"channel":"c","message":"m"}"#),
-            ("redis", "del", #"{"keys":["a","b"]}"#),
-            ("redis", "set", #"{"key":"k","value":"v","ttl_seconds":60}"#),
-        ]
+        let uuid = Self.uuid
         let samples = [
             "null", "true", "false", "0", "1", "1.0", "-1", "1.5", "1e2", "1e400", "-0", "18446744073709551615",
             "18446744073709551616", #""""#, #""x""#, #""\#(uuid)""#, #""\#(uuid.uppercased().replacingOccurrences(of: "-", with: ""))""#,
@@ -164,7 +214,7 @@ import Testing
             return o.keys.sorted().map { ($0, o[$0]!.jsonText) }
         }
         var corpus: [(String, String, String)] = []
-        for (d, o, base) in bases {
+        for (d, o, base) in validEvents {
             corpus.append((d, o, base))
             for sample in samples { corpus.append((d, o, sample)) }
             let top = members(base)
