@@ -111,21 +111,16 @@ import Testing
         let corpus = Self.validationCorpus()
         let db = try await TestEnvironment.migratedConnection()
         let row = try await db.transaction { tx in
-            try await tx.query(
-                """
-                CREATE FUNCTION pg_temp.detailed_ok(d text, o text, p jsonb) RETURNS boolean LANGUAGE plpgsql AS $$
-                BEGIN PERFORM outbox.validate_event(d, o, p); RETURN true;
-                EXCEPTION WHEN invalid_parameter_value THEN RETURN false; END $$
-                """)
+            try await tx.query(Self.createAcceptedFunction)
             return try await tx.query(
                 """
                 SELECT count(*) FILTER (WHERE fast) AS fast, count(*) FILTER (WHERE detailed) AS detailed,
                        count(*) FILTER (WHERE fast AND NOT detailed) AS violations,
                        string_agg(d || '.' || o || ' ' || p, E'\n') FILTER (WHERE fast AND NOT detailed) AS examples
                 FROM (SELECT d, o, p, coalesce(outbox._event_is_valid(d, o, p::jsonb), false) AS fast,
-                             pg_temp.detailed_ok(d, o, p::jsonb) AS detailed
+                             pg_temp.accepted(d, o, p::jsonb, true) AS detailed
                       FROM unnest($1::text[], $2::text[], $3::text[]) AS c(d, o, p)) r
-                """, [.textArray(corpus.map(\.0)), .textArray(corpus.map(\.1)), .textArray(corpus.map(\.2))]).first!
+                """, Self.columns(corpus)).first!
         }
         let examples = try row.decode("examples", as: String?.self) ?? ""
         #expect(try row.decode("violations", as: Int.self) == 0, "\(examples)")
@@ -145,31 +140,23 @@ import Testing
         struct RolledBack: Error { var mismatches: String?, fastOperations: [String] }
         do {
             try await db.transaction { tx in
-                try await tx.query(
-                    """
-                    CREATE FUNCTION pg_temp.accepted(d text, o text, p jsonb, detailed boolean) RETURNS boolean LANGUAGE plpgsql AS $$
-                    BEGIN
-                        IF detailed THEN PERFORM outbox.validate_event(d, o, p); ELSE PERFORM outbox.enqueue(d, o, 'k', p); END IF;
-                        RETURN true;
-                    EXCEPTION WHEN invalid_parameter_value THEN RETURN false; END $$
-                    """)
+                try await tx.query(Self.createAcceptedFunction)
                 let mismatches = try await tx.query(
                     """
                     SELECT string_agg(d || '.' || o || ' ' || p || CASE WHEN enqueued THEN ' accepted' ELSE ' refused' END, E'\n') AS m
                     FROM (SELECT d, o, p, pg_temp.accepted(d, o, p::jsonb, false) AS enqueued, pg_temp.accepted(d, o, p::jsonb, true) AS detailed
                           FROM unnest($1::text[], $2::text[], $3::text[]) AS c(d, o, p)) r
                     WHERE enqueued <> detailed
-                    """, [.textArray(corpus.map(\.0)), .textArray(corpus.map(\.1)), .textArray(corpus.map(\.2))]
+                    """, Self.columns(corpus)
                 ).first!.decode("m", as: String?.self)
                 try await tx.query(
                     """
                     CREATE OR REPLACE FUNCTION outbox.validate_event(destination text, operation text, payload jsonb)
                     RETURNS void LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'detailed checks ran' USING ERRCODE = '22023'; END $$
                     """)
-                let valid = Self.validEvents
                 let fast = try await tx.query(
                     "SELECT string_agg(d || '.' || o, ',') AS ops FROM unnest($1::text[], $2::text[], $3::text[]) AS c(d, o, p) WHERE pg_temp.accepted(d, o, p::jsonb, false)",
-                    [.textArray(valid.map(\.0)), .textArray(valid.map(\.1)), .textArray(valid.map(\.2))]
+                    Self.columns(Self.validEvents)
                 ).first!.decode("ops", as: String?.self)
                 throw RolledBack(mismatches: mismatches, fastOperations: fast?.split(separator: ",").map(String.init) ?? [])
             }
@@ -179,6 +166,21 @@ import Testing
             // Operations whose valid event went in without the detailed checks: all of them.
             #expect(result.fastOperations == Self.validEvents.map { $0.0 + "." + $0.1 })
         }
+    }
+
+    /// `pg_temp.accepted(d, o, p, detailed)`: whether the detailed checks (`outbox.validate_event`),
+    /// or else `outbox.enqueue`, accept the event (SQLSTATE 22023 means they do not).
+    static let createAcceptedFunction = """
+        CREATE FUNCTION pg_temp.accepted(d text, o text, p jsonb, detailed boolean) RETURNS boolean LANGUAGE plpgsql AS $$
+        BEGIN
+            IF detailed THEN PERFORM outbox.validate_event(d, o, p); ELSE PERFORM outbox.enqueue(d, o, 'k', p); END IF;
+            RETURN true;
+        EXCEPTION WHEN invalid_parameter_value THEN RETURN false; END $$
+        """
+
+    /// Events as the parameters `unnest($1::text[], $2::text[], $3::text[]) AS c(d, o, p)` reads.
+    static func columns(_ events: [(String, String, String)]) -> [PostgresValue] {
+        [.textArray(events.map(\.0)), .textArray(events.map(\.1)), .textArray(events.map(\.2))]
     }
 
     static let uuid = "2b1c1e4e-5d7a-4f3e-9a55-2f0d1c3b4a59"
