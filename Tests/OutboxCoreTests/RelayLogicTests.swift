@@ -148,6 +148,16 @@ import Testing
         #expect(RedisDeliverer.chunked(items, size: 500).map(\.count) == [9])
     }
 
+    @Test func redisCommandsAreEncodedInTheWireProtocolOnce() {
+        var arguments = RedisArguments(["SET", "é", ""])
+        arguments.append(prefix: Array("ns:".utf8), Int64(42))
+        arguments.append(-7)
+        #expect(arguments.count == 5)
+        #expect(arguments.strings == ["SET", "é", "", "ns:42", "-7"])
+        #expect(String(decoding: RedisCommand(arguments).encoded, as: UTF8.self) == "*5\r\n$3\r\nSET\r\n$2\r\né\r\n$0\r\n\r\n$5\r\nns:42\r\n$2\r\n-7\r\n")
+        #expect(RedisCommand(bytes: [[0, 13, 10]]).encoded == Array("*1\r\n$3\r\n".utf8) + [0, 13, 10, 13, 10])
+    }
+
     @Test func redisCommandsCarryTheOrderingKeyDedupeKeyAndOutboxID() throws {
         let redis = RedisDelivererCommands(namespace: "outbox:dedupe:db1")
         let xadd = try redis.command(for: event("xadd", ["stream": "s", "fields": ["b": "2", "a": "1"], "maxlen": 100], destination: .redis)).get()
@@ -169,6 +179,6 @@ struct RedisDelivererCommands {
     let namespace: String
 
     func command(for event: ClaimedEvent) -> Result<[String], RedisDeliverer.PayloadProblem> {
-        RedisDeliverer.buildCommand(for: event, dedupeNamespace: namespace)
+        RedisDeliverer.buildCommand(for: event, dedupePrefix: RedisDeliverer.dedupePrefix(namespace)).map(\.strings)
     }
 }

@@ -89,20 +89,100 @@ public struct RedisError: Error, CustomStringConvertible, Sendable {
     public var description: String { "redis \(code): \(message)" }
 }
 
-/// A command as binary-safe arguments.
+/// Binary-safe command arguments, encoded as RESP bulk strings as they are appended, so a long
+/// pipeline is built without a string or array per argument.
+public struct RedisArguments: Sendable, Hashable {
+    /// `$<length>\r\n<bytes>\r\n` for each argument, in order.
+    public private(set) var encoded: [UInt8] = []
+    public private(set) var count = 0
+
+    public init() {}
+
+    public init(_ arguments: some Sequence<String>) {
+        for argument in arguments { append(argument) }
+    }
+
+    public mutating func append(_ argument: String) {
+        var argument = argument
+        argument.withUTF8 { append(bytes: $0) }
+    }
+
+    public mutating func append(bytes: some Collection<UInt8>) {
+        appendHeader(length: bytes.count)
+        encoded.append(contentsOf: bytes)
+        appendCRLF()
+    }
+
+    public mutating func append(_ number: some BinaryInteger) {
+        append(prefix: [], number)
+    }
+
+    /// One argument: `prefix` followed by `number` in decimal (e.g. a dedupe key `ns:42`).
+    public mutating func append(prefix: [UInt8], _ number: some BinaryInteger) {
+        let digits = String(number).utf8  // a small string: no allocation
+        appendHeader(length: prefix.count + digits.count)
+        encoded.append(contentsOf: prefix)
+        encoded.append(contentsOf: digits)
+        appendCRLF()
+    }
+
+    /// Appends all of `other`'s arguments after these.
+    public mutating func append(contentsOf other: RedisArguments) {
+        encoded.append(contentsOf: other.encoded)
+        count += other.count
+    }
+
+    private mutating func appendHeader(length: Int) {
+        count += 1
+        encoded.append(UInt8(ascii: "$"))
+        encoded.append(contentsOf: String(length).utf8)
+        appendCRLF()
+    }
+
+    private mutating func appendCRLF() {
+        encoded.append(13)
+        encoded.append(10)
+    }
+
+    /// The arguments as UTF-8 text (tests and diagnostics).
+    public var strings: [String] {
+        var result: [String] = []
+        var i = encoded.startIndex
+        while i < encoded.endIndex {
+            let digits = encoded[(i + 1)...].prefix { $0 != 13 }
+            let start = digits.endIndex + 2
+            let end = start + Int(String(decoding: digits, as: UTF8.self))!
+            result.append(String(decoding: encoded[start..<end], as: UTF8.self))
+            i = end + 2
+        }
+        return result
+    }
+}
+
+/// A command, encoded in Redis' wire protocol (RESP) once, when it is made.
 public struct RedisCommand: Sendable, Hashable {
-    public var arguments: [[UInt8]]
+    /// `*<count>\r\n` followed by the arguments.
+    public let encoded: [UInt8]
 
     public init(_ arguments: String...) {
-        self.arguments = arguments.map { Array($0.utf8) }
+        self.init(RedisArguments(arguments))
     }
 
     public init(_ arguments: [String]) {
-        self.arguments = arguments.map { Array($0.utf8) }
+        self.init(RedisArguments(arguments))
     }
 
     public init(bytes: [[UInt8]]) {
-        self.arguments = bytes
+        var arguments = RedisArguments()
+        for argument in bytes { arguments.append(bytes: argument) }
+        self.init(arguments)
+    }
+
+    public init(_ arguments: RedisArguments) {
+        var encoded = Array("*\(arguments.count)\r\n".utf8)
+        encoded.reserveCapacity(encoded.count + arguments.encoded.count)
+        encoded.append(contentsOf: arguments.encoded)
+        self.encoded = encoded
     }
 }
 
@@ -229,15 +309,14 @@ public actor RedisConnection {
         redisSetTimeout(fresh, timeval(configuration.commandTimeout))
         redisEnableKeepAlive(fresh)
         context = fresh
-        var handshake: [RedisCommand] = []
+        var handshake: [(name: String, command: RedisCommand)] = []
         if let password = endpoint.password {
-            handshake.append(RedisCommand(endpoint.username.map { ["AUTH", $0, password] } ?? ["AUTH", password]))
+            handshake.append(("AUTH", RedisCommand(endpoint.username.map { ["AUTH", $0, password] } ?? ["AUTH", password])))
         }
-        if endpoint.database != 0 { handshake.append(RedisCommand("SELECT", String(endpoint.database))) }
+        if endpoint.database != 0 { handshake.append(("SELECT", RedisCommand("SELECT", String(endpoint.database)))) }
         do {
-            for (command, reply) in zip(handshake, try exchange(fresh, handshake, hook: nil)) {
+            for ((name, _), reply) in zip(handshake, try exchange(fresh, handshake.map(\.command), hook: nil)) {
                 if case .error(let message) = reply {
-                    let name = String(decoding: command.arguments[0], as: UTF8.self)
                     throw RedisError(code: .connectionFailed, message: "\(name) failed: \(redactor.redact(message))")
                 }
             }
@@ -267,8 +346,8 @@ public actor RedisConnection {
         throws -> [RedisReply]
     {
         for command in commands {
-            let status = withArgv(command.arguments) { argc, argv, lengths in
-                redisAppendCommandArgv(context, argc, argv, lengths)
+            let status = command.encoded.withUnsafeBufferPointer { bytes in
+                bytes.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
             }
             guard status == REDIS_OK else { throw lost(context) }
         }
@@ -313,22 +392,4 @@ public actor RedisConnection {
 private func timeval(_ duration: Duration) -> Glibc.timeval {
     let (seconds, attoseconds) = duration.components
     return Glibc.timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
-}
-
-/// Calls `body` with hiredis argv arrays (pointers and lengths) for binary-safe arguments.
-private func withArgv<R>(
-    _ arguments: [[UInt8]],
-    _ body: (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>, UnsafePointer<Int>) -> R
-) -> R {
-    let buffers = arguments.map { bytes -> UnsafeMutablePointer<CChar> in
-        let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(1, bytes.count))
-        bytes.withUnsafeBytes { raw in
-            if let base = raw.baseAddress { UnsafeMutableRawPointer(buffer).copyMemory(from: base, byteCount: bytes.count) }
-        }
-        return buffer
-    }
-    defer { buffers.forEach { $0.deallocate() } }
-    var argv = buffers.map { UnsafePointer<CChar>?($0) }
-    let lengths = arguments.map(\.count)
-    return body(Int32(arguments.count), &argv, lengths)
 }

@@ -58,9 +58,10 @@ struct RedisDeliverer: Deliverer {
 
     func deliver(_ events: [ClaimedEvent]) async -> [Int64: DeliveryOutcome] {
         var outcomes: [Int64: DeliveryOutcome] = [:]
-        var commands: [(event: ClaimedEvent, arguments: [String])] = []
+        var commands: [(event: ClaimedEvent, arguments: RedisArguments)] = []
+        let dedupePrefix = Self.dedupePrefix(dedupeNamespace)
         for event in events {
-            switch Self.buildCommand(for: event, dedupeNamespace: dedupeNamespace) {
+            switch Self.buildCommand(for: event, dedupePrefix: dedupePrefix) {
             case .success(let arguments): commands.append((event, arguments))
             case .failure(let problem): outcomes[event.id] = .dead(reason: problem.message)
             }
@@ -72,7 +73,9 @@ struct RedisDeliverer: Deliverer {
             do {
                 let sha = try await redis.scriptSHA(Self.apply, reload: attempt > 0)
                 let replies = try await redis.pipeline(chunks.map { chunk in
-                    RedisCommand(["EVALSHA", sha, "0", ttl] + chunk.flatMap(\.arguments))
+                    var call = RedisArguments(["EVALSHA", sha, "0", ttl])
+                    for (_, arguments) in chunk { call.append(contentsOf: arguments) }
+                    return RedisCommand(call)
                 })
                 if attempt == 0, replies.contains(where: { if case .error(let m) = $0 { m.hasPrefix("NOSCRIPT") } else { false } }) {
                     continue  // scripts flushed (server restart): reload, then resend; dedupe keeps it safe
@@ -131,11 +134,12 @@ struct RedisDeliverer: Deliverer {
         let message: String
     }
 
-    static func dedupeKey(for event: ClaimedEvent, namespace: String) -> String { "\(namespace):\(event.id)" }
+    /// Dedupe keys are `{namespace}:{event id}`.
+    static func dedupePrefix(_ namespace: String) -> [UInt8] { Array("\(namespace):".utf8) }
 
     /// `event`'s arguments to the `apply` script: ordering key, dedupe key ('' for `set` and `del`),
     /// argument count, the command.
-    static func buildCommand(for event: ClaimedEvent, dedupeNamespace: String) -> Result<[String], PayloadProblem> {
+    static func buildCommand(for event: ClaimedEvent, dedupePrefix: [UInt8]) -> Result<RedisArguments, PayloadProblem> {
         let p = event.payload
         func string(_ field: String) throws(PayloadProblem) -> String {
             guard let value = p[field]?.stringValue else {
@@ -143,8 +147,13 @@ struct RedisDeliverer: Deliverer {
             }
             return value
         }
-        func script(_ dedupe: Bool, _ command: [String]) -> [String] {
-            [event.key, dedupe ? dedupeKey(for: event, namespace: dedupeNamespace) : "", String(command.count)] + command
+        func script(_ dedupe: Bool, _ command: RedisArguments) -> RedisArguments {
+            var arguments = RedisArguments()
+            arguments.append(event.key)
+            if dedupe { arguments.append(prefix: dedupePrefix, event.id) } else { arguments.append("") }
+            arguments.append(command.count)
+            arguments.append(contentsOf: command)
+            return arguments
         }
         do throws(PayloadProblem) {
             switch event.operation {
@@ -152,36 +161,42 @@ struct RedisDeliverer: Deliverer {
                 guard case .object(let fields)? = p["fields"], !fields.isEmpty else {
                     throw PayloadProblem(message: "malformed redis.xadd payload: \"fields\" must be a non-empty object")
                 }
-                var command = ["XADD", try string("stream")]
+                var command = RedisArguments(["XADD", try string("stream")])
                 if let value = p["maxlen"] {
                     guard let n = value.numberValue.flatMap({ Int(exactly: $0) }), n >= 1 else {
                         throw PayloadProblem(message: "malformed redis.xadd payload: \"maxlen\" must be a positive integer")
                     }
-                    command += ["MAXLEN", "~", String(n)]
+                    command.append("MAXLEN")
+                    command.append("~")
+                    command.append(n)
                 }
                 command.append("*")
                 for (name, value) in fields.sorted(by: { $0.key < $1.key }) {
                     guard let text = value.stringValue else {
                         throw PayloadProblem(message: "malformed redis.xadd payload: field \"\(name)\" is not a string")
                     }
-                    command += [name, text]
+                    command.append(name)
+                    command.append(text)
                 }
-                return .success(script(true, command + ["outbox_id", String(event.id)]))
+                command.append("outbox_id")
+                command.append(event.id)
+                return .success(script(true, command))
             case "publish":
-                return .success(script(true, ["PUBLISH", try string("channel"), try string("message")]))
+                return .success(script(true, RedisArguments(["PUBLISH", try string("channel"), try string("message")])))
             case "del":
                 let keys = p["keys"]?.arrayValue?.compactMap(\.stringValue) ?? []
                 guard !keys.isEmpty, keys.count == p["keys"]?.arrayValue?.count else {
                     throw PayloadProblem(message: "malformed redis.del payload: \"keys\" must be a non-empty list of strings")
                 }
-                return .success(script(false, ["DEL"] + keys))
+                return .success(script(false, RedisArguments(["DEL"] + keys)))
             case "set":
-                var command = ["SET", try string("key"), try string("value")]
+                var command = RedisArguments(["SET", try string("key"), try string("value")])
                 if let ttl = p["ttl_seconds"]?.numberValue {
                     guard let seconds = Int(exactly: ttl), seconds >= 1 else {
                         throw PayloadProblem(message: "malformed redis.set payload: \"ttl_seconds\" must be a positive integer")
                     }
-                    command += ["EX", String(seconds)]
+                    command.append("EX")
+                    command.append(seconds)
                 }
                 return .success(script(false, command))
             default:
