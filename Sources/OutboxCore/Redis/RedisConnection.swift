@@ -96,9 +96,12 @@ public struct RedisArguments: Sendable, Hashable {
     public private(set) var encoded: [UInt8] = []
     public private(set) var count = 0
 
-    public init() {}
+    public init(reservingCapacity bytes: Int = 0) {
+        encoded.reserveCapacity(bytes)
+    }
 
-    public init(_ arguments: some Sequence<String>) {
+    public init(_ arguments: some Sequence<String>, reservingCapacity bytes: Int = 0) {
+        encoded.reserveCapacity(bytes)
         for argument in arguments { append(argument) }
     }
 

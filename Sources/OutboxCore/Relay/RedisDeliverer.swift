@@ -73,7 +73,7 @@ struct RedisDeliverer: Deliverer {
             do {
                 let sha = try await redis.scriptSHA(Self.apply, reload: attempt > 0)
                 let replies = try await redis.pipeline(chunks.map { chunk in
-                    var call = RedisArguments(["EVALSHA", sha, "0", ttl])
+                    var call = RedisArguments(["EVALSHA", sha, "0", ttl], reservingCapacity: 128 + chunk.reduce(0) { $0 + $1.arguments.encoded.count })
                     for (_, arguments) in chunk { call.append(contentsOf: arguments) }
                     return RedisCommand(call)
                 })
@@ -148,7 +148,7 @@ struct RedisDeliverer: Deliverer {
             return value
         }
         func script(_ dedupe: Bool, _ command: RedisArguments) -> RedisArguments {
-            var arguments = RedisArguments()
+            var arguments = RedisArguments(reservingCapacity: command.encoded.count + event.key.utf8.count + dedupePrefix.count + 48)
             arguments.append(event.key)
             if dedupe { arguments.append(prefix: dedupePrefix, event.id) } else { arguments.append("") }
             arguments.append(command.count)
@@ -161,7 +161,7 @@ struct RedisDeliverer: Deliverer {
                 guard case .object(let fields)? = p["fields"], !fields.isEmpty else {
                     throw PayloadProblem(message: "malformed redis.xadd payload: \"fields\" must be a non-empty object")
                 }
-                var command = RedisArguments(["XADD", try string("stream")])
+                var command = RedisArguments(["XADD", try string("stream")], reservingCapacity: 256)
                 if let value = p["maxlen"] {
                     guard let n = value.numberValue.flatMap({ Int(exactly: $0) }), n >= 1 else {
                         throw PayloadProblem(message: "malformed redis.xadd payload: \"maxlen\" must be a positive integer")

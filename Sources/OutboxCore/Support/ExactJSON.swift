@@ -122,7 +122,6 @@ struct ExactJSONParser {
         defer { depth -= 1 }
         index += 1
         var members: [String: JSONValue] = [:]
-        var spellings: [String: [UInt8]] = [:]
         skipWhitespace()
         if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
             index += 1
@@ -134,13 +133,13 @@ struct ExactJSONParser {
                 throw fail("payload is not valid JSON (expected a key at byte \(index))")
             }
             let key = try parseString()
-            let spelling = Array(key.utf8)
-            if let earlier = spellings[key], earlier != spelling {
+            // Swift's String equality is canonical equivalence: a key equal to an earlier one may
+            // be spelled differently (NFC and NFD), and the two cannot both be kept.
+            if let earlier = members.index(forKey: key).map({ members[$0].key }), !earlier.utf8.elementsEqual(key.utf8) {
                 throw fail(
-                    "payload object has keys \(JSONValue.string(String(decoding: earlier, as: UTF8.self)).jsonText) and "
+                    "payload object has keys \(JSONValue.string(earlier).jsonText) and "
                         + "\(JSONValue.string(key).jsonText) that differ only in Unicode normalization; the relay cannot keep them apart")
             }
-            spellings[key] = spelling
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else {
                 throw fail("payload is not valid JSON (expected : at byte \(index))")
@@ -162,6 +161,10 @@ struct ExactJSONParser {
         var runStart = index
         while index < bytes.count {
             let byte = bytes[index]
+            if byte == UInt8(ascii: "\""), out.isEmpty {  // no escapes: straight from the input
+                defer { index += 1 }
+                return String(decoding: bytes[runStart..<index], as: UTF8.self)
+            }
             if byte == UInt8(ascii: "\"") {
                 out.append(contentsOf: bytes[runStart..<index])
                 index += 1
