@@ -196,6 +196,26 @@ struct Bench {
         return ((Double(f[11]) ?? 0) + (Double(f[12]) ?? 0)) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
+    /// CPU seconds so far of every Postgres server process, by pid (backends come and go).
+    func postgresCPU() -> [Int32: Double] {
+        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap(Int32.init) ?? []
+        var cpu: [Int32: Double] = [:]
+        for pid in pids where (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) == "postgres\n" {
+            cpu[pid] = cpuSeconds(pid)
+        }
+        return cpu
+    }
+
+    /// CPU seconds of the Redis server so far, its forks (AOF rewrites) included.
+    func redisCPU(_ redis: RedisConnection) async throws -> Double {
+        let info = try await redis.command("INFO", "cpu").string ?? ""
+        return info.split(whereSeparator: \.isNewline).reduce(0) { sum, line in
+            let parts = line.split(separator: ":")
+            let counted = ["used_cpu_sys", "used_cpu_user", "used_cpu_sys_children", "used_cpu_user_children"]
+            return parts.count == 2 && counted.contains(String(parts[0])) ? sum + (Double(parts[1]) ?? 0) : sum
+        }
+    }
+
     func preloadXAdd(_ db: PostgresConnection, events: Int, keys: Int, stream: String) async throws {
         var done = 0
         while done < events {
@@ -221,15 +241,19 @@ struct Bench {
     func drainRedis(events: Int, keys: Int) async throws -> [(String, String)] {
         let redis = try await RedisConnection.connect(config.redis, logger: logger)
         let stream = "bench:" + UUID().uuidString.prefix(8)
-        let relayRate: Double = try await withDatabase { url, db in
+        // Where the CPU goes while the relay drains: the relay, Postgres and Redis (µs per event).
+        let (relayRate, cpu): (Double, (relay: Double, postgres: Double, redis: Double)) = try await withDatabase { url, db in
             try await preloadXAdd(db, events: events, keys: keys, stream: stream)
             let port = 18_470
+            let (postgresBefore, redisBefore) = (postgresCPU(), try await redisCPU(redis))
             let started = ContinuousClock.now
             let relay = try startRelay(url, port: port)
             while await delivered(port: port) < events { try await Task.sleep(for: .milliseconds(50)) }
             let elapsed = (ContinuousClock.now - started).inSeconds
+            let postgres = postgresCPU().reduce(0) { $0 + $1.value - (postgresBefore[$1.key] ?? 0) }
+            let cpu = (cpuSeconds(relay.processIdentifier), postgres, try await redisCPU(redis) - redisBefore)
             await stop(relay)
-            return Double(events) / elapsed
+            return (Double(events) / elapsed, cpu)
         }
         try await redis.command("DEL", stream)
         // Bound 1: the same rows drained by SQL alone, 1,000 per statement.
@@ -255,6 +279,9 @@ struct Bench {
             ("relay events/s", fmt(relayRate)), ("sql drain bound events/s", fmt(sqlRate)),
             ("redis pipelined xadd events/s", fmt(xaddRate)), ("relay / sql bound", fmt(relayRate / sqlRate * 100, 1) + " %"),
             ("relay / xadd bound", fmt(relayRate / xaddRate * 100, 1) + " %"),
+            ("cpu per event: relay µs", fmt(cpu.relay / Double(events) * 1e6, 1)),
+            ("cpu per event: postgres µs", fmt(cpu.postgres / Double(events) * 1e6, 1)),
+            ("cpu per event: redis µs", fmt(cpu.redis / Double(events) * 1e6, 1)),
         ]
     }
 
