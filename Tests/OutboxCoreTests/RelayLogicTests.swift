@@ -137,6 +137,15 @@ import Testing
         #expect(next(from: 0, heads: [1], fullKeysLast: [40]) == Scan(cursor: 40, more: true))
     }
 
+    @Test func aLaneThatFindsNoHeadsAmongASiblingsEventsGoesOnPastThem() {
+        // The sibling holds events 501...10_000; an empty window ending inside them jumps past.
+        #expect(DestinationWorker.skipping([501...10_000], windowEnd: 2_000) == 10_000)
+        #expect(DestinationWorker.skipping([501...10_000, 1_500...12_000], windowEnd: 2_000) == 12_000)
+        // A window that ends outside every sibling's events goes on after the window as before.
+        #expect(DestinationWorker.skipping([501...10_000], windowEnd: 10_001) == 10_001)
+        #expect(DestinationWorker.skipping([], windowEnd: 2_000) == 2_000)
+    }
+
     @Test func redisChunksKeepEachKeysEventsTogetherAndInOrder() {
         let keys = ["a", "b", "a", "c", "d", "a", "c", "e", "b"]
         let items = keys.enumerated().map { i, key in
