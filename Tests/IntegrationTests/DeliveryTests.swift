@@ -90,6 +90,55 @@ func startHelper(_ script: String, _ arguments: [String]) async throws -> Proces
         try await redis.command("DEL", key, other)
     }
 
+    @Test func aRequeuedDeadLetterLandsOnceAfterLaterEventsOfItsKey() async throws {
+        // Event 1 fails (WRONGTYPE) and is dead-lettered; event 2 of its key lands and raises the
+        // key's mark past 1. The operator fixes the key and requeues 1: it must land once, though
+        // its id is below the mark.
+        let deliverer = try await redisDeliverer()
+        let blocked = "stream:" + TestEnvironment.uniqueName("fixed-later")
+        let later = "stream:" + TestEnvironment.uniqueName("later")
+        let redis = try await TestEnvironment.redis()
+        try await redis.command("SET", blocked, "a string, not a stream")
+        var first = event(1, "xadd", ["stream": .string(blocked), "fields": ["seq": "1"]])
+        guard case .dead? = await deliverer.deliver([first])[1] else {
+            Issue.record("expected a dead letter")
+            return
+        }
+        #expect(await deliverer.deliver([event(2, "xadd", ["stream": .string(later), "fields": ["seq": "2"]])])[2] == .delivered(source: nil))
+        try await redis.command("DEL", blocked)
+        // Not marked as requeued, event 1 would be taken for a redelivery of an applied event.
+        #expect(await deliverer.deliver([first])[1] == .delivered(source: nil))
+        #expect(try await redis.command("XLEN", blocked) == .integer(0))
+        first.requeued = true
+        for _ in 0..<3 {  // delivered, then redelivered as after crashes before the acknowledgement
+            #expect(await deliverer.deliver([first])[1] == .delivered(source: nil))
+        }
+        let entries = try await redis.command("XRANGE", blocked, "-", "+").array ?? []
+        #expect(entries.map { $0.array?[1].array?.compactMap(\.string) } == [["seq", "1", "outbox_id", "1"]])
+        try await redis.command("DEL", blocked, later)
+    }
+
+    @Test func anEventAnEarlierRelayAppliedIsRecognisedByItsOwnDedupeKey() async throws {
+        // Relays before the key marks wrote a dedupe key per event. Until its key has a mark, an
+        // event with such a key (applied, not yet acknowledged when the relay was upgraded) is a
+        // redelivery.
+        let namespace = "outbox:dedupe:" + TestEnvironment.uniqueName("test")
+        let deliverer = RedisDeliverer(
+            redis: try await TestEnvironment.redis(), dedupeNamespace: namespace, dedupeTTL: .seconds(60), logger: TestEnvironment.logger)
+        let stream = "stream:" + TestEnvironment.uniqueName("upgraded")
+        let redis = try await TestEnvironment.redis()
+        try await redis.command("SET", "\(namespace):7", "1", "EX", "60")
+        let outcomes = await deliverer.deliver([
+            event(7, "xadd", ["stream": .string(stream), "fields": ["seq": "7"]]),
+            event(8, "xadd", ["stream": .string(stream), "fields": ["seq": "8"]]),
+        ])
+        #expect(outcomes[7] == .delivered(source: nil) && outcomes[8] == .delivered(source: nil))
+        let entries = try await redis.command("XRANGE", stream, "-", "+").array ?? []
+        #expect(entries.map { $0.array?[1].array?.compactMap(\.string) } == [["seq", "8", "outbox_id", "8"]])
+        #expect(try await redis.command("GET", "\(namespace):key:k") == .bulk(Array("8".utf8)))
+        try await redis.command("DEL", stream, "\(namespace):7", "\(namespace):key:k")
+    }
+
     @Test func aFailedXAddHoldsBackTheLaterOnesOfItsKeyInTheBatch() async throws {
         // Redis runs every command it is sent whatever fails before it: unless the script held
         // them back, event 2 would land while event 1 is retried, and the stream would hold them

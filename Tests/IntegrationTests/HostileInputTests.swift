@@ -987,8 +987,9 @@ struct EventFuzzer {
             }
             return "no stream entry with outbox_id \(c.eventID!)"
         case "redis.publish":
-            let marker = try await redis.command("EXISTS", "outbox:dedupe:\(dedupeInstance):\(c.eventID!)")
-            return marker == .integer(1) ? nil : "publish left no dedupe key"
+            // A publish leaves nothing behind but its key's dedupe mark, at or past its id.
+            let mark = try await redis.command("GET", "outbox:dedupe:\(dedupeInstance):key:\(c.key)").string.flatMap { Int64($0) }
+            return (mark ?? 0) >= c.eventID! ? nil : "publish left its key's dedupe mark at \(mark.map(String.init) ?? "nothing")"
         case "qdrant.upsert":
             guard case .string(let id)? = payload["id"], payload["collection"]?.stringValue == collection else { return nil }
             let reply = try await qdrant.call(.POST, "/collections/\(collection)/points", ["ids": [.string(id)], "with_payload": true])

@@ -130,6 +130,15 @@ import Testing
                     try await OutboxWriter.enqueue(.redisXAdd(stream: stream, fields: ["n": String(n)], key: "k\(n)"), on: tx)
                 }
             }
+            // An xadd to a key that holds a string (WRONGTYPE: dead), then a later event of its key
+            // (delivered). The operator fixes the key and requeues it below.
+            let fixable = "stream:" + TestEnvironment.uniqueName("fixable"), fixableLater = fixable + ":later"
+            let redis = try await TestEnvironment.redis()
+            try await redis.command("SET", fixable, "a string, not a stream")
+            try await db.transaction { tx in
+                try await OutboxWriter.enqueue(.redisXAdd(stream: fixable, fields: ["n": "1"], key: "fixable"), on: tx)
+                try await OutboxWriter.enqueue(.redisXAdd(stream: fixableLater, fields: ["n": "2"], key: "fixable"), on: tx)
+            }
             // A writer that bypassed outbox.enqueue: payloads of the wrong shape.
             try await db.query("""
                 INSERT INTO outbox.events (destination, operation, key, payload) VALUES
@@ -142,7 +151,8 @@ import Testing
             }
             let dead = try await db.query("SELECT key, attempts, error FROM outbox.dead_letters ORDER BY id")
             let byKey = Dictionary(uniqueKeysWithValues: try dead.rows.map { (try $0.decode("key", as: String.self), $0) })
-            #expect(dead.rows.count == 4)
+            #expect(dead.rows.count == 5)
+            #expect(try byKey["fixable"]?.decode("error", as: String.self).contains("WRONGTYPE") == true)
             #expect(try dead.rows.allSatisfy { try $0.decode("attempts", as: Int.self) == 1 })
             #expect(try byKey["bad-dim"]?.decode("error", as: String.self).contains("Vector dimension error: expected dim: 4, got 3") == true)
             let unmapped = dead.rows.first { (try? $0.decode("error", as: String.self).contains("is not a table mapped in config")) == true }
@@ -152,11 +162,11 @@ import Testing
 
             let count = try await qdrant.call(.POST, "/collections/\(collection)/points/count", ["exact": true])
             #expect(count.json?["result"]?["count"] == .number(Double(good.count)))
-            let redis = try await TestEnvironment.redis()
             #expect(try await redis.command("XLEN", stream) == .integer(20))
+            #expect(try await redis.command("XLEN", fixableLater) == .integer(1))
             let status = try JSONValue.parse(await relay.get("/status")?.body ?? "{}")
             #expect(status["destinations"]?["qdrant"]?["dead_lettered"] == 3)
-            #expect(status["destinations"]?["redis"]?["dead_lettered"] == 1)
+            #expect(status["destinations"]?["redis"]?["dead_lettered"] == 2)
             #expect(status["destinations"]?["qdrant"]?["dead_letters"] == 3)
 
             // dead-letters list / requeue / purge, as an operator uses them.
@@ -164,25 +174,30 @@ import Testing
             let env = ["OUTBOX_POSTGRES_URL": url]
             let list = try await runProcess(cli, ["dead-letters", "list", "--config", "config/outbox.yaml"], environment: env)
             #expect(list.status == 0)
-            #expect(list.stdout.contains("4 dead letter(s)"))
+            #expect(list.stdout.contains("5 dead letter(s)"))
             #expect(list.stdout.contains("Vector dimension error"))
             let statusCommand = try await runProcess(cli, ["status", "--json", "--config", "config/outbox.yaml"], environment: env)
             let figures = try JSONValue.parse(statusCommand.stdout)
             #expect(figures["qdrant"]?["dead_letters"] == 3)
-            #expect(figures["redis"]?["dead_letters"] == 1)
+            #expect(figures["redis"]?["dead_letters"] == 2)
             #expect(figures["redis"]?["pending"] == 0)
             let purge = try await runProcess(cli, ["dead-letters", "purge", "--key", "bad-shape", "--config", "config/outbox.yaml"], environment: env)
             #expect(purge.stdout == "purged 1 dead letter(s)\n")
+            try await redis.command("DEL", fixable)
             let requeue = try await runProcess(cli, ["dead-letters", "requeue", "--all", "--config", "config/outbox.yaml"], environment: env)
-            #expect(requeue.stdout == "requeued 3 event(s)\n")
-            // Still poison: back in dead letters after one more attempt.
-            try await eventually("requeued poison dead again", timeout: .seconds(30)) {
-                try await db.query("SELECT count(*) AS n FROM outbox.dead_letters").first!.decode("n", as: Int.self) == 3
+            #expect(requeue.stdout == "requeued 4 event(s)\n")
+            // Still poison: back in dead letters after one more attempt. The fixed one lands, once,
+            // though a later event of its key landed before it.
+            try await eventually("requeued poison dead again, the fixed one delivered", timeout: .seconds(30)) {
+                let dead = try await db.query("SELECT count(*) AS n FROM outbox.dead_letters").first!.decode("n", as: Int.self)
+                let pending = try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self)
+                return dead == 3 && pending == 0
             }
+            #expect(try await redis.command("XLEN", fixable) == .integer(1))
             let invalid = try await runProcess(cli, ["dead-letters", "requeue", "--config", "config/outbox.yaml"], environment: env)
             #expect(invalid.status != 0)
             #expect(invalid.stderr.contains("choose exactly one of --id, --key or --all"))
-            try await redis.command("DEL", stream)
+            try await redis.command("DEL", stream, fixable, fixableLater)
             _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
         }
     }

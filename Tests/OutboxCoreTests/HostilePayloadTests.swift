@@ -102,7 +102,7 @@ struct SplitMix64: RandomNumberGenerator {
 
     @Test(arguments: [1e300, -1e300, 0, 2.5])
     func outOfRangeRedisNumbersAreAPayloadProblemNotATrap(n: Double) {
-        let redis = RedisDelivererCommands(namespace: "outbox:dedupe:db1")
+        let redis = RedisDelivererCommands()
         guard case .failure(let ttl) = redis.command(for: event(.redis, "set", ["key": "k", "value": "v", "ttl_seconds": .number(n)])),
             case .failure(let maxlen) = redis.command(for: event(.redis, "xadd", ["stream": "s", "fields": ["a": "b"], "maxlen": .number(n)]))
         else {

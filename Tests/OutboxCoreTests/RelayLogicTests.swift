@@ -146,6 +146,30 @@ import Testing
         #expect(DestinationWorker.skipping([], windowEnd: 2_000) == 2_000)
     }
 
+    @Test func anUnconfirmedDeliveryIsRetriedPastTheLimitsAndAFailedOneIsNot() {
+        let settings = RelaySettings()
+        let old = ClaimedEvent(
+            id: 1, destination: .redis, operation: "xadd", key: "k", payload: [:], createdAt: Date(timeIntervalSinceNow: -2 * 86_400),
+            attempts: settings.maxAttempts - 1)
+        guard case .deadLetter(let reason) = OutboxStore.afterFailure(.retry(reason: "LOADING", retryAfter: nil), of: old, settings: settings, now: Date())
+        else {
+            Issue.record("a failed delivery past relay.max_attempts was not dead-lettered")
+            return
+        }
+        #expect(reason == "gave up after 25 attempts; last error: LOADING")
+        guard case .retry = OutboxStore.afterFailure(.unconfirmed(reason: "connection lost"), of: old, settings: settings, now: Date()) else {
+            Issue.record("an unconfirmed delivery was dead-lettered")
+            return
+        }
+        // Which outcomes are unconfirmed: a call left unanswered, for events deduplicated by their key's mark.
+        var event = ClaimedEvent(id: 1, destination: .redis, operation: "xadd", key: "k", payload: [:], createdAt: Date(), attempts: 0)
+        #expect(RedisDeliverer.unanswered(event, reason: "r") == .unconfirmed(reason: "r"))
+        event.requeued = true
+        #expect(RedisDeliverer.unanswered(event, reason: "r") == .retry(reason: "r", retryAfter: nil))
+        let set = ClaimedEvent(id: 2, destination: .redis, operation: "set", key: "k", payload: [:], createdAt: Date(), attempts: 0)
+        #expect(RedisDeliverer.unanswered(set, reason: "r") == .retry(reason: "r", retryAfter: nil))
+    }
+
     @Test func redisChunksKeepEachKeysEventsTogetherAndInOrder() {
         let keys = ["a", "b", "a", "c", "d", "a", "c", "e", "b"]
         let items = keys.enumerated().map { i, key in
@@ -159,22 +183,24 @@ import Testing
 
     @Test func redisCommandsAreEncodedInTheWireProtocolOnce() {
         var arguments = RedisArguments(["SET", "é", ""])
-        arguments.append(prefix: Array("ns:".utf8), Int64(42))
+        arguments.append(Int64(42))
         arguments.append(-7)
         #expect(arguments.count == 5)
-        #expect(arguments.strings == ["SET", "é", "", "ns:42", "-7"])
-        #expect(String(decoding: RedisCommand(arguments).encoded, as: UTF8.self) == "*5\r\n$3\r\nSET\r\n$2\r\né\r\n$0\r\n\r\n$5\r\nns:42\r\n$2\r\n-7\r\n")
+        #expect(arguments.strings == ["SET", "é", "", "42", "-7"])
+        #expect(String(decoding: RedisCommand(arguments).encoded, as: UTF8.self) == "*5\r\n$3\r\nSET\r\n$2\r\né\r\n$0\r\n\r\n$2\r\n42\r\n$2\r\n-7\r\n")
         #expect(RedisCommand(bytes: [[0, 13, 10]]).encoded == Array("*1\r\n$3\r\n".utf8) + [0, 13, 10, 13, 10])
     }
 
-    @Test func redisCommandsCarryTheOrderingKeyDedupeKeyAndOutboxID() throws {
-        let redis = RedisDelivererCommands(namespace: "outbox:dedupe:db1")
+    @Test func redisCommandsCarryTheOrderingKeyDedupeModeAndOutboxID() throws {
+        let redis = RedisDelivererCommands()
         let xadd = try redis.command(for: event("xadd", ["stream": "s", "fields": ["b": "2", "a": "1"], "maxlen": 100], destination: .redis)).get()
-        #expect(xadd == ["k", "outbox:dedupe:db1:1", "12", "XADD", "s", "MAXLEN", "~", "100", "*", "a", "1", "b", "2", "outbox_id", "1"])
-        let publish = try redis.command(for: event("publish", ["channel": "c", "message": "m"], destination: .redis)).get()
-        #expect(publish == ["k", "outbox:dedupe:db1:1", "3", "PUBLISH", "c", "m"])
+        #expect(xadd == ["k", "k", "1", "12", "XADD", "s", "MAXLEN", "~", "100", "*", "a", "1", "b", "2", "outbox_id", "1"])
+        var requeued = event("publish", ["channel": "c", "message": "m"], destination: .redis)
+        #expect(try redis.command(for: requeued).get() == ["k", "k", "1", "3", "PUBLISH", "c", "m"])
+        requeued.requeued = true
+        #expect(try redis.command(for: requeued).get() == ["k", "e", "1", "3", "PUBLISH", "c", "m"])
         let set = try redis.command(for: event("set", ["key": "k", "value": "v", "ttl_seconds": 60], destination: .redis)).get()
-        #expect(set == ["k", "", "5", "SET", "k", "v", "EX", "60"])
+        #expect(set == ["k", "", "1", "5", "SET", "k", "v", "EX", "60"])
         guard case .failure(let problem) = redis.command(for: event("set", ["key": "k", "value": 5], destination: .redis)) else {
             Issue.record("accepted a non-string value")
             return
@@ -183,11 +209,9 @@ import Testing
     }
 }
 
-/// `RedisDeliverer.buildCommand` without a connection.
+/// `RedisDeliverer.buildCommand` without a connection, as text.
 struct RedisDelivererCommands {
-    let namespace: String
-
     func command(for event: ClaimedEvent) -> Result<[String], RedisDeliverer.PayloadProblem> {
-        RedisDeliverer.buildCommand(for: event, dedupePrefix: RedisDeliverer.dedupePrefix(namespace)).map(\.strings)
+        RedisDeliverer.buildCommand(for: event).map(\.strings)
     }
 }

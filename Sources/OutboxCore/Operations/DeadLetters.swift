@@ -48,17 +48,19 @@ public enum DeadLetters {
         }
     }
 
-    /// Moves the selected dead letters back into `outbox.events` with their original ids (so Redis
-    /// dedupe still recognises them), zero attempts, available now; wakes relays. Returns the count.
+    /// Moves the selected dead letters back into `outbox.events` with their original ids (a stream
+    /// entry still carries the id it would have had), zero attempts, available now, marked
+    /// `requeued_at` (the relay deduplicates them by their own key: they come after later events of
+    /// their key); wakes relays. Returns the count.
     public static func requeue(_ db: PostgresConnection, selection: Selection) async throws -> Int {
         let filter = selection.filter
         return try await db.transaction { tx in
             let moved = try await tx.query(
                 """
                 WITH d AS (DELETE FROM outbox.dead_letters WHERE \(filter.sql) RETURNING *)
-                INSERT INTO outbox.events (id, destination, operation, key, payload, headers, created_at, available_at, attempts, last_error)
+                INSERT INTO outbox.events (id, destination, operation, key, payload, headers, created_at, available_at, attempts, last_error, requeued_at)
                 OVERRIDING SYSTEM VALUE
-                SELECT id, destination, operation, key, payload, headers, created_at, now(), 0, 'requeued after: ' || error FROM d
+                SELECT id, destination, operation, key, payload, headers, created_at, now(), 0, 'requeued after: ' || error, now() FROM d
                 RETURNING destination
                 """, filter.parameters)
             for destination in Set(try moved.rows.map { try $0.decode("destination", as: String.self) }) {

@@ -117,14 +117,8 @@ public struct RedisArguments: Sendable, Hashable {
     }
 
     public mutating func append(_ number: some BinaryInteger) {
-        append(prefix: [], number)
-    }
-
-    /// One argument: `prefix` followed by `number` in decimal (e.g. a dedupe key `ns:42`).
-    public mutating func append(prefix: [UInt8], _ number: some BinaryInteger) {
         let digits = String(number).utf8  // a small string: no allocation
-        appendHeader(length: prefix.count + digits.count)
-        encoded.append(contentsOf: prefix)
+        appendHeader(length: digits.count)
         encoded.append(contentsOf: digits)
         appendCRLF()
     }

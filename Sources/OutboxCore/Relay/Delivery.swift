@@ -13,6 +13,9 @@ public struct ClaimedEvent: Sendable, Equatable {
     /// Set when the stored payload cannot be delivered exactly as written (see
     /// ``JSONValue/parseExact(_:)``); such an event is dead-lettered with this reason.
     public var payloadProblem: String? = nil
+    /// Moved back from the dead letters by an operator (`requeued_at`): it comes after later events
+    /// of its key, so Redis deduplicates it by its own id rather than by the key's high-water mark.
+    public var requeued = false
 }
 
 /// What became of one claimed event.
@@ -21,6 +24,12 @@ public enum DeliveryOutcome: Sendable, Equatable {
     case delivered(source: SourceUpdate?)
     /// Failed transiently (transport, 5xx, 429, unconfirmed): try again after a backoff.
     case retry(reason: String, retryAfter: Duration?)
+    /// Sent, but whether it took effect is unknown (the connection broke, or the server refused the
+    /// call as a whole after an earlier attempt's reply was lost): tried again after a backoff like
+    /// `retry`, but never dead-lettered for `relay.max_attempts` or `relay.max_age`. A Redis
+    /// `xadd`/`publish` dead letter must be known not to have landed, or its requeue could append
+    /// it twice.
+    case unconfirmed(reason: String)
     /// Failed permanently (4xx, malformed payload, unmapped table): dead-letter it now.
     case dead(reason: String)
     /// Not attempted, because an earlier event of its key failed in this batch; released as is.
@@ -78,6 +87,9 @@ struct KeyBlocker {
     func isBlocked(_ event: ClaimedEvent) -> Bool { blocked.contains(event.key) }
 
     mutating func record(_ outcome: DeliveryOutcome, for event: ClaimedEvent) {
-        if case .retry = outcome { blocked.insert(event.key) }
+        switch outcome {
+        case .retry, .unconfirmed: blocked.insert(event.key)
+        default: break
+        }
     }
 }

@@ -52,7 +52,7 @@ enum OutboxStore {
             FROM (SELECT (SELECT id FROM outbox.events WHERE destination = $1 AND id > $3
                           ORDER BY id OFFSET $4 - 1 LIMIT 1) AS window_end OFFSET 0) w
             LEFT JOIN LATERAL (
-              SELECT e.id, e.operation, e.key, e.payload::text AS payload, e.created_at, e.attempts
+              SELECT e.id, e.operation, e.key, e.payload::text AS payload, e.created_at, e.attempts, e.requeued_at IS NOT NULL AS requeued
               FROM outbox.events e
               WHERE e.destination = $1 AND e.id > $3 AND e.id <= coalesce(w.window_end, 9223372036854775807)
                 AND e.available_at <= now()
@@ -73,7 +73,7 @@ enum OutboxStore {
         if perKey > 1, !claim.events.isEmpty {
             let followers = try await tx.query(
                 """
-                SELECT x.id, x.operation, x.key, x.payload::text AS payload, x.created_at, x.attempts
+                SELECT x.id, x.operation, x.key, x.payload::text AS payload, x.created_at, x.attempts, x.requeued_at IS NOT NULL AS requeued
                 FROM unnest($2::text[], $3::bigint[]) AS h(key, head_id)
                 CROSS JOIN LATERAL (
                   SELECT * FROM outbox.events x
@@ -136,7 +136,7 @@ enum OutboxStore {
         return ClaimedEvent(
             id: try row.decode("id"), destination: destination, operation: try row.decode("operation"),
             key: try row.decode("key"), payload: payload, createdAt: try row.decode("created_at"),
-            attempts: try row.decode("attempts"), payloadProblem: problem)
+            attempts: try row.decode("attempts"), payloadProblem: problem, requeued: try row.decode("requeued"))
     }
 
     /// An error text as it can be stored: a NUL byte (which a server could echo back from input)
@@ -147,6 +147,28 @@ enum OutboxStore {
         return text
     }
 
+    /// What a failed attempt leads to.
+    enum AfterFailure: Equatable {
+        /// Another attempt after this many seconds.
+        case retry(delay: Double)
+        case deadLetter(reason: String)
+    }
+
+    /// A `.retry` is given up after `relay.max_attempts` attempts or `relay.max_age`; an
+    /// `.unconfirmed` attempt never is (it may have landed; see ``DeliveryOutcome``).
+    static func afterFailure(_ outcome: DeliveryOutcome, of event: ClaimedEvent, settings: RelaySettings, now: Date) -> AfterFailure {
+        let attempt = event.attempts + 1
+        let backoff = settings.backoff.delay(afterAttempt: attempt).seconds
+        guard case .retry(let reason, let retryAfter) = outcome else { return .retry(delay: backoff) }
+        let age = now.timeIntervalSince(event.createdAt)
+        if attempt >= settings.maxAttempts {
+            return .deadLetter(reason: "gave up after \(attempt) attempts; last error: \(reason)")
+        } else if age >= settings.maxAge.seconds {
+            return .deadLetter(reason: "gave up after \(Int(age)) s (relay.max_age); last error: \(reason)")
+        }
+        return .retry(delay: max(backoff, retryAfter?.seconds ?? 0))
+    }
+
     struct Acknowledgement: Equatable {
         var delivered = 0
         var retried = 0
@@ -155,7 +177,8 @@ enum OutboxStore {
 
     /// Applies `outcomes` in the claiming transaction: deletes delivered events and sets their
     /// rows' embedding columns, reschedules retries with backoff, and moves permanent failures
-    /// (and retries past `maxAttempts` / `maxAge`) to `outbox.dead_letters`.
+    /// (and retries past `maxAttempts` / `maxAge`, but never unconfirmed ones) to
+    /// `outbox.dead_letters`.
     static func acknowledge(
         _ tx: PostgresConnection, events: [ClaimedEvent], outcomes: [Int64: DeliveryOutcome], settings: RelaySettings,
         sources: SourceColumnTypes, now: Date = Date()
@@ -166,22 +189,17 @@ enum OutboxStore {
         var retries: [(Int64, Double, String)] = []
         var sourceUpdates: [TableMapping: [SourceUpdate]] = [:]
         for event in events {
-            switch outcomes[event.id] ?? .skipped {
+            let outcome = outcomes[event.id] ?? .skipped
+            switch outcome {
             case .delivered(let source):
                 deliveredIDs.append(event.id)
                 if let source { sourceUpdates[source.table, default: []].append(source) }
             case .dead(let reason):
                 dead.append((event.id, Self.storable(reason)))
-            case .retry(let reason, let retryAfter):
-                let attempt = event.attempts + 1
-                let age = now.timeIntervalSince(event.createdAt)
-                if attempt >= settings.maxAttempts {
-                    dead.append((event.id, Self.storable("gave up after \(attempt) attempts; last error: \(reason)")))
-                } else if age >= settings.maxAge.seconds {
-                    dead.append((event.id, Self.storable("gave up after \(Int(age)) s (relay.max_age); last error: \(reason)")))
-                } else {
-                    let backoff = settings.backoff.delay(afterAttempt: attempt).seconds
-                    retries.append((event.id, max(backoff, retryAfter?.seconds ?? 0), Self.storable(reason)))
+            case .retry(let reason, _), .unconfirmed(let reason):
+                switch Self.afterFailure(outcome, of: event, settings: settings, now: now) {
+                case .retry(let delay): retries.append((event.id, delay, Self.storable(reason)))
+                case .deadLetter(let reason): dead.append((event.id, Self.storable(reason)))
                 }
             case .skipped:
                 break  // released untouched when the transaction commits

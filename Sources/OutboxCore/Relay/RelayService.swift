@@ -370,6 +370,10 @@ final class DestinationWorker: Sendable {
                     lastRetry = reason
                     let wait = max(settings.backoff.initial / 2, after ?? .zero)
                     result.retryIn = min(result.retryIn ?? wait, wait)
+                case .unconfirmed(let reason)?:
+                    lastRetry = reason
+                    let wait = settings.backoff.initial / 2
+                    result.retryIn = min(result.retryIn ?? wait, wait)
                 case .dead(let reason)?:
                     logger.warning("Event dead-lettered", metadata: [
                         "outbox.event_id": "\(event.id)", "outbox.key": "\(event.key)", "outbox.operation": "\(event.operation)",
