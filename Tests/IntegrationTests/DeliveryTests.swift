@@ -136,6 +136,15 @@ func startHelper(_ script: String, _ arguments: [String]) async throws -> Proces
         let entries = try await redis.command("XRANGE", stream, "-", "+").array ?? []
         #expect(entries.map { $0.array?[1].array?.compactMap(\.string) } == [["seq", "8", "outbox_id", "8"]])
         #expect(try await redis.command("GET", "\(namespace):key:k") == .bulk(Array("8".utf8)))
+        // A mark that is not a number (or not a string) counts as none, and is replaced: event 9
+        // lands each time, as nothing remembers it once its key's mark is overwritten.
+        for garbage in [RedisCommand("SET", "\(namespace):key:k", "eight"), RedisCommand("SADD", "\(namespace):key:k", "8")] {
+            try await redis.command("DEL", "\(namespace):key:k")
+            try await redis.command(garbage)
+            #expect(await deliverer.deliver([event(9, "xadd", ["stream": .string(stream), "fields": ["seq": "9"]])])[9] == .delivered(source: nil))
+            #expect(try await redis.command("GET", "\(namespace):key:k") == .bulk(Array("9".utf8)))
+        }
+        #expect(try await redis.command("XLEN", stream) == .integer(3))
         try await redis.command("DEL", stream, "\(namespace):7", "\(namespace):key:k")
     }
 

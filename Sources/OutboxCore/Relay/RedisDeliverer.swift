@@ -46,10 +46,12 @@ struct RedisDeliverer: Deliverer {
     /// ARGV: dedupe TTL in seconds, the namespace, then per event: ordering key, ``Dedupe`` mode,
     /// event id, the number of command arguments, the command. Returns per event: 1 applied, 0 a
     /// duplicate (applied before), -1 held back (an earlier event of its key failed in this call),
-    /// or the command's error. Marks are written once per key at the end; an event's own dedupe
-    /// key is set first (NX) and removed again if the command fails, so a failed XADD (e.g.
-    /// WRONGTYPE) leaves none behind. Event ids stay strings: Lua numbers print ids past 10^14 in
-    /// exponent form (they compare exactly up to 2^53).
+    /// or the command's error. Marks are written once per key at the end (a write after the
+    /// script's first one is never refused, even over `maxmemory`, so the marks land with the
+    /// effects); an event's own dedupe key is set first (NX) and removed again if the command
+    /// fails, so a failed XADD (e.g. WRONGTYPE) leaves none behind. A mark that is not a number
+    /// (someone else's key) counts as none and is overwritten. Event ids stay strings: Lua numbers
+    /// print ids past 10^14 in exponent form (they compare exactly up to 2^53).
     static let apply = RedisScript("""
         local ttl, ns = ARGV[1], ARGV[2]
         local results, failed, mark, raised = {}, {}, {}, {}
@@ -64,7 +66,10 @@ struct RedisDeliverer: Deliverer {
           else
             local duplicate, own = false, nil
             if mode == 'k' then
-              if mark[key] == nil then mark[key] = redis.call('GET', ns .. ':key:' .. key) end
+              if mark[key] == nil then
+                local stored = redis.pcall('GET', ns .. ':key:' .. key)
+                mark[key] = type(stored) == 'string' and tonumber(stored) ~= nil and stored
+              end
               if mark[key] then
                 duplicate = tonumber(id) <= tonumber(mark[key])
               else

@@ -372,8 +372,7 @@ final class DestinationWorker: Sendable {
                     result.retryIn = min(result.retryIn ?? wait, wait)
                 case .unconfirmed(let reason)?:
                     lastRetry = reason
-                    let wait = settings.backoff.initial / 2
-                    result.retryIn = min(result.retryIn ?? wait, wait)
+                    result.retryIn = min(result.retryIn ?? settings.backoff.initial / 2, settings.backoff.initial / 2)
                 case .dead(let reason)?:
                     logger.warning("Event dead-lettered", metadata: [
                         "outbox.event_id": "\(event.id)", "outbox.key": "\(event.key)", "outbox.operation": "\(event.operation)",
