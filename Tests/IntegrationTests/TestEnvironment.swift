@@ -87,11 +87,24 @@ enum TestEnvironment {
             }
             let result = try await body(url, connection)
             await connection.close()
-            try await admin.query("DROP DATABASE \(name) WITH (FORCE)")
+            try await dropDatabase(name, admin: admin)
             return result
         } catch {
-            try? await admin.query("DROP DATABASE \(name) WITH (FORCE)")
+            try? await dropDatabase(name, admin: admin)
             throw error
+        }
+    }
+
+    /// `DROP DATABASE … WITH (FORCE)`, waiting out an autovacuum worker in it (after a bulk load):
+    /// the test role may not terminate one (42501), and Postgres ends it within a few seconds.
+    static func dropDatabase(_ name: String, admin: PostgresConnection) async throws {
+        for attempt in 1... {
+            do {
+                try await admin.query("DROP DATABASE \(name) WITH (FORCE)")
+                return
+            } catch let error as PostgresError where error.sqlState == "42501" && attempt < 30 {
+                try await Task.sleep(for: .milliseconds(500))
+            }
         }
     }
 
