@@ -8,6 +8,14 @@ public struct PostgresResult: Sendable {
     public let affectedRows: Int
 
     public var first: PostgresRow? { rows.first }
+
+    /// The position of column `name`, for ``PostgresRow/decode(at:as:)`` over many rows.
+    public func index(of name: String) throws -> Int {
+        guard let index = columns.firstIndex(of: name) else {
+            throw PostgresError(code: .decoding, message: "no column \"\(name)\" in the result")
+        }
+        return index
+    }
 }
 
 public struct PostgresRow: Sendable {
@@ -25,7 +33,13 @@ public struct PostgresRow: Sendable {
         guard let index = columnIndex[name] else {
             throw PostgresError(code: .decoding, message: "no column \"\(name)\" in the result")
         }
+        return try decode(at: index, as: type)
+    }
+
+    /// Decodes the column at `index` (``PostgresResult/index(of:)``), without looking its name up.
+    public func decode<T: PostgresDecodable>(at index: Int, as type: T.Type = T.self) throws -> T {
         guard let value = T(postgresValue: values[index]) else {
+            let name = columnIndex.first { $0.value == index }?.key ?? "#\(index)"
             throw PostgresError(code: .decoding, message: "column \"\(name)\" holds \(values[index].typeName), not \(T.self)")
         }
         return value

@@ -100,7 +100,9 @@ struct RedisDeliverer: Deliverer {
 
     func deliver(_ events: [ClaimedEvent]) async -> [Int64: DeliveryOutcome] {
         var outcomes: [Int64: DeliveryOutcome] = [:]
+        outcomes.reserveCapacity(events.count)
         var commands: [(event: ClaimedEvent, arguments: RedisArguments)] = []
+        commands.reserveCapacity(events.count)
         for event in events {
             switch Self.buildCommand(for: event) {
             case .success(let arguments): commands.append((event, arguments))
