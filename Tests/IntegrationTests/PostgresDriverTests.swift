@@ -123,6 +123,35 @@ import Testing
         try await db.query("DROP TABLE \(table)")
     }
 
+    /// The relay's acknowledgement is a pipeline inside a transaction, and a lane is cancelled when
+    /// its sibling's connection breaks. A statement failing because of the cancellation once
+    /// aborted the whole process (a force cast of `CancellationError` to `PostgresError`).
+    @Test func cancellingAPipelineInATransactionRollsItBackAndKeepsTheConnectionUsable() async throws {
+        let db = try await TestEnvironment.connect()
+        let table = TestEnvironment.uniqueName("cancel_pipe")
+        try await db.query("CREATE TABLE \(table) (v int)")
+        let started = ContinuousClock.now
+        let task = Task {
+            try await db.transaction { tx in
+                try await tx.pipeline([
+                    PostgresStatement("INSERT INTO \(table) VALUES ($1)", [.int(1)], prepared: true),
+                    PostgresStatement("SELECT pg_sleep(30)", []),
+                    PostgresStatement("INSERT INTO \(table) VALUES ($1)", [.int(2)], prepared: true),
+                ])
+            }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+        #expect(ContinuousClock.now - started < .seconds(5))
+        #expect(try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self) == 0)
+        // A pipeline after it runs normally (the cancelled one was read to its end).
+        let after = try await db.pipeline([PostgresStatement("INSERT INTO \(table) VALUES ($1)", [.int(3)], prepared: true)])
+        #expect(after.count == 1)
+        #expect(try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self) == 1)
+        try await db.query("DROP TABLE \(table)")
+    }
+
     @Test func statementsFromOtherTasksWaitForAnOpenTransaction() async throws {
         let db = try await TestEnvironment.connect()
         let table = TestEnvironment.uniqueName("turn_test")

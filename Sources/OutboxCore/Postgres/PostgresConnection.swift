@@ -334,7 +334,7 @@ public actor PostgresConnection {
         let conn = try liveConnection()
         let result = cancellable(hook) { PQexec(conn, sql) }
         defer { PQclear(result) }
-        _ = try check(result, conn: conn, hook: hook)
+        _ = try checkCancellable(result, conn: conn, hook: hook)
     }
 
     private func runQuery(_ sql: String, _ parameters: [PostgresValue], hook: CancellationHook) throws
@@ -347,7 +347,7 @@ public actor PostgresConnection {
             cancellable(hook) { PQexecParams(conn, sql, count, types, values, lengths, formats, 0) }
         }
         defer { PQclear(result) }
-        return try check(result, conn: conn, hook: hook)
+        return try checkCancellable(result, conn: conn, hook: hook)
     }
 
     private func runPipeline(_ statements: [PostgresStatement], hook: CancellationHook)
@@ -408,7 +408,7 @@ public actor PostgresConnection {
                         preparedStatements.insert(name)
                     } else if status != PGRES_PIPELINE_ABORTED {
                         // The statement's own result then says "aborted"; report why instead.
-                        do { _ = try check(result, conn: conn, hook: hook) } catch let error as PostgresError { failedPrepare = error }
+                        do throws(PostgresError) { _ = try check(result, conn: conn) } catch { failedPrepare = error }
                     }
                 case .statement(let name):
                     if status == PGRES_PIPELINE_ABORTED {
@@ -417,7 +417,9 @@ public actor PostgresConnection {
                         failedPrepare = nil
                         continue
                     }
-                    let outcome = Result { try check(result, conn: conn, hook: hook) }.mapError { $0 as! PostgresError }
+                    // A statement that failed because the task was cancelled still takes its place:
+                    // the pipeline is read to its sync point, then the cancellation is thrown (below).
+                    let outcome = Result { () throws(PostgresError) in try check(result, conn: conn) }
                     // 26000: the session lost the statement (DISCARD ALL, a pooler): prepare it again next time.
                     if let name, case .failure(let error) = outcome, error.sqlState == "26000" { preparedStatements.remove(name) }
                     results.append(outcome)
@@ -501,9 +503,19 @@ public actor PostgresConnection {
         }, body)
     }
 
+    /// ``check(_:conn:)``, reporting an error that follows the task's cancellation as `CancellationError`.
+    private func checkCancellable(_ result: OpaquePointer?, conn: OpaquePointer, hook: CancellationHook?) throws -> PostgresResult {
+        do {
+            return try check(result, conn: conn)
+        } catch {
+            if hook?.isCancelled == true { throw CancellationError() }
+            throw error
+        }
+    }
+
     /// Turns a finished `PGresult` into rows, or throws its error. A missing result means the
     /// connection broke.
-    private func check(_ result: OpaquePointer?, conn: OpaquePointer, hook: CancellationHook?) throws -> PostgresResult {
+    private func check(_ result: OpaquePointer?, conn: OpaquePointer) throws(PostgresError) -> PostgresResult {
         guard let result else { throw connectionError(conn) }
         switch PQresultStatus(result) {
         case PGRES_COMMAND_OK, PGRES_EMPTY_QUERY:
@@ -511,7 +523,6 @@ public actor PostgresConnection {
         case PGRES_TUPLES_OK, PGRES_SINGLE_TUPLE:
             return decodeRows(result)
         default:
-            if hook?.isCancelled == true { throw CancellationError() }
             if PQstatus(conn) != CONNECTION_OK { throw connectionError(conn) }
             func field(_ code: Int32) -> String? {
                 PQresultErrorField(result, code).map { redactor.redact(String(cString: $0)) }
