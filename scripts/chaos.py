@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-FAULT_KINDS = ("relay_kill", "postgres_restart", "redis_restart", "qdrant_503", "qdrant_429",
-               "qdrant_slow", "qdrant_drop", "relay_pause")
+FAULT_KINDS = ("relay_kill", "postgres_restart", "postgres_terminate", "redis_restart", "qdrant_503",
+               "qdrant_429", "qdrant_slow", "qdrant_drop", "relay_pause")
 STREAM = "chaos:events"
 COLLECTION = "chaos"
 DIMENSIONS = 64
@@ -77,6 +77,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keys", type=int, default=2000, help="ordering keys of the redis.xadd events (default: 2000)")
     p.add_argument("--fault-interval", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="seconds between fault starts (default: 5 9 short, 12 24 long)")
+    p.add_argument("--faults", metavar="KIND,...", type=lambda v: tuple(k.strip() for k in v.split(",") if k.strip()),
+                   default=FAULT_KINDS, help="only these fault kinds, comma-separated (default: all of "
+                   + ", ".join(FAULT_KINDS) + ")")
     p.add_argument("--drain-timeout", type=float, default=120.0,
                    help="seconds allowed to drain after the faults (default: 120)")
     p.add_argument("--release", action="store_true", help="build and run the release binaries (implied by --long)")
@@ -98,6 +101,9 @@ def parse_args() -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.writers < 1 or args.keys < args.writers:
         p.error("--writers must be >= 1 and --keys >= --writers")
+    unknown = [k for k in args.faults if k not in FAULT_KINDS]
+    if unknown or not args.faults:
+        p.error(f"--faults: unknown kind {', '.join(unknown) or '(none given)'}; choose from {', '.join(FAULT_KINDS)}")
     lo, hi = args.fault_interval
     if not 0 < lo <= hi:
         p.error("--fault-interval needs 0 < MIN <= MAX")
@@ -289,6 +295,9 @@ def daemon_env(**extra: str) -> dict[str, str]:
     # Nothing of the caller's OUTBOX_* (say, the main instance's URLs) may redirect a daemon.
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
     env["OUTBOX_LOG_LEVEL"] = "info"
+    # A crash report (Swift's backtracer writes it to stderr, hence the log) without the register
+    # and image dumps, which would bury the runtime's message above it.
+    env["SWIFT_BACKTRACE"] = "enable=yes,interactive=no,color=no,registers=none,images=none"
     env.update(extra)
     return env
 
@@ -317,7 +326,18 @@ class Daemon:
                 return
             self.unexpected_exits.append(self.proc.returncode)
             say(f"!! {self.name} exited on its own with status {self.proc.returncode}; restarting it")
+            self.show_log_tail()
         self.start()
+
+    def show_log_tail(self) -> None:
+        """Prints how the run ended: the log lines before a crash report and the report itself."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        crash = next((i for i in range(len(lines) - 1, -1, -1)
+                      if "Program crashed" in lines[i] or "Fatal error" in lines[i]), None)
+        shown = lines[-25:] if crash is None else lines[max(0, crash - 15):crash + 100]
+        say(f"!! {self.log.name}:")
+        for line in shown:
+            print(f"   | {line}", flush=True)
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -414,18 +434,19 @@ class Writer(threading.Thread):
 # --------------------------------------------------------------------------------------------
 # Faults
 
-def fault_schedule(rng: random.Random, duration: float, interval: tuple[float, float]) -> list[tuple[float, str]]:
+def fault_schedule(rng: random.Random, duration: float, interval: tuple[float, float],
+                   kinds: tuple[str, ...] = FAULT_KINDS) -> list[tuple[float, str]]:
     """(start offset, kind): every kind once in a shuffled first round, then uniformly random."""
-    first = list(FAULT_KINDS)
+    first = list(kinds)
     rng.shuffle(first)
     schedule, t = [], rng.uniform(*interval) / 2
     while t < duration - 5:
-        kind = first.pop(0) if first else rng.choice(FAULT_KINDS)
+        kind = first.pop(0) if first else rng.choice(kinds)
         schedule.append((t, kind))
         t += rng.uniform(*interval)
     if first:
         raise SetupError(f"--duration {duration:.0f} is too short for one fault of each kind "
-                         f"(needs about {len(FAULT_KINDS) * interval[1]:.0f} s)")
+                         f"(needs about {len(kinds) * interval[1]:.0f} s)")
     return schedule
 
 
@@ -472,6 +493,14 @@ class FaultInjector(threading.Thread):
         elif kind == "postgres_restart":
             say("fault postgres_restart: pg_ctl restart -m fast")
             self.svc.restart("postgres")
+        elif kind == "postgres_terminate":
+            # Sessions ended under the daemons (an operator, a failover, a pooler): the lanes whose
+            # connection breaks mid-batch restart, and their siblings are cancelled mid-statement.
+            import psycopg
+            with psycopg.connect(self.svc.dsn("chaos"), autocommit=True) as db:
+                ended = db.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE application_name LIKE 'outbox-%' AND pid <> pg_backend_pid()").fetchone()[0]
+            say(f"fault postgres_terminate: pg_terminate_backend of the daemons' {ended} sessions")
         elif kind == "redis_restart":
             say("fault redis_restart: SIGTERM, then start on the append-only file")
             self.svc.restart("redis")
@@ -682,7 +711,7 @@ def main() -> int:
     daemons: list[Daemon] = []
     stop_writers, stop_faults = threading.Event(), threading.Event()
     try:
-        schedule = fault_schedule(rng, args.duration, tuple(args.fault_interval))
+        schedule = fault_schedule(rng, args.duration, tuple(args.fault_interval), args.faults)
         say(f"seed {args.seed}: {len(schedule)} faults over {args.duration:.0f} s, "
             f"{args.writers} writers at {args.rate:g} transactions/s over {args.keys} keys")
         bin_dir = build(args)
