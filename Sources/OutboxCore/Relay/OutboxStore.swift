@@ -56,7 +56,7 @@ enum OutboxStore {
               FROM outbox.events e
               WHERE e.destination = $1 AND e.id > $3 AND e.id <= coalesce(w.window_end, 9223372036854775807)
                 AND e.available_at <= now()
-                AND (SELECT p.id FROM outbox.events p WHERE p.destination = e.destination AND p.key = e.key AND p.id < e.id
+                AND (SELECT p.id FROM outbox.events p WHERE p.destination = $1 AND p.key = e.key AND p.id < e.id
                      ORDER BY p.id DESC LIMIT 1) IS NULL
               ORDER BY e.id
               LIMIT $2
