@@ -87,6 +87,28 @@ import Testing
     @Test func timestampsWithOffsetsParse() throws {
         let parsed = try #require(PostgresText.parseTimestamp("2024-01-02 05:34:05+05:30"))
         #expect(parsed.timeIntervalSince1970 == 1_704_153_845)
+        #expect(PostgresText.parseTimestamp("2024-01-01 22:34:05-01:30")?.timeIntervalSince1970 == 1_704_153_845)
+        #expect(PostgresText.parseTimestamp("1900-01-01 00:00:00+00:09:21")?.timeIntervalSince1970 == -2_208_989_361)
+        #expect(PostgresText.parseTimestamp("2024-01-02 00:04:05")?.timeIntervalSince1970 == 1_704_153_845)
+    }
+
+    /// The calendar arithmetic agrees with glibc's `gmtime_r` (which formats the text) at every
+    /// second sampled from 1901 to 2100, leap days and month ends included.
+    @Test func timestampsRoundTripAcrossTheCalendar() throws {
+        var random = SystemRandomNumberGenerator()
+        let samples = (0..<20_000).map { _ in Int.random(in: -2_145_916_800...4_102_444_800, using: &random) }
+            + [951_782_400, 951_868_799, 1_709_164_800, -2_203_891_200, 0, 1_704_067_199]
+        for seconds in samples {
+            let text = PostgresText.timestamp(Date(timeIntervalSince1970: Double(seconds)))
+            #expect(PostgresText.parseTimestamp(text)?.timeIntervalSince1970 == Double(seconds), "\(text)")
+        }
+    }
+
+    @Test func timestampsThatAreNotPlainDatesAreRefused() {
+        for text in ["infinity", "-infinity", "2024-01-02 03:04:05+00 BC", "12024-01-02 03:04:05+00", "2024-13-02 03:04:05+00",
+                     "2024-01-02", "2024-01-02 03:04", "2024-01-02 03:04:05+0", "2024/01/02 03:04:05+00", ""] {
+            #expect(PostgresText.parseTimestamp(text) == nil, "\(text)")
+        }
     }
 
     @Test func byteaHexDecodes() {

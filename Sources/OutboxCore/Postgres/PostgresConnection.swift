@@ -598,7 +598,7 @@ public actor PostgresConnection {
         case PostgresOID.json, PostgresOID.jsonb:
             return .jsonb(text())
         case PostgresOID.timestamptz, PostgresOID.timestamp:
-            return PostgresText.parseTimestamp(text()).map(PostgresValue.timestamptz) ?? .text(text())
+            return PostgresText.parseTimestamp(bytes).map(PostgresValue.timestamptz) ?? .text(text())
         case PostgresOID.bytea:
             return PostgresText.parseByteaHex(bytes).map(PostgresValue.bytea) ?? .text(text())
         default:
