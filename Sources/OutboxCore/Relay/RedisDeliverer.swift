@@ -200,14 +200,14 @@ struct RedisDeliverer: Deliverer {
             }
             return value
         }
-        func script(_ command: RedisArguments) -> RedisArguments {
-            var arguments = RedisArguments(reservingCapacity: command.encoded.count + event.key.utf8.count + 48)
+        // The script's arguments for the event, then its command's `count` arguments, in one
+        // buffer (a buffer per command, copied into this one, cost an allocation and a copy each).
+        var arguments = RedisArguments(reservingCapacity: 192 + event.key.utf8.count)
+        func script(commandArguments count: Int) {
             arguments.append(event.key)
             arguments.append(dedupe(of: event).rawValue)
             arguments.append(event.id)
-            arguments.append(command.count)
-            arguments.append(contentsOf: command)
-            return arguments
+            arguments.append(count)
         }
         do throws(PayloadProblem) {
             switch event.operation {
@@ -215,47 +215,64 @@ struct RedisDeliverer: Deliverer {
                 guard case .object(let fields)? = p["fields"], !fields.isEmpty else {
                     throw PayloadProblem(message: "malformed redis.xadd payload: \"fields\" must be a non-empty object")
                 }
-                var command = RedisArguments(["XADD", try string("stream")], reservingCapacity: 256)
+                let stream = try string("stream")
+                var maxlen: Int?
                 if let value = p["maxlen"] {
                     guard let n = value.numberValue.flatMap({ Int(exactly: $0) }), n >= 1 else {
                         throw PayloadProblem(message: "malformed redis.xadd payload: \"maxlen\" must be a positive integer")
                     }
-                    command.append("MAXLEN")
-                    command.append("~")
-                    command.append(n)
+                    maxlen = n
                 }
-                command.append("*")
-                for (name, value) in fields.sorted(by: { $0.key < $1.key }) {
-                    guard let text = value.stringValue else {
-                        throw PayloadProblem(message: "malformed redis.xadd payload: field \"\(name)\" is not a string")
-                    }
-                    command.append(name)
-                    command.append(text)
+                // One field needs no sorting (nor the array a sort makes).
+                let ordered = fields.count == 1 ? [fields.first!] : fields.sorted(by: { $0.key < $1.key })
+                for (name, value) in ordered where value.stringValue == nil {
+                    throw PayloadProblem(message: "malformed redis.xadd payload: field \"\(name)\" is not a string")
                 }
-                command.append("outbox_id")
-                command.append(event.id)
-                return .success(script(command))
+                script(commandArguments: 2 + (maxlen == nil ? 0 : 3) + 1 + 2 * ordered.count + 2)
+                arguments.append("XADD")
+                arguments.append(stream)
+                if let maxlen {
+                    arguments.append("MAXLEN")
+                    arguments.append("~")
+                    arguments.append(maxlen)
+                }
+                arguments.append("*")
+                for (name, value) in ordered {
+                    arguments.append(name)
+                    arguments.append(value.stringValue!)
+                }
+                arguments.append("outbox_id")
+                arguments.append(event.id)
             case "publish":
-                return .success(script(RedisArguments(["PUBLISH", try string("channel"), try string("message")])))
+                let (channel, message) = (try string("channel"), try string("message"))
+                script(commandArguments: 3)
+                for argument in ["PUBLISH", channel, message] { arguments.append(argument) }
             case "del":
                 let keys = p["keys"]?.arrayValue?.compactMap(\.stringValue) ?? []
                 guard !keys.isEmpty, keys.count == p["keys"]?.arrayValue?.count else {
                     throw PayloadProblem(message: "malformed redis.del payload: \"keys\" must be a non-empty list of strings")
                 }
-                return .success(script(RedisArguments(["DEL"] + keys)))
+                script(commandArguments: 1 + keys.count)
+                for argument in ["DEL"] + keys { arguments.append(argument) }
             case "set":
-                var command = RedisArguments(["SET", try string("key"), try string("value")])
+                let (key, value) = (try string("key"), try string("value"))
+                var seconds: Int?
                 if let ttl = p["ttl_seconds"]?.numberValue {
-                    guard let seconds = Int(exactly: ttl), seconds >= 1 else {
+                    guard let n = Int(exactly: ttl), n >= 1 else {
                         throw PayloadProblem(message: "malformed redis.set payload: \"ttl_seconds\" must be a positive integer")
                     }
-                    command.append("EX")
-                    command.append(seconds)
+                    seconds = n
                 }
-                return .success(script(command))
+                script(commandArguments: seconds == nil ? 3 : 5)
+                for argument in ["SET", key, value] { arguments.append(argument) }
+                if let seconds {
+                    arguments.append("EX")
+                    arguments.append(seconds)
+                }
             default:
                 throw PayloadProblem(message: "unknown operation redis.\(event.operation)")
             }
+            return .success(arguments)
         } catch {
             return .failure(error)
         }
