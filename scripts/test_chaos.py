@@ -69,3 +69,8 @@ def test_every_fault_kind_occurs_and_the_seed_fixes_the_schedule():
 def test_a_run_too_short_for_every_fault_kind_is_refused():
     with pytest.raises(chaos.SetupError, match="too short"):
         chaos.fault_schedule(random.Random(1), 30, (5, 9))
+
+
+def test_faults_limits_the_schedule_to_the_kinds_given():
+    schedule = chaos.fault_schedule(random.Random(3), 60, (2, 4), kinds=("postgres_terminate", "relay_kill"))
+    assert {kind for _, kind in schedule} == {"postgres_terminate", "relay_kill"}
