@@ -107,17 +107,10 @@ import Testing
         let db = try await TestEnvironment.connect()
         let table = TestEnvironment.uniqueName("cancel_test")
         try await db.query("CREATE TABLE \(table) (v int)")
-        let started = ContinuousClock.now
-        let task = Task {
-            try await db.transaction { tx in
-                try await tx.query("INSERT INTO \(table) VALUES (1)")
-                try await tx.query("SELECT pg_sleep(30)")
-            }
+        try await expectCancelledPromptly(db) { tx in
+            try await tx.query("INSERT INTO \(table) VALUES (1)")
+            try await tx.query("SELECT pg_sleep(30)")
         }
-        try await Task.sleep(for: .milliseconds(300))
-        task.cancel()
-        await #expect(throws: CancellationError.self) { try await task.value }
-        #expect(ContinuousClock.now - started < .seconds(5))
         // Rolled back, and the connection is usable.
         #expect(try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self) == 0)
         try await db.query("DROP TABLE \(table)")
@@ -130,26 +123,32 @@ import Testing
         let db = try await TestEnvironment.connect()
         let table = TestEnvironment.uniqueName("cancel_pipe")
         try await db.query("CREATE TABLE \(table) (v int)")
-        let started = ContinuousClock.now
-        let task = Task {
-            try await db.transaction { tx in
-                try await tx.pipeline([
-                    PostgresStatement("INSERT INTO \(table) VALUES ($1)", [.int(1)], prepared: true),
-                    PostgresStatement("SELECT pg_sleep(30)", []),
-                    PostgresStatement("INSERT INTO \(table) VALUES ($1)", [.int(2)], prepared: true),
-                ])
-            }
+        try await expectCancelledPromptly(db) { tx in
+            _ = try await tx.pipeline([
+                PostgresStatement("INSERT INTO \(table) VALUES ($1)", [.int(1)], prepared: true),
+                PostgresStatement("SELECT pg_sleep(30)", []),
+                PostgresStatement("INSERT INTO \(table) VALUES ($1)", [.int(2)], prepared: true),
+            ])
         }
-        try await Task.sleep(for: .milliseconds(300))
-        task.cancel()
-        await #expect(throws: CancellationError.self) { try await task.value }
-        #expect(ContinuousClock.now - started < .seconds(5))
         #expect(try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self) == 0)
         // A pipeline after it runs normally (the cancelled one was read to its end).
         let after = try await db.pipeline([PostgresStatement("INSERT INTO \(table) VALUES ($1)", [.int(3)], prepared: true)])
         #expect(after.count == 1)
         #expect(try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self) == 1)
         try await db.query("DROP TABLE \(table)")
+    }
+
+    /// Runs `body` in a transaction in a task of its own, cancels the task 300 ms in (while `body`
+    /// sleeps on the server), and expects `CancellationError` well before the sleep would end.
+    private func expectCancelledPromptly(
+        _ db: PostgresConnection, _ body: @escaping @Sendable (PostgresConnection) async throws -> Void
+    ) async throws {
+        let started = ContinuousClock.now
+        let task = Task { try await db.transaction(body) }
+        try await Task.sleep(for: .milliseconds(300))
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+        #expect(ContinuousClock.now - started < .seconds(5))
     }
 
     @Test func statementsFromOtherTasksWaitForAnOpenTransaction() async throws {
