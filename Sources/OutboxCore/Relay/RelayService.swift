@@ -372,7 +372,8 @@ final class DestinationWorker: Sendable {
                     result.retryIn = min(result.retryIn ?? wait, wait)
                 case .unconfirmed(let reason)?:
                     lastRetry = reason
-                    result.retryIn = min(result.retryIn ?? settings.backoff.initial / 2, settings.backoff.initial / 2)
+                    let wait = settings.backoff.initial / 2
+                    result.retryIn = min(result.retryIn ?? wait, wait)
                 case .dead(let reason)?:
                     logger.warning("Event dead-lettered", metadata: [
                         "outbox.event_id": "\(event.id)", "outbox.key": "\(event.key)", "outbox.operation": "\(event.operation)",
