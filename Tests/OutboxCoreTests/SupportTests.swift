@@ -84,6 +84,13 @@ import Testing
         #expect(abs(parsed.timeIntervalSince1970 - date.timeIntervalSince1970) < 0.000_001)
     }
 
+    @Test func uuidsPrintAsPostgresPrintsThem() {
+        #expect(PostgresText.uuid(UUID(uuidString: "8F0C3A8E-2F7A-4D6E-9B7E-0A1B2C3D4E5F")!) == "8f0c3a8e-2f7a-4d6e-9b7e-0a1b2c3d4e5f")
+        #expect(PostgresText.uuid(UUID(uuid: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))) == "00000000-0000-0000-0000-000000000000")
+        let samples = (0..<10_000).map { _ in UUID() }
+        #expect(samples.filter { PostgresText.uuid($0) != $0.uuidString.lowercased() } == [])
+    }
+
     @Test func timestampsWithOffsetsParse() throws {
         let parsed = try #require(PostgresText.parseTimestamp("2024-01-02 05:34:05+05:30"))
         #expect(parsed.timeIntervalSince1970 == 1_704_153_845)

@@ -341,7 +341,7 @@ public actor PostgresConnection {
         -> PostgresResult
     {
         executor.preconditionOnQueue()
-        try EncodedParameter.checkForNUL(parameters)
+        try EncodedParameters.checkForNUL(parameters)
         let conn = try liveConnection()
         let result = withParameters(parameters) { count, types, values, lengths, formats in
             cancellable(hook) { PQexecParams(conn, sql, count, types, values, lengths, formats, 0) }
@@ -355,7 +355,7 @@ public actor PostgresConnection {
     {
         executor.preconditionOnQueue()
         guard !statements.isEmpty else { return [] }
-        for statement in statements { try EncodedParameter.checkForNUL(statement.parameters) }
+        for statement in statements { try EncodedParameters.checkForNUL(statement.parameters) }
         let conn = try liveConnection()
         guard PQenterPipelineMode(conn) == 1 else { throw connectionError(conn) }
         PQsetnonblocking(conn, 1)
@@ -433,10 +433,13 @@ public actor PostgresConnection {
     /// A server-side name for `sql` with these parameter types: the same text and types share one
     /// prepared statement per session.
     private static func statementName(_ sql: String, _ types: UnsafeBufferPointer<Oid>) -> String {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
-        func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        sql.utf8.forEach(mix)
-        for type in types { withUnsafeBytes(of: type.littleEndian) { $0.forEach(mix) } }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a, over contiguous bytes (per UTF-8 view element it was 4 % of a writer's CPU)
+        func mix(_ bytes: UnsafeRawBufferPointer) {
+            for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        }
+        var sql = sql
+        sql.withUTF8 { mix(UnsafeRawBufferPointer($0)) }
+        for type in types { withUnsafeBytes(of: type.littleEndian, mix) }
         return "outbox_" + String(hash, radix: 16)
     }
 
@@ -650,23 +653,12 @@ private func withParameters<R>(
     _ parameters: [PostgresValue],
     _ body: (Int32, UnsafePointer<Oid>?, UnsafePointer<UnsafePointer<CChar>?>?, UnsafePointer<Int32>?, UnsafePointer<Int32>?) throws -> R
 ) rethrows -> R {
-    let encoded = parameters.map(EncodedParameter.init)
-    var types = encoded.map { Oid($0.oid) }
-    var lengths = encoded.map { Int32($0.bytes?.count ?? 0) }
-    var formats = encoded.map(\.format)
-    let buffers: [UnsafeMutablePointer<CChar>?] = encoded.map { parameter in
-        guard let bytes = parameter.bytes else { return nil }
-        // Text-format values are read up to a NUL (libpq ignores their length), so terminate them.
-        let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count + 1)
-        bytes.withUnsafeBytes { raw in
-            if let base = raw.baseAddress { UnsafeMutableRawPointer(buffer).copyMemory(from: base, byteCount: bytes.count) }
-        }
-        buffer[bytes.count] = 0
-        return buffer
+    let encoded = EncodedParameters(parameters)
+    return try encoded.bytes.withUnsafeBufferPointer { buffer in
+        let base = UnsafeRawPointer(buffer.baseAddress)?.assumingMemoryBound(to: CChar.self)
+        let values = encoded.offsets.map { offset in offset.flatMap { base.map(UnsafePointer.init)?.advanced(by: $0) } }
+        return try body(Int32(parameters.count), encoded.types, values, encoded.lengths, encoded.formats)
     }
-    defer { buffers.forEach { $0?.deallocate() } }
-    var values = buffers.map { UnsafePointer($0) }
-    return try body(Int32(encoded.count), &types, &values, &lengths, &formats)
 }
 
 extension Duration {

@@ -73,7 +73,7 @@ extension String: PostgresDecodable {
     public init?(postgresValue: PostgresValue) {
         switch postgresValue {
         case .text(let s), .jsonb(let s): self = s
-        case .uuid(let u): self = u.uuidString.lowercased()
+        case .uuid(let u): self = PostgresText.uuid(u)
         default: return nil
         }
     }

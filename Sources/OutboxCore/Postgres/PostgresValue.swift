@@ -59,33 +59,56 @@ enum PostgresOID {
     static let float8Array: UInt32 = 1022
 }
 
-/// The wire form of one parameter: type OID, bytes, and format (0 text, 1 binary).
-struct EncodedParameter {
-    var oid: UInt32
-    var bytes: [UInt8]?
-    var format: Int32
+/// The wire form of a statement's parameters: type OIDs, formats (0 text, 1 binary), lengths, and
+/// every value's bytes in one buffer (a buffer per value cost a writer two allocations each).
+struct EncodedParameters {
+    private(set) var types: [UInt32] = []
+    private(set) var formats: [Int32] = []
+    private(set) var lengths: [Int32] = []
+    /// Where each value starts in `bytes`; nil for NULL.
+    private(set) var offsets: [Int?] = []
+    private(set) var bytes: [UInt8] = []
 
-    init(_ value: PostgresValue) {
+    init(_ parameters: [PostgresValue]) {
+        types.reserveCapacity(parameters.count)
+        formats.reserveCapacity(parameters.count)
+        lengths.reserveCapacity(parameters.count)
+        offsets.reserveCapacity(parameters.count)
+        bytes.reserveCapacity(64 * parameters.count)
+        for parameter in parameters { append(parameter) }
+    }
+
+    private mutating func append(_ value: PostgresValue) {
         switch value {
-        case .null: self.init(oid: 0, bytes: nil, format: 0)
-        case .text(let s): self.init(oid: PostgresOID.text, bytes: Array(s.utf8), format: 0)
-        case .int(let i): self.init(oid: PostgresOID.int8, bytes: Array(String(i).utf8), format: 0)
-        case .bool(let b): self.init(oid: PostgresOID.bool, bytes: Array((b ? "t" : "f").utf8), format: 0)
-        case .double(let d): self.init(oid: PostgresOID.float8, bytes: Array(PostgresText.double(d).utf8), format: 0)
-        case .uuid(let u): self.init(oid: PostgresOID.uuid, bytes: Array(u.uuidString.lowercased().utf8), format: 0)
-        case .jsonb(let j): self.init(oid: PostgresOID.jsonb, bytes: Array(j.utf8), format: 0)
-        case .timestamptz(let d):
-            self.init(oid: PostgresOID.timestamptz, bytes: Array(PostgresText.timestamp(d).utf8), format: 0)
+        case .null:
+            types.append(0)
+            formats.append(0)
+            lengths.append(0)
+            offsets.append(nil)
+        case .text(let s): append(PostgresOID.text, s.utf8)
+        case .int(let i): append(PostgresOID.int8, String(i).utf8)
+        case .bool(let b): append(PostgresOID.bool, (b ? "t" : "f").utf8)
+        case .double(let d): append(PostgresOID.float8, PostgresText.double(d).utf8)
+        case .uuid(let u): append(PostgresOID.uuid, PostgresText.uuid(u).utf8)
+        case .jsonb(let j): append(PostgresOID.jsonb, j.utf8)
+        case .timestamptz(let d): append(PostgresOID.timestamptz, PostgresText.timestamp(d).utf8)
         // Binary format: bytea bytes go over the wire untouched, NULs included.
-        case .bytea(let b): self.init(oid: PostgresOID.bytea, bytes: b, format: 1)
-        case .textArray(let a):
-            self.init(oid: PostgresOID.textArray, bytes: Array(PostgresText.arrayLiteral(a.map(PostgresText.quoteArrayElement)).utf8), format: 0)
-        case .intArray(let a):
-            self.init(oid: PostgresOID.int8Array, bytes: Array(PostgresText.arrayLiteral(a.map(String.init)).utf8), format: 0)
-        case .doubleArray(let a):
-            self.init(oid: PostgresOID.float8Array, bytes: Array(PostgresText.arrayLiteral(a.map(PostgresText.double)).utf8), format: 0)
-        case .untyped(let s): self.init(oid: 0, bytes: Array(s.utf8), format: 0)
+        case .bytea(let b): append(PostgresOID.bytea, b, format: 1)
+        case .textArray(let a): append(PostgresOID.textArray, PostgresText.arrayLiteral(a.map(PostgresText.quoteArrayElement)).utf8)
+        case .intArray(let a): append(PostgresOID.int8Array, PostgresText.arrayLiteral(a.map(String.init)).utf8)
+        case .doubleArray(let a): append(PostgresOID.float8Array, PostgresText.arrayLiteral(a.map(PostgresText.double)).utf8)
+        case .untyped(let s): append(0, s.utf8)
         }
+    }
+
+    private mutating func append(_ oid: UInt32, _ value: some Collection<UInt8>, format: Int32 = 0) {
+        types.append(oid)
+        formats.append(format)
+        lengths.append(Int32(value.count))
+        offsets.append(bytes.count)
+        bytes.append(contentsOf: value)
+        // Text-format values are read up to a NUL (libpq ignores their length), so terminate them.
+        bytes.append(0)
     }
 
     /// Text-format values travel as C strings: libpq would cut one at a NUL byte and send the
@@ -105,12 +128,6 @@ struct EncodedParameter {
                 message: "parameter $\(index + 1) contains a NUL byte (0x00), which Postgres text cannot store")
         }
     }
-
-    private init(oid: UInt32, bytes: [UInt8]?, format: Int32) {
-        self.oid = oid
-        self.bytes = bytes
-        self.format = format
-    }
 }
 
 /// Text-format conversions shared by encoding and decoding.
@@ -127,6 +144,28 @@ enum PostgresText {
             out.unicodeScalars.append(c)
         }
         return out + "\""
+    }
+
+    /// `8f0c3a8e-2f7a-4d6e-9b7e-0a1b2c3d4e5f`: a uuid as Postgres prints it. Foundation's
+    /// `uuidString` is upper case and formats through `snprintf`, so `.uuidString.lowercased()`
+    /// cost a writer a formatted print and two strings per id (docs/PERFORMANCE.md, writer-overhead).
+    static func uuid(_ u: UUID) -> String {
+        withUnsafeBytes(of: u.uuid) { bytes in
+            String(unsafeUninitializedCapacity: 36) { out in
+                var n = 0
+                func append(_ ascii: UInt8) {
+                    out[n] = ascii
+                    n += 1
+                }
+                func hexDigit(_ nibble: UInt8) -> UInt8 { nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") - 10 + nibble }
+                for (i, byte) in bytes.enumerated() {
+                    if i == 4 || i == 6 || i == 8 || i == 10 { append(UInt8(ascii: "-")) }
+                    append(hexDigit(byte >> 4))
+                    append(hexDigit(byte & 0x0f))
+                }
+                return n
+            }
+        }
     }
 
     static func double(_ d: Double) -> String {

@@ -31,14 +31,14 @@ public struct OutboxEvent: Sendable, Equatable {
         var json: JSONValue {
             switch self {
             case .integer(let i): .number(Double(i))
-            case .uuid(let u): .string(u.uuidString.lowercased())
+            case .uuid(let u): .string(PostgresText.uuid(u))
             }
         }
 
         var keyText: String {
             switch self {
             case .integer(let i): String(i)
-            case .uuid(let u): u.uuidString.lowercased()
+            case .uuid(let u): PostgresText.uuid(u)
             }
         }
     }
