@@ -58,6 +58,14 @@ struct SplitMix64: RandomNumberGenerator {
         }
     }
 
+    /// A writer refuses a number a double would round, naming where it is in the payload.
+    @Test func writersRefuseInexactIntegersNamingTheirPath() throws {
+        let payload: JSONValue = ["collection": "c", "ids": [1, 2, 9_007_199_254_740_992], "payload": ["n": 3]]
+        let error = try #require(throws: JSONValue.InexactPayload.self) { try payload.checkExactIntegers() }
+        #expect(error.message.hasPrefix("payload.ids[2] holds 9007199254740992.0, an integer of magnitude 2^53 or more"), "\(error.message)")
+        try (["ids": [1, 9_007_199_254_740_991], "n": -9_007_199_254_740_991.0, "x": 0.5] as JSONValue).checkExactIntegers()
+    }
+
     @Test func numbersThatSurviveADoubleAreAccepted() throws {
         #expect(try JSONValue.parseExact("9007199254740992") == .number(9_007_199_254_740_992))
         #expect(try JSONValue.parseExact("-9007199254740992") == .number(-9_007_199_254_740_992))

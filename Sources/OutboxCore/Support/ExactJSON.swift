@@ -31,18 +31,29 @@ extension JSONValue {
     /// double may already be a rounded 64-bit integer (`UInt64(9007199254740993)` becomes
     /// `9007199254740992.0`), so a writer refuses it instead of enqueueing another value.
     public func checkExactIntegers(path: String = "payload") throws(InexactPayload) {
+        // The path is only spelled out for a value refused: writers call this for every event.
+        guard let (n, subpath) = firstInexactInteger() else { return }
+        throw InexactPayload(message:
+            "\(path)\(subpath) holds \(n), an integer of magnitude 2^53 or more, which a JSON number cannot carry exactly; "
+                + "send it as a string (or use a UUID point id)")
+    }
+
+    private func firstInexactInteger() -> (Double, subpath: String)? {
         switch self {
         case .number(let n) where n.rounded() == n && n.magnitude >= 9_007_199_254_740_992:
-            throw InexactPayload(message:
-                "\(path) holds \(n), an integer of magnitude 2^53 or more, which a JSON number cannot carry exactly; "
-                    + "send it as a string (or use a UUID point id)")
+            return (n, "")
         case .array(let elements):
-            for (i, element) in elements.enumerated() { try element.checkExactIntegers(path: "\(path)[\(i)]") }
+            for (i, element) in elements.enumerated() {
+                if let (n, subpath) = element.firstInexactInteger() { return (n, "[\(i)]" + subpath) }
+            }
         case .object(let members):
-            for (key, member) in members { try member.checkExactIntegers(path: "\(path).\(key)") }
+            for (key, member) in members {
+                if let (n, subpath) = member.firstInexactInteger() { return (n, ".\(key)" + subpath) }
+            }
         default:
             break
         }
+        return nil
     }
 }
 

@@ -33,11 +33,11 @@ extension JSONValue {
             out.append(0x5D)
         case .object(let o):
             out.append(0x7B)
-            for (i, key) in o.keys.sorted().enumerated() {
+            for (i, (key, value)) in o.sorted(by: { $0.key < $1.key }).enumerated() {
                 if i > 0 { out.append(0x2C) }
                 appendString(key, to: &out)
                 out.append(0x3A)
-                guard o[key]!.appendJSON(to: &out) else { return false }
+                guard value.appendJSON(to: &out) else { return false }
             }
             out.append(0x7D)
         }
