@@ -82,7 +82,8 @@ struct OutboxBench: AsyncParsableCommand {
             default: figures = try await bench.reconcileScan(rows: scanRows)
             }
             results.append((scenario, figures))
-            for (name, value) in figures { print("\(scenario.padding(toLength: 16, withPad: " ", startingAt: 0)) \(name.padding(toLength: 60, withPad: " ", startingAt: 0)) \(value)") }
+            let width = max(60, figures.map(\.0.count).max() ?? 0)
+            for (name, value) in figures { print("\(scenario.padding(toLength: 16, withPad: " ", startingAt: 0)) \(name.padding(toLength: width, withPad: " ", startingAt: 0)) \(value)") }
         }
         if let json {
             let body: JSONValue = .object(Dictionary(uniqueKeysWithValues: results.map { scenario, figures in
@@ -231,6 +232,12 @@ struct Bench {
     }
 
     func fmt(_ x: Double, _ digits: Int = 0) -> String { String(format: "%.\(digits)f", x) }
+
+    func cpuSeconds(clock: clockid_t) -> Double {
+        var t = timespec()
+        clock_gettime(clock, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
 
     func percentile(_ sorted: [Double], _ p: Double) -> Double {
         sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
@@ -458,7 +465,7 @@ struct Bench {
     /// without a `qdrant.upsert` event, sent the ways a writer can send it. The variants take turns
     /// transaction by transaction, so a change in the machine's load hits them alike.
     func writerOverhead(transactions: Int) async throws -> [(String, String)] {
-        try await withDatabase { _, db in
+        try await withDatabase { url, db in
             try await db.query("SET synchronous_commit = off")
             let insert = "INSERT INTO extractions (id, source_id, content) VALUES ($1, 'doc', 'text')"
             @Sendable func event(_ id: UUID) -> OutboxEvent {
@@ -504,25 +511,118 @@ struct Bench {
                     ])
                 }),
             ]
-            var times = Array(repeating: [Double](), count: variants.count)
+            // CPU time of this process (the writer) and of its Postgres backend, per variant.
+            let backend = Int32(try await db.query("SELECT pg_backend_pid() AS pid").first!.decode("pid") as Int64)
+            var backendClock = clockid_t()
+            let serverCPU = clock_getcpuclockid(backend, &backendClock) == 0
             let warmup = transactions / 10
-            for i in 0..<(warmup + transactions) {
-                for (v, variant) in variants.enumerated() {
-                    let started = ContinuousClock.now
-                    try await db.transaction { tx in try await variant.run(tx, UUID()) }
-                    if i >= warmup { times[v].append((ContinuousClock.now - started).inSeconds * 1000) }
+            func measure(_ variants: ArraySlice<(name: String, run: @Sendable (PostgresConnection, UUID) async throws -> Void)>)
+                async throws -> [(String, String)]
+            {
+                var times = Array(repeating: [Double](), count: variants.count)
+                var cpu = Array(repeating: (writer: 0.0, server: 0.0), count: variants.count)
+                for i in 0..<(warmup + transactions) {
+                    for (v, variant) in variants.enumerated() {
+                        let started = ContinuousClock.now
+                        let (writer0, server0) = (cpuSeconds(clock: CLOCK_PROCESS_CPUTIME_ID), serverCPU ? cpuSeconds(clock: backendClock) : 0)
+                        try await db.transaction { tx in try await variant.run(tx, UUID()) }
+                        if i >= warmup {
+                            times[v].append((ContinuousClock.now - started).inSeconds * 1000)
+                            cpu[v].writer += cpuSeconds(clock: CLOCK_PROCESS_CPUTIME_ID) - writer0
+                            cpu[v].server += serverCPU ? cpuSeconds(clock: backendClock) - server0 : 0
+                        }
+                    }
+                }
+                let sorted = times.map { $0.sorted() }
+                let base = percentile(sorted[0], 0.5)
+                let perTransaction = { (seconds: Double) in fmt(seconds / Double(transactions) * 1e6, 1) }
+                return zip(variants, sorted).enumerated().map { v, entry in
+                    let p50 = percentile(entry.1, 0.5)
+                    return (entry.0.name + " p50 / p99 ms", "\(fmt(p50, 3)) / \(fmt(percentile(entry.1, 0.99), 3))"
+                        + (v == 0 ? "" : " (+\(fmt((p50 - base) / base * 100, 1)) % at p50)")
+                        + "; CPU µs writer \(perTransaction(cpu[v].writer))" + (serverCPU ? ", server \(perTransaction(cpu[v].server))" : ""))
                 }
             }
-            let sorted = times.map { $0.sorted() }
-            let base = percentile(sorted[0], 0.5)
+            // The scenario (domain-only against the same with the event) on its own, as a writer
+            // runs its transaction again and again; then every shape and yardstick taking turns, for
+            // comparison among them. Seven kinds of statement in turn share the backend's caches,
+            // which adds to each (docs/PERFORMANCE.md, stop 15), so the two sets are not mixed.
             var figures = [("transactions per variant (after \(warmup) warm-up)", "\(transactions)")]
-            for (v, variant) in variants.enumerated() {
-                let p50 = percentile(sorted[v], 0.5)
-                figures.append((variant.name + " p50 / p99 ms", "\(fmt(p50, 3)) / \(fmt(percentile(sorted[v], 0.99), 3))"
-                    + (v == 0 ? "" : " (+\(fmt((p50 - base) / base * 100, 1)) % at p50)")))
-            }
+            figures += try await measure(variants.prefix(2))
+            figures += try await measure(variants[...]).map { ("in turn: " + $0.0, $0.1) }
+            figures += try await libpqReference(url, transactions: transactions)
             return figures
         }
+    }
+
+    /// The same transactions from libpq's own C client (pgbench, every statement prepared): what
+    /// the server's part costs with no Swift in the way. The domain row's id is made by the server
+    /// and the event's payload is the same text each time, so this is a lower bound.
+    func libpqReference(_ url: String, transactions: Int) async throws -> [(String, String)] {
+        let candidates = ["/usr/lib/postgresql/15/bin/pgbench"]
+            + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { "\($0)/pgbench" }
+        guard let pgbench = candidates.first(where: FileManager.default.isExecutableFile(atPath:)), let parts = URLParts(url) else {
+            return [("libpq reference (pgbench)", "not run: pgbench not found (Debian package postgresql-15)")]
+        }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-pgbench-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let insert = "INSERT INTO extractions (id, source_id, content) VALUES (gen_random_uuid(), 'doc', 'text');"
+        let second = [
+            "SELECT outbox.enqueue('qdrant', 'upsert', :key, :payload::jsonb, '{}'::jsonb);",
+            "INSERT INTO outbox.events (destination, operation, key, payload, headers) VALUES ('qdrant', 'upsert', :key, :payload::jsonb, '{}'::jsonb) RETURNING id;",
+        ]
+        let scripts = ["BEGIN;\n\(insert)\nCOMMIT;\n"] + second.map {
+            "\\set key random(1, 1000000000000)\nBEGIN;\n\\startpipeline\n\(insert)\n\($0)\n\\endpipeline\nCOMMIT;\n"
+        }
+        let names = ["domain-only", "+ outbox.enqueue", "+ bare outbox.events row"]
+        let id = UUID().uuidString.lowercased()
+        let payload = #"{"collection":"c","id":"\#(id)","payload":{},"source":{"id":"\#(id)","table":"extractions"},"text":"text"}"#
+        var latencies = Array(repeating: [Double](), count: scripts.count)
+        // Rounds, the scripts taking turns, so a change in the machine's load hits them alike.
+        let rounds = 10
+        for round in 0..<rounds {
+            for (v, script) in scripts.enumerated() {
+                let file = directory.appendingPathComponent("\(v).sql")
+                try script.write(to: file, atomically: true, encoding: .utf8)
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: pgbench)
+                process.currentDirectoryURL = directory
+                process.arguments = ["-n", "-M", "prepared", "-c", "1", "-t", String(transactions / rounds), "-f", file.path,
+                                     "-D", "payload=\(payload)", "-l", "--log-prefix", "log\(v)-\(round)"]
+                // The connection goes by environment, so no password is on a command line.
+                var env = ProcessInfo.processInfo.environment
+                env["PGHOST"] = parts.host
+                env["PGPORT"] = String(parts.port ?? 5432)
+                env["PGUSER"] = parts.user ?? ""
+                env["PGPASSWORD"] = parts.password ?? ""
+                env["PGDATABASE"] = String(parts.path.dropFirst())
+                env["PGOPTIONS"] = "-c synchronous_commit=off"
+                process.environment = env
+                let errors = directory.appendingPathComponent("stderr")
+                _ = FileManager.default.createFile(atPath: errors.path, contents: nil)
+                process.standardOutput = FileHandle.nullDevice
+                process.standardError = try FileHandle(forWritingTo: errors)
+                try process.run()
+                while process.isRunning { try await Task.sleep(for: .milliseconds(10)) }
+                guard process.terminationStatus == 0 else {
+                    let message = (try? String(contentsOf: errors, encoding: .utf8))?.split(separator: "\n").last ?? ""
+                    throw BenchError("pgbench exited with status \(process.terminationStatus): \(message)")
+                }
+                // Per transaction: client, transaction number, latency in µs, …
+                for log in try FileManager.default.contentsOfDirectory(atPath: directory.path) where log.hasPrefix("log\(v)-\(round).") {
+                    let text = try String(contentsOf: directory.appendingPathComponent(log), encoding: .utf8)
+                    latencies[v] += text.split(separator: "\n").compactMap { line in
+                        line.split(separator: " ").dropFirst(2).first.flatMap { Double($0) }.map { $0 / 1000 }
+                    }
+                }
+            }
+        }
+        let p50s = latencies.map { percentile($0.sorted(), 0.5) }
+        let base = p50s[0]
+        return [("libpq reference (pgbench -M prepared) p50 ms", zip(names, p50s).enumerated().map { v, entry in
+            "\(entry.0) \(fmt(entry.1, 3))" + (v == 0 ? "" : " (+\(fmt((entry.1 - base) / base * 100, 1)) %)")
+        }.joined(separator: "; "))]
     }
 
     func latency() async throws -> [(String, String)] {
