@@ -25,9 +25,11 @@ struct OutboxBench: AsyncParsableCommand {
             - idle: statements on the wire (scripts/pg-wire-proxy.py) and CPU seconds of an idle relay over --seconds.
             - memory: peak RSS (VmHWM) of the relay while it drains a --memory-events redis.set backlog over --keys keys.
             - writer-overhead: a domain-only insert transaction against the same transaction with a qdrant.upsert \
-            event (synchronous_commit=off), p50 / p99, for each way a writer can send it: in the insert's round trip \
-            (OutboxWriter.write, a pipeline), in one statement with the insert (a CTE), in a round trip of its own; \
-            yardsticks: a second domain row, the event's values sent without a row, a bare outbox.events row (both prepared).
+            event in the insert's round trip (OutboxWriter.write; synchronous_commit=off), p50 / p99 and CPU per \
+            transaction of the writer and its Postgres backend, the two alternated on their own. Then, all taking \
+            turns: the event in one statement with the insert (a CTE), in a round trip of its own, and yardsticks (a \
+            second domain row, the event's values sent without a row, a bare outbox.events row). Then the reference: \
+            the same transactions from libpq's own client (pgbench, all statements prepared), when pgbench is installed.
             - latency: writers commit at 1,000/s and 5,000/s for --seconds each; commit-to-delivered p50 / p90 / p99 / max.
             - reconcile-scan: outbox-reconciler reconcile (database-side categories) over --scan-rows rows, 1 % unembedded.
 
