@@ -433,7 +433,7 @@ public actor PostgresConnection {
     /// A server-side name for `sql` with these parameter types: the same text and types share one
     /// prepared statement per session.
     private static func statementName(_ sql: String, _ types: UnsafeBufferPointer<Oid>) -> String {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a, over contiguous bytes (per UTF-8 view element it was 4 % of a writer's CPU)
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a, over contiguous bytes (per UTF-8 view element it was 5 % of a writer's CPU)
         func mix(_ bytes: UnsafeRawBufferPointer) {
             for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
         }
@@ -656,7 +656,7 @@ private func withParameters<R>(
     let encoded = EncodedParameters(parameters)
     return try encoded.bytes.withUnsafeBufferPointer { buffer in
         let base = UnsafeRawPointer(buffer.baseAddress)?.assumingMemoryBound(to: CChar.self)
-        let values = encoded.offsets.map { offset in offset.flatMap { base.map(UnsafePointer.init)?.advanced(by: $0) } }
+        let values = encoded.offsets.map { offset in offset.flatMap { offset in base.map { $0 + offset } } }
         return try body(Int32(parameters.count), encoded.types, values, encoded.lengths, encoded.formats)
     }
 }
