@@ -137,13 +137,43 @@ import Testing
         #expect(next(from: 0, heads: [1], fullKeysLast: [40]) == Scan(cursor: 40, more: true))
     }
 
-    @Test func aLaneThatFindsNoHeadsAmongASiblingsEventsGoesOnPastThem() {
+    @Test func aLaneThatFindsNoHeadsGoesWhereItsKeysGoOnOrPastItsSiblingsEvents() {
+        func next(_ hold: [ClosedRange<Int64>], windowEnd: Int64, resume: Int64? = nil) -> Int64 {
+            var course = DestinationWorker.Course(resume: resume)
+            return DestinationWorker.afterEmptyWindow(&course, siblingsHold: hold, windowEnd: windowEnd)
+        }
         // The sibling holds events 501...10_000; an empty window ending inside them jumps past.
-        #expect(DestinationWorker.skipping([501...10_000], windowEnd: 2_000) == 10_000)
-        #expect(DestinationWorker.skipping([501...10_000, 1_500...12_000], windowEnd: 2_000) == 12_000)
-        // A window that ends outside every sibling's events goes on after the window as before.
-        #expect(DestinationWorker.skipping([501...10_000], windowEnd: 10_001) == 10_001)
-        #expect(DestinationWorker.skipping([], windowEnd: 2_000) == 2_000)
+        #expect(next([501...10_000], windowEnd: 2_000) == 10_000)
+        #expect(next([501...10_000, 1_500...12_000], windowEnd: 2_000) == 12_000)
+        // A window that ends outside every sibling's events goes on after the window.
+        #expect(next([501...10_000], windowEnd: 10_001) == 10_001)
+        #expect(next([], windowEnd: 2_000) == 2_000)
+        // Where the lane's own keys go on, if ahead: not past it (their next heads lie among the
+        // sibling's events), and not one window at a time through the followers before it.
+        #expect(next([501...21_000], windowEnd: 3_000, resume: 18_736) == 18_736)
+        #expect(next([10_001...19_500], windowEnd: 21_246, resume: 39_755) == 39_755)
+        // A resume point the empty window already covered (the sibling took those keys) is no guide.
+        #expect(next([501...21_000], windowEnd: 3_000, resume: 2_500) == 21_000)
+    }
+
+    @Test func aLaneThatKeepsFindingNoHeadsLooksAtTheFrontThenWalksOnTwiceAsFar() {
+        var course = DestinationWorker.Course()
+        func next(windowEnd: Int64) -> Int64 { DestinationWorker.afterEmptyWindow(&course, siblingsHold: [], windowEnd: windowEnd) }
+        // The heads may all lie behind the lane (it passed them): to the front after two empty windows.
+        #expect(next(windowEnd: 193_000) == 193_000)
+        #expect(next(windowEnd: 194_000) == 0)
+        // None there either (held, or waiting for a retry): back where the walk left off, for four
+        // windows this time, so a head further on is still reached.
+        #expect(next(windowEnd: 1_000) == 1_000)
+        #expect(next(windowEnd: 2_000) == 194_000)
+        #expect((1...3).map { next(windowEnd: 194_000 + $0 * 1_000) } == [195_000, 196_000, 197_000])
+        #expect(next(windowEnd: 198_000) == 0)
+        #expect(next(windowEnd: 1_000) == 1_000)
+        #expect(next(windowEnd: 2_000) == 198_000)
+        // A claim that finds heads starts a new course.
+        course = DestinationWorker.Course(resume: 9_001)
+        #expect(next(windowEnd: 4_000) == 9_001)
+        #expect(next(windowEnd: 10_000) == 0)
     }
 
     @Test func anUnconfirmedDeliveryIsRetriedPastTheLimitsAndAFailedOneIsNot() {

@@ -10,6 +10,9 @@ enum OutboxStore {
         var heads = 0
         /// Where the next claim should start (0: from the front) and whether to claim again at once.
         var next = Scan()
+        /// The lowest of the last ids of the keys that took their whole share: those keys' next
+        /// events, the heads to claim once this claim is acknowledged, lie after it.
+        var resume: Int64?
     }
 
     /// A claim's place in a pass over one destination's events.
@@ -94,6 +97,7 @@ enum OutboxStore {
             }
             fullKeysLast = share.values.filter { $0.events >= perKey }.map(\.last)
         }
+        claim.resume = fullKeysLast.min()
         claim.next = nextScan(
             from: after, heads: headIDs, batchSize: batchSize, windowEnd: windowEnd, fullKeysLast: fullKeysLast)
         return claim
