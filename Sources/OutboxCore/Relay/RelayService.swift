@@ -239,7 +239,7 @@ final class DestinationWorker: Sendable {
     /// among them steps through them one window at a time, testing every row for being a head and
     /// finding none (drain-redis: four empty claims for every full one, 27 % of Postgres' time).
     /// But jumping past a sibling's events can jump past heads between them, and a lane ahead of
-    /// every head walked the rest of the backlog finding none (drain-redis: 1 run in 4 at 27–32 %
+    /// every head walked the rest of the backlog finding none (drain-redis: half the runs at 27–33 %
     /// of the SQL bound instead of ~40 %, docs/PERFORMANCE.md): every key's head is its oldest
     /// event, so the lane soon looks at the front. The heads may also lie further on (keys at the
     /// front held or waiting for a retry), so the walk goes on afterwards, each time for twice as
