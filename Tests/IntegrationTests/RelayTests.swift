@@ -19,6 +19,13 @@ import Testing
             #expect(metrics.contains(#"outbox_events_delivered_total{destination="redis"} 5000"#), "\(metrics.prefix(3000))")
             #expect(metrics.contains(#"outbox_events_delivered_total{destination="qdrant"} 5000"#))
             #expect(metrics.contains("outbox_delivery_latency_seconds_bucket"))
+            // Every delivered event came from a claim that found events.
+            for destination in ["redis", "qdrant"] {
+                let line = metrics.split(separator: "\n")
+                    .first { $0.hasPrefix(#"outbox_relay_claims_total{destination="\#(destination)",result="events"} "#) }
+                let claims = line.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
+                #expect(claims > 0 && claims <= 5000, "\(destination): \(line ?? "no claims counted")")
+            }
         }
     }
 
@@ -59,6 +66,42 @@ import Testing
             let last = try await claim(after: blocked.next.cursor, deliver: false)
             #expect(last.events.map(\.key) == ["late"])
             #expect(last.next == OutboxStore.Scan(cursor: 0, more: true))
+        }
+    }
+
+    /// Two lanes of one relay: a claim that passes over the keys its sibling holds reaches past
+    /// their rows to other keys' heads; without them it ends its window among rows it cannot claim.
+    @Test func aClaimPassesOverTheKeysASiblingHoldsAndTakesAtMostItsHeads() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            for (key, count) in [("held", 1500), ("free", 5), ("free2", 5)] {
+                try await db.query(
+                    "SELECT count(outbox.enqueue('redis', 'set', $1, jsonb_build_object('key', 'k', 'value', g::text))) FROM generate_series(1, $2) g",
+                    [.text(key), .int(Int64(count))])
+            }
+            func claim(_ tx: PostgresConnection, excluding: [String] = [], maxHeads: Int? = nil) async throws -> OutboxStore.Claim {
+                try await OutboxStore.claim(
+                    tx, destination: .redis, batchSize: 10, batchEvents: 60, maxPerKey: 20, excludingKeys: excluding, maxHeads: maxHeads)
+            }
+            let sibling = try await PostgresConnection.connect(PostgresConfiguration(url: url), logger: TestEnvironment.logger)
+            try await sibling.transaction { siblingTx in
+                // The sibling's claim: the first window holds only the deep key, which takes its whole share.
+                let held = try await claim(siblingTx)
+                #expect(held.events.map(\.key) == Array(repeating: "held", count: 20))
+                #expect(held.saturated)
+                try await db.transaction { tx in
+                    let blind = try await claim(tx)
+                    #expect(blind.events.isEmpty)
+                    let passing = try await claim(tx, excluding: ["held"])
+                    #expect(passing.events.map(\.key) == Array(repeating: "free", count: 5) + Array(repeating: "free2", count: 5))
+                    #expect(!passing.saturated, "the keys ran out before their shares")
+                }
+                try await db.transaction { tx in
+                    let one = try await claim(tx, excluding: ["held"], maxHeads: 1)
+                    #expect(one.heads == 1)
+                    #expect(one.events.map(\.key) == Array(repeating: "free", count: 5))
+                }
+            }
+            await sibling.close()
         }
     }
 

@@ -137,28 +137,47 @@ import Testing
         #expect(next(from: 0, heads: [1], fullKeysLast: [40]) == Scan(cursor: 40, more: true))
     }
 
-    @Test func aLaneThatFindsNoHeadsGoesWhereItsKeysGoOnOrPastItsSiblingsEvents() {
-        func next(_ hold: [ClosedRange<Int64>], windowEnd: Int64, resume: Int64? = nil) -> Int64 {
+    @Test func aLaneThatFindsNoHeadsGoesWhereItsKeysGoOn() {
+        func next(windowEnd: Int64, resume: Int64? = nil) -> Int64 {
             var course = DestinationWorker.Course(resume: resume)
-            return DestinationWorker.afterEmptyWindow(&course, siblingsHold: hold, windowEnd: windowEnd)
+            return DestinationWorker.afterEmptyWindow(&course, windowEnd: windowEnd)
         }
-        // The sibling holds events 501...10_000; an empty window ending inside them jumps past.
-        #expect(next([501...10_000], windowEnd: 2_000) == 10_000)
-        #expect(next([501...10_000, 1_500...12_000], windowEnd: 2_000) == 12_000)
-        // A window that ends outside every sibling's events goes on after the window.
-        #expect(next([501...10_000], windowEnd: 10_001) == 10_001)
-        #expect(next([], windowEnd: 2_000) == 2_000)
-        // Where the lane's own keys go on, if ahead: not past it (their next heads lie among the
-        // sibling's events), and not one window at a time through the followers before it.
-        #expect(next([501...21_000], windowEnd: 3_000, resume: 18_736) == 18_736)
-        #expect(next([10_001...19_500], windowEnd: 21_246, resume: 39_755) == 39_755)
-        // A resume point the empty window already covered (the sibling took those keys) is no guide.
-        #expect(next([501...21_000], windowEnd: 3_000, resume: 2_500) == 21_000)
+        // Where the lane's own keys go on, if ahead, rather than one window at a time through the
+        // followers before it.
+        #expect(next(windowEnd: 3_000, resume: 18_736) == 18_736)
+        #expect(next(windowEnd: 21_246, resume: 39_755) == 39_755)
+        // A resume point the empty window already covered (another claimer took those keys) is no
+        // guide, nor is none: on after the window.
+        #expect(next(windowEnd: 3_000, resume: 2_500) == 3_000)
+        #expect(next(windowEnd: 2_000) == 2_000)
+    }
+
+    @Test func aLaneTakesFewerHeadsWhileEveryKeyFillsItsShareAndMoreWhenKeysRunOut() {
+        var settings = RelaySettings()
+        (settings.batchSize, settings.batchEvents, settings.maxPerKey) = (500, 5000, 100)
+        func next(_ limit: Int, heads: Int, saturated: Bool) -> Int {
+            DestinationWorker.nextHeadsLimit(limit, heads: heads, saturated: saturated, settings: settings)
+        }
+        // Deep keys: halving down to the heads that fill batch_events at max_per_key each (50).
+        #expect(next(500, heads: 500, saturated: true) == 250)
+        #expect(next(250, heads: 250, saturated: true) == 125)
+        #expect(next(125, heads: 125, saturated: true) == 62)
+        #expect(next(62, heads: 62, saturated: true) == 50)
+        #expect(next(50, heads: 50, saturated: true) == 50)
+        // Keys that ran out: doubling back up to batch_size; nothing claimed: unchanged.
+        #expect(next(50, heads: 50, saturated: false) == 100)
+        #expect(next(400, heads: 12, saturated: false) == 500)
+        #expect(next(50, heads: 0, saturated: false) == 50)
+        // max_per_key above batch_events: down to one head; batch_size below the floor: batch_size.
+        settings.maxPerKey = 10_000
+        #expect(next(2, heads: 2, saturated: true) == 1)
+        (settings.batchSize, settings.maxPerKey) = (20, 100)
+        #expect(next(20, heads: 20, saturated: true) == 20)
     }
 
     @Test func aLaneThatKeepsFindingNoHeadsLooksAtTheFrontThenWalksOnTwiceAsFar() {
         var course = DestinationWorker.Course()
-        func next(windowEnd: Int64) -> Int64 { DestinationWorker.afterEmptyWindow(&course, siblingsHold: [], windowEnd: windowEnd) }
+        func next(windowEnd: Int64) -> Int64 { DestinationWorker.afterEmptyWindow(&course, windowEnd: windowEnd) }
         // The heads may all lie behind the lane (it passed them): to the front after two empty windows.
         #expect(next(windowEnd: 193_000) == 193_000)
         #expect(next(windowEnd: 194_000) == 0)

@@ -13,6 +13,9 @@ enum OutboxStore {
         /// The lowest of the last ids of the keys that took their whole share: those keys' next
         /// events, the heads to claim once this claim is acknowledged, lie after it.
         var resume: Int64?
+        /// Every key took its whole share: the keys have more events than a claim of this many
+        /// heads takes of each (see `DestinationWorker.nextHeadsLimit`).
+        var saturated = false
     }
 
     /// A claim's place in a pass over one destination's events.
@@ -27,7 +30,8 @@ enum OutboxStore {
     /// claim that finds few (few keys, or keys another lane or relay holds).
     static func window(batchSize: Int) -> Int { max(1_000, 2 * batchSize) }
 
-    /// Claims up to `batchSize` keys' worth of events for `destination`, in id order.
+    /// Claims up to `maxHeads` (by default `batchSize`) keys' worth of events for `destination`, in
+    /// id order; `batchSize` also sets the window.
     ///
     /// Step 1 locks the *head* (oldest event) of each available key with `SKIP LOCKED`: a key whose
     /// head another relay holds is skipped whole, so two relays never work on one key. Step 2
@@ -41,31 +45,45 @@ enum OutboxStore {
     /// claim, so a claim never scans further than `window` rows however few heads it finds, and a
     /// long drain does not rescan the dead index entries its own deletes left at the front of the
     /// id order. `Claim.next` says where the next claim starts (see `nextScan`).
+    ///
+    /// `excludingKeys` are keys known to be held (a sibling lane's open claim): their rows are
+    /// neither candidates nor counted in the window, so the window reaches past them to the heads
+    /// of other keys instead of ending among rows that cannot be claimed.
     static func claim(
         _ tx: PostgresConnection, destination: OutboxEvent.Destination, batchSize: Int, batchEvents: Int, maxPerKey: Int,
-        after: Int64 = 0
+        after: Int64 = 0, excludingKeys: [String] = [], maxHeads: Int? = nil
     ) async throws -> Claim {
+        let maxHeads = maxHeads ?? batchSize
         // The head test looks for the key's previous event backwards from the candidate, so a
         // follower is rejected at its neighbour rather than after the key's dead index entries.
         // `OFFSET 0` keeps `w` a subquery of its own: pulled up into the query, its window scan
-        // ran twice (once per reference).
+        // ran twice (once per reference). Without keys to exclude the window's count needs no
+        // column but the index's (no key test that would read every row).
+        var parameters: [PostgresValue] = [
+            .text(destination.rawValue), .int(Int64(maxHeads)), .int(after), .int(Int64(window(batchSize: batchSize))),
+        ]
+        var notHeld = (window: "", candidate: "")
+        if !excludingKeys.isEmpty {
+            parameters.append(.textArray(excludingKeys))
+            notHeld = (" AND key <> ALL($5::text[])", " AND e.key <> ALL($5::text[])")
+        }
         let heads = try await tx.query(
             """
             SELECT w.window_end, h.*
-            FROM (SELECT (SELECT id FROM outbox.events WHERE destination = $1 AND id > $3
+            FROM (SELECT (SELECT id FROM outbox.events WHERE destination = $1 AND id > $3\(notHeld.window)
                           ORDER BY id OFFSET $4 - 1 LIMIT 1) AS window_end OFFSET 0) w
             LEFT JOIN LATERAL (
               SELECT e.id, e.operation, e.key, e.payload::text AS payload, e.created_at, e.attempts, e.requeued_at IS NOT NULL AS requeued
               FROM outbox.events e
               WHERE e.destination = $1 AND e.id > $3 AND e.id <= coalesce(w.window_end, 9223372036854775807)
-                AND e.available_at <= now()
+                AND e.available_at <= now()\(notHeld.candidate)
                 AND (SELECT p.id FROM outbox.events p WHERE p.destination = $1 AND p.key = e.key AND p.id < e.id
                      ORDER BY p.id DESC LIMIT 1) IS NULL
               ORDER BY e.id
               LIMIT $2
               FOR UPDATE OF e SKIP LOCKED
             ) h ON true
-            """, [.text(destination.rawValue), .int(Int64(batchSize)), .int(after), .int(Int64(window(batchSize: batchSize)))])
+            """, parameters)
         let windowEnd = try heads.first?.decode("window_end", as: Int64?.self) ?? nil
         var claim = Claim()
         let columns = try Columns(heads)
@@ -96,10 +114,11 @@ enum OutboxStore {
                 share[event.key]?.last = event.id
             }
             fullKeysLast = share.values.filter { $0.events >= perKey }.map(\.last)
+            claim.saturated = fullKeysLast.count == claim.heads
         }
         claim.resume = fullKeysLast.min()
         claim.next = nextScan(
-            from: after, heads: headIDs, batchSize: batchSize, windowEnd: windowEnd, fullKeysLast: fullKeysLast)
+            from: after, heads: headIDs, batchSize: maxHeads, windowEnd: windowEnd, fullKeysLast: fullKeysLast)
         return claim
     }
 

@@ -101,6 +101,14 @@ public struct RelayMetrics: Sendable {
         Metrics.Counter(label: "outbox_events_dead_lettered_total", dimensions: [("destination", destination.rawValue)], factory: factory)
     }
 
+    /// Claims by whether they found events. Claims that find nothing are Postgres' work for no
+    /// delivery: a lane passing over events that other lanes or relays hold, or waiting on a retry.
+    func claims(_ destination: OutboxEvent.Destination, found: Bool) -> Metrics.Counter {
+        Metrics.Counter(
+            label: "outbox_relay_claims_total", dimensions: [("destination", destination.rawValue), ("result", found ? "events" : "empty")],
+            factory: factory)
+    }
+
     /// Commit (event `created_at`) → acknowledgement.
     func latency(_ destination: OutboxEvent.Destination) -> Metrics.Timer {
         Metrics.Timer(label: "outbox_delivery_latency_seconds", dimensions: [("destination", destination.rawValue)], factory: factory)

@@ -175,7 +175,9 @@ final class StopFlag: Sendable {
 /// share the deliverer, hence its one HTTP handle or Redis connection: one request is in flight at
 /// a time, and a second lane claims and prepares its batch meanwhile (measured on qdrant.upsert
 /// with 384-dim vectors: claim and JSON work were a third of each batch's time). Lanes claim like
-/// two relays do — heads `SKIP LOCKED`, so they never share a key and per-key order holds. Lane 0
+/// two relays do — heads `SKIP LOCKED`, so they never share a key and per-key order holds — and
+/// a lane's claim passes over the keys its siblings hold (`OutboxStore.claim`'s `excludingKeys`),
+/// which a claim from another relay cannot know. Lane 0
 /// answers the listener's wake-ups; other lanes are woken by a lane whose claim came back full
 /// (a backlog), and sleep when their own pass over the events ends with nothing to claim.
 final class DestinationWorker: Sendable {
@@ -198,8 +200,9 @@ final class DestinationWorker: Sendable {
     /// One Postgres session of the worker and where its next claim's scan starts (see
     /// `OutboxStore.claim`).
     ///
-    /// The use of `@unchecked Sendable` is safe for this type because: `cursor` is only read and
-    /// written by the single task that runs this lane's loop; `held` is a mutex.
+    /// The use of `@unchecked Sendable` is safe for this type because: `cursor`, `course` and
+    /// `headsLimit` are only read and written by the single task that runs this lane's loop;
+    /// `heldKeys`, which sibling lanes read, is a mutex.
     final class Lane: @unchecked Sendable {
         let db: PostgresConnection
         /// Wakes this lane when it is not lane 0 (which uses the listener's).
@@ -207,9 +210,11 @@ final class DestinationWorker: Sendable {
         var cursor: Int64 = 0
         /// Where the next claim starts after one that found no heads (see `afterEmptyWindow`).
         var course = Course()
-        /// The lowest and highest id of the events this lane's open claim holds.
-        let held = Mutex<ClosedRange<Int64>?>(nil)
-        init(db: PostgresConnection) { self.db = db }
+        /// Heads the next claim takes at most (see `nextHeadsLimit`).
+        var headsLimit: Int
+        /// The keys this lane's open claim holds, which its siblings' claims pass over.
+        let heldKeys = Mutex<[String]>([])
+        init(db: PostgresConnection, headsLimit: Int) { (self.db, self.headsLimit) = (db, headsLimit) }
     }
 
     /// What a lane remembers of its last claims to decide where it claims next.
@@ -224,36 +229,48 @@ final class DestinationWorker: Sendable {
         var walkFrom: Int64?
     }
 
+    /// The most heads a lane's next claim takes, after a claim that took `heads` under `limit`.
+    ///
+    /// A claim's Postgres work is mostly per head: the head test of every row up to the last head,
+    /// the head's row lock (a heap write), an index descent for its followers. Keys with deep
+    /// backlogs are therefore cheaper to drain with fewer heads and more events each: drain-redis
+    /// (200 events per key) took 500 heads × 10 events per claim at 4.9–6.4 µs of Postgres per
+    /// event, 50 × 100 at 3.5 µs (docs/PERFORMANCE.md). So after a claim in which every key took
+    /// its whole share (`saturated`) the limit halves, down to the heads that fill
+    /// `relay.batch_events` at `relay.max_per_key` each; after one in which a key ran out it
+    /// doubles, up to `relay.batch_size`, so many shallow keys (one event each) go `batch_size` a
+    /// claim. A claim that found no heads says nothing about the keys.
+    static func nextHeadsLimit(_ limit: Int, heads: Int, saturated: Bool, settings: RelaySettings) -> Int {
+        let floor = min(settings.batchSize, max(1, settings.batchEvents / settings.maxPerKey))
+        guard heads > 0 else { return limit }
+        return saturated ? max(floor, limit / 2) : min(settings.batchSize, limit * 2)
+    }
+
     /// Empty windows in a row after which a lane looks at the front; as many again there and it
     /// goes back to its walk, which is twice as long each time.
     static let emptyWindowsBeforeFront = 2
 
     /// Where a lane claims next after a claim whose window (ending at `windowEnd`) held no heads:
-    /// where the keys of its own last claim go on (`course.resume`), if that lies ahead; else past
-    /// the events a sibling lane holds, if the window ended among them; else after the window. But
-    /// after `course.walk` empty windows in a row, at the front; and if the front has no heads in
-    /// as many windows, back where the walk left off.
+    /// where the keys of its own last claim go on (`course.resume`), if that lies ahead; else after
+    /// the window. But after `course.walk` empty windows in a row, at the front; and if the front has
+    /// no heads in as many windows, back where the walk left off.
     ///
-    /// A sibling's claim holds its keys' heads and up to `relay.max_per_key` events after each,
-    /// spread over many windows, and the events of its keys after those are followers too: a lane
-    /// among them steps through them one window at a time, testing every row for being a head and
-    /// finding none (drain-redis: four empty claims for every full one, 27 % of Postgres' time).
-    /// But jumping past a sibling's events can jump past heads between them, and a lane ahead of
-    /// every head walked the rest of the backlog finding none (drain-redis: half the runs at 27–33 %
-    /// of the SQL bound instead of ~40 %, docs/PERFORMANCE.md): every key's head is its oldest
-    /// event, so the lane soon looks at the front. The heads may also lie further on (keys at the
-    /// front held or waiting for a retry), so the walk goes on afterwards, each time for twice as
-    /// many windows: the lane still reaches every head, in at most about twice the claims. Heads
-    /// passed over are found by the next pass, like those another relay holds.
-    static func afterEmptyWindow(_ course: inout Course, siblingsHold: [ClosedRange<Int64>], windowEnd: Int64) -> Int64 {
+    /// The events of a lane's own keys after its last claim are followers until that claim is
+    /// acknowledged, and a lane among them stepped through them one window at a time, finding no
+    /// heads. A lane ahead of every head walked the rest of the backlog finding none (drain-redis:
+    /// half the runs at 27–33 % of the SQL bound instead of ~40 %, docs/PERFORMANCE.md): every key's
+    /// head is its oldest event, so the lane soon looks at the front. The heads may also lie
+    /// further on (keys at the front held by another relay or waiting for a retry), so the walk goes
+    /// on afterwards, each time for twice as many windows: the lane still reaches every head, in at
+    /// most about twice the claims. Heads passed over are found by the next pass.
+    static func afterEmptyWindow(_ course: inout Course, windowEnd: Int64) -> Int64 {
         course.emptyWindows += 1
-        let past = siblingsHold.filter { $0.contains(windowEnd) }.map(\.upperBound).max() ?? windowEnd
         if let walkFrom = course.walkFrom {
-            guard course.emptyWindows >= emptyWindowsBeforeFront else { return past }
+            guard course.emptyWindows >= emptyWindowsBeforeFront else { return windowEnd }
             (course.walkFrom, course.emptyWindows, course.walk) = (nil, 0, 2 * course.walk)
-            return max(walkFrom, past)
+            return max(walkFrom, windowEnd)
         }
-        let next = course.resume.flatMap { $0 > windowEnd ? $0 : nil } ?? past
+        let next = course.resume.flatMap { $0 > windowEnd ? $0 : nil } ?? windowEnd
         guard course.emptyWindows >= course.walk else { return next }
         (course.walkFrom, course.emptyWindows) = (next, 0)
         return 0
@@ -294,7 +311,9 @@ final class DestinationWorker: Sendable {
             "enable_seqscan": "off",
         ]
         var lanes: [Lane] = []
-        for _ in 0..<laneCount { lanes.append(Lane(db: try await PostgresConnection.connect(postgres, logger: logger))) }
+        for _ in 0..<laneCount {
+            lanes.append(Lane(db: try await PostgresConnection.connect(postgres, logger: logger), headsLimit: configuration.relay.batchSize))
+        }
         let db = lanes[0].db
         let sourceTypes = try await SourceColumnTypes.resolve(configuration.tables, on: db)
         let deliverer: any Deliverer
@@ -378,26 +397,35 @@ final class DestinationWorker: Sendable {
     /// One claim → deliver → acknowledge transaction.
     func drainBatch(_ lane: Lane) async throws -> BatchResult {
         let started = Date()
+        // The keys are released with the transaction's end, not before.
+        defer { lane.heldKeys.withLock { $0 = [] } }
+        // A sibling's keys: their heads are locked and the rest of their events are followers.
+        let siblingsKeys = lanes.filter { $0 !== lane }.flatMap { $0.heldKeys.withLock { $0 } }
         var result = BatchResult()
         var lastRetry: String?
         let (ack, delivered) = try await lane.db.transaction { tx -> (OutboxStore.Acknowledgement, [ClaimedEvent]) in
             let claim = try await OutboxStore.claim(
                 tx, destination: destination, batchSize: settings.batchSize, batchEvents: settings.batchEvents,
-                maxPerKey: settings.maxPerKey, after: lane.cursor)
+                maxPerKey: settings.maxPerKey, after: lane.cursor, excludingKeys: siblingsKeys, maxHeads: lane.headsLimit)
             let events = claim.events
+            logger.trace("Claimed", metadata: [
+                "outbox.lane": "\(lanes.firstIndex { $0 === lane } ?? -1)", "outbox.after": "\(lane.cursor)",
+                "outbox.heads": "\(claim.heads)", "outbox.heads_limit": "\(lane.headsLimit)", "outbox.events": "\(events.count)",
+                "outbox.next": "\(claim.next.cursor)", "outbox.resume": "\(claim.resume.map(String.init) ?? "-")",
+                "outbox.claim_ms": "\(Int(Date().timeIntervalSince(started) * 1000))",
+            ])
             result.claimed = events.count
-            result.full = claim.heads >= settings.batchSize
+            result.full = claim.heads >= lane.headsLimit
+            lane.headsLimit = Self.nextHeadsLimit(lane.headsLimit, heads: claim.heads, saturated: claim.saturated, settings: settings)
             result.more = claim.next.more
             lane.cursor = claim.next.cursor
             if claim.heads > 0 {
                 lane.course = Course(resume: claim.resume)
             } else if claim.next.cursor != 0 {
-                let siblingsHold = lanes.filter { $0 !== lane }.compactMap { $0.held.withLock { $0 } }
-                lane.cursor = Self.afterEmptyWindow(&lane.course, siblingsHold: siblingsHold, windowEnd: claim.next.cursor)
+                lane.cursor = Self.afterEmptyWindow(&lane.course, windowEnd: claim.next.cursor)
             }
-            guard let first = events.first, let last = events.last else { return (.init(), []) }
-            lane.held.withLock { $0 = first.id...last.id }
-            defer { lane.held.withLock { $0 = nil } }
+            guard !events.isEmpty else { return (.init(), []) }
+            lane.heldKeys.withLock { $0 = Array(Set(events.map(\.key))) }
             // A payload that cannot be delivered exactly as stored is dead-lettered with the reason;
             // permanent failures do not block their key, so the rest goes out as usual.
             let readable = events.filter { $0.payloadProblem == nil }
@@ -425,6 +453,7 @@ final class DestinationWorker: Sendable {
                 tx, events: events, outcomes: outcomes, settings: settings, sources: sourceTypes)
             return (ack, events.filter { if case .delivered = outcomes[$0.id] { true } else { false } })
         }
+        metrics.claims(destination, found: result.claimed > 0).increment()
         guard result.claimed > 0 else { return result }
         let acknowledged = Date()
         let latency = metrics.latency(destination)
