@@ -56,6 +56,8 @@ struct OutboxBench: AsyncParsableCommand {
     @Option(help: "Write the figures as JSON to this file.") var json: String?
     @Option(help: ArgumentHelp("The outbox-relay binary to run (default: the one beside outbox-bench), e.g. another build for an A/B comparison.", valueName: "path"))
     var relay: String?
+    @Option(help: ArgumentHelp("Log level of the relays the bench starts; trace logs every claim (keys, heads, where the next one starts).", valueName: "level"))
+    var relayLogLevel = "warning"
 
     static let all = ["drain-redis", "drain-qdrant", "idle", "memory", "writer-overhead", "latency", "reconcile-scan"]
 
@@ -70,7 +72,7 @@ struct OutboxBench: AsyncParsableCommand {
         let config = await CommandSupport.loadConfiguration(path: options.config)
         let bench = Bench(
             config: config, configPath: options.config ?? "config/outbox.yaml", logger: logger, seconds: seconds,
-            relayBinary: relay.map { URL(fileURLWithPath: $0) }, metricsHTTP: HTTPConnection(logger: logger))
+            relayBinary: relay.map { URL(fileURLWithPath: $0) }, relayLogLevel: relayLogLevel, metricsHTTP: HTTPConnection(logger: logger))
         var results: [(String, [(String, String)])] = []
         for scenario in scenarios.isEmpty ? Self.all : scenarios {
             FileHandle.standardError.write(Data("== \(scenario)\n".utf8))
@@ -103,6 +105,7 @@ struct Bench {
     let logger: Logger
     let seconds: Int
     let relayBinary: URL?
+    let relayLogLevel: String
     /// Polls the relay's /readyz and /metrics (every 2–100 ms while it drains): one handle, not one per poll.
     /// A new connection per poll (a thread and a libcurl handle each) cost the bench 19 % of a
     /// core during drain-redis, taken from the processes it measures.
@@ -167,7 +170,7 @@ struct Bench {
         var env = ProcessInfo.processInfo.environment
         env["OUTBOX_POSTGRES_URL"] = url
         env["OUTBOX_RELAY_HTTP_PORT"] = String(port)
-        env["OUTBOX_LOG_LEVEL"] = "warning"
+        env["OUTBOX_LOG_LEVEL"] = relayLogLevel
         for (k, v) in extra { env[k] = v }
         process.environment = env
         process.standardOutput = FileHandle.nullDevice
@@ -181,10 +184,13 @@ struct Bench {
     }
 
     /// Delivered events so far, from the relay's own /metrics (no load on Postgres).
-    func delivered(port: Int) async -> Int {
+    func delivered(port: Int) async -> Int { await counter("outbox_events_delivered_total", port: port) }
+
+    /// The sum of the relay's /metrics samples whose line starts with `prefix`; -1 if it did not answer.
+    func counter(_ prefix: String, port: Int) async -> Int {
         guard let r = try? await metricsHTTP.perform(HTTPRequest(method: .GET, url: "http://127.0.0.1:\(port)/metrics", timeout: .seconds(2)))
         else { return -1 }
-        return r.bodyText.split(separator: "\n").filter { $0.hasPrefix("outbox_events_delivered_total") }
+        return r.bodyText.split(separator: "\n").filter { $0.hasPrefix(prefix) }
             .compactMap { Double($0.split(separator: " ").last ?? "") }.reduce(0) { $0 + Int($1) }
     }
 
@@ -268,33 +274,37 @@ struct Bench {
         // bound below is timed on a session already open. Its start-up (a process, three Postgres
         // sessions, Redis, the script) is a figure of its own: timed in, it was ~9 % of a 200,000-
         // event drain (docs/PERFORMANCE.md, stop 16).
-        let (relayRate, startup, cpu): (Double, Duration, (relay: Double, postgres: Double, redis: Double)) = try await withDatabase { url, db in
-            let port = 18_470
-            let spawned = ContinuousClock.now
-            let relay = try startRelay(url, port: port)
-            do {
-                try await waitUntilReady(relay, port: port)
-                let startup = ContinuousClock.now - spawned
-                try await db.transaction { tx in try await preloadXAdd(tx, events: events, keys: keys, stream: stream) }
-                let (postgresBefore, redisBefore, relayBefore) = (postgresCPU(), try await redisCPU(redis), cpuSeconds(relay.processIdentifier))
-                let started = ContinuousClock.now
-                // The stream's length (cheap to ask) says when the last XADD landed; /metrics then
-                // when its acknowledgement committed.
-                while case .integer(let length) = try await redis.command("XLEN", stream), length < events {
-                    guard relay.isRunning else { throw BenchError("the relay exited during drain-redis (status \(relay.terminationStatus))") }
-                    try await Task.sleep(for: .milliseconds(5))
+        let (relayRate, startup, cpu, claims): (Double, Duration, (relay: Double, postgres: Double, redis: Double), (found: Int, empty: Int)) =
+            try await withDatabase { url, db in
+                let port = 18_470
+                let spawned = ContinuousClock.now
+                let relay = try startRelay(url, port: port)
+                do {
+                    try await waitUntilReady(relay, port: port)
+                    let startup = ContinuousClock.now - spawned
+                    try await db.transaction { tx in try await preloadXAdd(tx, events: events, keys: keys, stream: stream) }
+                    let (postgresBefore, redisBefore, relayBefore) = (postgresCPU(), try await redisCPU(redis), cpuSeconds(relay.processIdentifier))
+                    let started = ContinuousClock.now
+                    // The stream's length (cheap to ask) says when the last XADD landed; /metrics then
+                    // when its acknowledgement committed.
+                    while case .integer(let length) = try await redis.command("XLEN", stream), length < events {
+                        guard relay.isRunning else { throw BenchError("the relay exited during drain-redis (status \(relay.terminationStatus))") }
+                        try await Task.sleep(for: .milliseconds(5))
+                    }
+                    while await delivered(port: port) < events { try await Task.sleep(for: .milliseconds(2)) }
+                    let elapsed = (ContinuousClock.now - started).inSeconds
+                    let postgres = postgresCPU().reduce(0) { $0 + $1.value - (postgresBefore[$1.key] ?? 0) }
+                    let cpu = (cpuSeconds(relay.processIdentifier) - relayBefore, postgres, try await redisCPU(redis) - redisBefore)
+                    let claims = (
+                        await counter(#"outbox_relay_claims_total{destination="redis",result="events"}"#, port: port),
+                        await counter(#"outbox_relay_claims_total{destination="redis",result="empty"}"#, port: port))
+                    await stop(relay)
+                    return (Double(events) / elapsed, startup, cpu, claims)
+                } catch {
+                    await stop(relay)
+                    throw error
                 }
-                while await delivered(port: port) < events { try await Task.sleep(for: .milliseconds(2)) }
-                let elapsed = (ContinuousClock.now - started).inSeconds
-                let postgres = postgresCPU().reduce(0) { $0 + $1.value - (postgresBefore[$1.key] ?? 0) }
-                let cpu = (cpuSeconds(relay.processIdentifier) - relayBefore, postgres, try await redisCPU(redis) - redisBefore)
-                await stop(relay)
-                return (Double(events) / elapsed, startup, cpu)
-            } catch {
-                await stop(relay)
-                throw error
             }
-        }
         try await redis.command("DEL", stream)
         // Bound 1: the same rows drained by SQL alone, 1,000 per statement.
         let sqlRate: Double = try await withDatabase { _, db in
@@ -323,6 +333,7 @@ struct Bench {
             ("cpu per event: relay µs", fmt(cpu.relay / Double(events) * 1e6, 1)),
             ("cpu per event: postgres µs", fmt(cpu.postgres / Double(events) * 1e6, 1)),
             ("cpu per event: redis µs", fmt(cpu.redis / Double(events) * 1e6, 1)),
+            ("relay claims: with events / empty", "\(claims.found) / \(claims.empty)"),
         ]
     }
 
