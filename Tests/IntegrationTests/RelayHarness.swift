@@ -3,20 +3,24 @@ import Testing
 
 @testable import OutboxCore
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
+/// A free TCP port on 127.0.0.1, below Linux' ephemeral range (32768–60999): a port the kernel
+/// picked (bind to port 0) could be handed out again, as the local port of one of the many
+/// client connections the tests open, before the process meant to listen on it had bound it.
 func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    for _ in 0..<100 {
+        let port = Int.random(in: 20_000..<32_000)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+        if bound { return port }
     }
-    guard bound else { throw TestEnvironment.Missing(name: "a free TCP port") }
-    return Int(UInt16(bigEndian: address.sin_port))
+    throw TestEnvironment.Missing(name: "a free TCP port")
 }
 
 /// `outbox-relay serve` as a child process, as an operator runs it.
@@ -48,13 +52,25 @@ final class RelayProcess: @unchecked Sendable {
     }
 
     deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+        } else if !signalled {
+            // A relay that died under a test (a port taken, a crash) shows why in the test's output.
+            FileHandle.standardError.write(Data(
+                "outbox-relay on port \(port) exited on its own (status \(process.terminationStatus)); its log ends:\n\(log.suffix(3000))\n".utf8))
+        }
         try? FileManager.default.removeItem(at: logURL)
     }
 
     var log: String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
 
-    func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
+    /// The test signalled it, so an exit is expected.
+    private var signalled = false
+
+    func signal(_ signal: Int32) {
+        signalled = true
+        kill(process.processIdentifier, signal)
+    }
 
     /// Waits for the process to exit; returns its status, or nil on timeout.
     func waitForExit(timeout: Duration) async -> Int32? {
