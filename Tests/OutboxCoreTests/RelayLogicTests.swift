@@ -175,6 +175,23 @@ import Testing
         #expect(next(20, heads: 20, saturated: true) == 20)
     }
 
+    @Test func aPassThatFoundNoHeadsEndsInAWaitAndOneThatFoundSomeStartsAnother() {
+        typealias Scan = OutboxStore.Scan
+        var found = false
+        func again(_ next: Scan, heads: Int) -> Bool { DestinationWorker.claimAgainAtOnce(after: next, heads: heads, passFoundHeads: &found) }
+        // Mid-pass: as the claim says.
+        #expect(again(Scan(cursor: 2_000, more: true), heads: 0))
+        #expect(!found)
+        // The end of a pass that found nothing: wait, though the claim itself says go on.
+        #expect(!again(Scan(cursor: 0, more: true), heads: 0))
+        // A pass with heads in any of its claims starts the next at once, and that one starts afresh.
+        #expect(again(Scan(cursor: 900, more: true), heads: 4))
+        #expect(again(Scan(cursor: 1_900, more: true), heads: 0))
+        #expect(again(Scan(cursor: 0, more: true), heads: 0))
+        #expect(!found)
+        #expect(!again(Scan(cursor: 0, more: true), heads: 0))
+    }
+
     @Test func aLaneThatKeepsFindingNoHeadsLooksAtTheFrontThenWalksOnTwiceAsFar() {
         var course = DestinationWorker.Course()
         func next(windowEnd: Int64) -> Int64 { DestinationWorker.afterEmptyWindow(&course, windowEnd: windowEnd) }

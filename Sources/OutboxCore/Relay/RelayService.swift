@@ -200,8 +200,9 @@ final class DestinationWorker: Sendable {
     /// One Postgres session of the worker and where its next claim's scan starts (see
     /// `OutboxStore.claim`).
     ///
-    /// The use of `@unchecked Sendable` is safe for this type because: `cursor`, `course` and
-    /// `headsLimit` are only read and written by the single task that runs this lane's loop;
+    /// The use of `@unchecked Sendable` is safe for this type because: `cursor`, `course`,
+    /// `headsLimit` and `passFoundHeads` are only read and written by the single task that runs
+    /// this lane's loop;
     /// `heldKeys`, which sibling lanes read, is a mutex.
     final class Lane: @unchecked Sendable {
         let db: PostgresConnection
@@ -212,6 +213,8 @@ final class DestinationWorker: Sendable {
         var course = Course()
         /// Heads the next claim takes at most (see `nextHeadsLimit`).
         var headsLimit: Int
+        /// A claim of this pass over the events found heads (see `claimAgainAtOnce`).
+        var passFoundHeads = false
         /// The keys this lane's open claim holds, which its siblings' claims pass over.
         let heldKeys = Mutex<[String]>([])
         init(db: PostgresConnection, headsLimit: Int) { (self.db, self.headsLimit) = (db, headsLimit) }
@@ -244,6 +247,19 @@ final class DestinationWorker: Sendable {
         let floor = min(settings.batchSize, max(1, settings.batchEvents / settings.maxPerKey))
         guard heads > 0 else { return limit }
         return saturated ? max(floor, limit / 2) : min(settings.batchSize, limit * 2)
+    }
+
+    /// Whether a lane claims again at once after a claim that said `next`: as the claim says, but at
+    /// the end of a pass (`next.cursor == 0`) only if some claim of the pass found heads. A pass
+    /// that found none — every key held by another relay, or waiting for a retry — would find none
+    /// again, claim after claim: a relay beside another that held three hot keys made 120 empty
+    /// claims a second. The lane then waits for a wake-up (new events, the fallback poll, a retry
+    /// coming due, a sibling's full claim).
+    static func claimAgainAtOnce(after next: OutboxStore.Scan, heads: Int, passFoundHeads: inout Bool) -> Bool {
+        passFoundHeads = passFoundHeads || heads > 0
+        guard next.cursor == 0 else { return next.more }
+        defer { passFoundHeads = false }
+        return passFoundHeads
     }
 
     /// Empty windows in a row after which a lane looks at the front; as many again there and it
@@ -417,7 +433,7 @@ final class DestinationWorker: Sendable {
             result.claimed = events.count
             result.full = claim.heads >= lane.headsLimit
             lane.headsLimit = Self.nextHeadsLimit(lane.headsLimit, heads: claim.heads, saturated: claim.saturated, settings: settings)
-            result.more = claim.next.more
+            result.more = Self.claimAgainAtOnce(after: claim.next, heads: claim.heads, passFoundHeads: &lane.passFoundHeads)
             lane.cursor = claim.next.cursor
             if claim.heads > 0 {
                 lane.course = Course(resume: claim.resume)
