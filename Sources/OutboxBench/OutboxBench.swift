@@ -464,7 +464,8 @@ struct Bench {
             try await Task.sleep(for: .milliseconds(500))
             parts.port = port
             let relay = try startRelay("postgresql://\(parts.user ?? ""):\(parts.password ?? "")@127.0.0.1:\(port)\(parts.path)", port: 18_471)
-            try await Task.sleep(for: .seconds(3))
+            try await waitUntilReady(relay, port: 18_471)
+            try await Task.sleep(for: .seconds(2))  // its first pass over the (empty) outbox done
             func count() -> Int { Int((try? String(contentsOfFile: countFile, encoding: .utf8)) ?? "") ?? 0 }
             let (q0, c0) = (count(), cpuSeconds(relay.processIdentifier))
             try await Task.sleep(for: .seconds(seconds))
@@ -677,7 +678,7 @@ struct Bench {
                 let stream = "bench:lat:" + UUID().uuidString.prefix(8)
                 let port = 18_473
                 let relay = try startRelay(url, port: port)
-                try await Task.sleep(for: .seconds(2))
+                try await waitUntilReady(relay, port: port)
                 let writers = rate >= 2000 ? 4 : 1
                 let commits = CommitLog()
                 try await withThrowingTaskGroup(of: Void.self) { group in
