@@ -183,6 +183,16 @@ struct Bench {
         while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
     }
 
+    /// Runs `body` with a relay started on `url`, and stops the relay when `body` returns or throws
+    /// (a scenario that fails must not leave its relay running into the next one).
+    func withRelay<T>(_ url: String, port: Int, _ body: (Process) async throws -> T) async throws -> T {
+        let relay = try startRelay(url, port: port)
+        let result: Result<T, any Error>
+        do { result = .success(try await body(relay)) } catch { result = .failure(error) }
+        await stop(relay)
+        return try result.get()
+    }
+
     /// Delivered events so far, from the relay's own /metrics (no load on Postgres).
     func delivered(port: Int) async -> Int { await counter("outbox_events_delivered_total", port: port) }
 
@@ -278,8 +288,7 @@ struct Bench {
             try await withDatabase { url, db in
                 let port = 18_470
                 let spawned = ContinuousClock.now
-                let relay = try startRelay(url, port: port)
-                do {
+                return try await withRelay(url, port: port) { relay in
                     try await waitUntilReady(relay, port: port)
                     let startup = ContinuousClock.now - spawned
                     try await db.transaction { tx in try await preloadXAdd(tx, events: events, keys: keys, stream: stream) }
@@ -298,11 +307,7 @@ struct Bench {
                     let claims = (
                         await counter(#"outbox_relay_claims_total{destination="redis",result="events"}"#, port: port),
                         await counter(#"outbox_relay_claims_total{destination="redis",result="empty"}"#, port: port))
-                    await stop(relay)
                     return (Double(events) / elapsed, startup, cpu, claims)
-                } catch {
-                    await stop(relay)
-                    throw error
                 }
             }
         try await redis.command("DEL", stream)
@@ -425,17 +430,17 @@ struct Bench {
 
             let port = 18_474
             started = ContinuousClock.now
-            let relay = try startRelay(url, port: port)
-            var peak = 0.0
-            var cpu = 0.0
-            while await delivered(port: port) < events {
-                peak = max(peak, proc(relay.processIdentifier, "VmHWM"))
-                cpu = cpuSeconds(relay.processIdentifier)
-                try await Task.sleep(for: .milliseconds(50))
+            let (peak, cpu, elapsed) = try await withRelay(url, port: port) { relay in
+                var peak = 0.0
+                var cpu = 0.0
+                while await delivered(port: port) < events {
+                    peak = max(peak, proc(relay.processIdentifier, "VmHWM"))
+                    cpu = cpuSeconds(relay.processIdentifier)
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+                let elapsed = (ContinuousClock.now - started).inSeconds
+                return (peak, max(cpu, cpuSeconds(relay.processIdentifier)), elapsed)
             }
-            let elapsed = (ContinuousClock.now - started).inSeconds
-            cpu = max(cpu, cpuSeconds(relay.processIdentifier))
-            await stop(relay)
             let relayRate = Double(events) / elapsed
             let count = try await qdrant.call(.POST, "/collections/\(relayCollection)/points/count", body: Array(#"{"exact":true}"#.utf8))
             let landed = Int(count.result?["count"]?.numberValue ?? -1)
@@ -463,14 +468,16 @@ struct Bench {
             defer { kill(proxy.processIdentifier, SIGKILL) }
             try await Task.sleep(for: .milliseconds(500))
             parts.port = port
-            let relay = try startRelay("postgresql://\(parts.user ?? ""):\(parts.password ?? "")@127.0.0.1:\(port)\(parts.path)", port: 18_471)
-            try await waitUntilReady(relay, port: 18_471)
-            try await Task.sleep(for: .seconds(2))  // its first pass over the (empty) outbox done
             func count() -> Int { Int((try? String(contentsOfFile: countFile, encoding: .utf8)) ?? "") ?? 0 }
-            let (q0, c0) = (count(), cpuSeconds(relay.processIdentifier))
-            try await Task.sleep(for: .seconds(seconds))
-            let (q1, c1) = (count(), cpuSeconds(relay.processIdentifier))
-            await stop(relay)
+            let (q0, c0, q1, c1) = try await withRelay(
+                "postgresql://\(parts.user ?? ""):\(parts.password ?? "")@127.0.0.1:\(port)\(parts.path)", port: 18_471
+            ) { relay in
+                try await waitUntilReady(relay, port: 18_471)
+                try await Task.sleep(for: .seconds(2))  // its first pass over the (empty) outbox done
+                let (q0, c0) = (count(), cpuSeconds(relay.processIdentifier))
+                try await Task.sleep(for: .seconds(seconds))
+                return (q0, c0, count(), cpuSeconds(relay.processIdentifier))
+            }
             return [
                 ("window", "\(seconds) s at relay.poll_interval \(config.relay.pollInterval)"),
                 ("statements", "\(q1 - q0) (\(fmt(Double(q1 - q0) / Double(seconds), 2))/s)"),
@@ -493,15 +500,15 @@ struct Bench {
             }
             let port = 18_472
             let started = ContinuousClock.now
-            let relay = try startRelay(url, port: port)
-            var peak = 0.0
-            while await delivered(port: port) < events {
+            let (peak, elapsed) = try await withRelay(url, port: port) { relay in
+                var peak = 0.0
+                while await delivered(port: port) < events {
+                    peak = max(peak, proc(relay.processIdentifier, "VmHWM"))
+                    try await Task.sleep(for: .milliseconds(100))
+                }
                 peak = max(peak, proc(relay.processIdentifier, "VmHWM"))
-                try await Task.sleep(for: .milliseconds(100))
+                return (peak, (ContinuousClock.now - started).inSeconds)
             }
-            peak = max(peak, proc(relay.processIdentifier, "VmHWM"))
-            let elapsed = (ContinuousClock.now - started).inSeconds
-            await stop(relay)
             return [("backlog", "\(events) redis.set events"), ("peak RSS (VmHWM)", fmt(peak / 1024, 1) + " MB"),
                     ("drain events/s", fmt(Double(events) / elapsed))]
         }
@@ -677,35 +684,36 @@ struct Bench {
             let result: (String, String) = try await withDatabase { url, _ in
                 let stream = "bench:lat:" + UUID().uuidString.prefix(8)
                 let port = 18_473
-                let relay = try startRelay(url, port: port)
-                try await waitUntilReady(relay, port: port)
-                let writers = rate >= 2000 ? 4 : 1
                 let commits = CommitLog()
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    for w in 0..<writers {
-                        group.addTask {
-                            let db = try await PostgresConnection.connect(PostgresConfiguration(url: url), logger: logger)
-                            try await db.query("SET synchronous_commit = off")
-                            let interval = Duration.nanoseconds(Int64(1e9) * Int64(writers) / Int64(rate))
-                            var next = ContinuousClock.now
-                            let end = next + .seconds(seconds)
-                            var n = 0
-                            while next < end {
-                                let id = try await db.transaction { tx in
-                                    try await OutboxWriter.enqueue(.redisXAdd(stream: stream, fields: ["w": String(w)], key: "w\(w)-\(n % 100)"), on: tx)
+                let total = try await withRelay(url, port: port) { relay in
+                    try await waitUntilReady(relay, port: port)
+                    let writers = rate >= 2000 ? 4 : 1
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for w in 0..<writers {
+                            group.addTask {
+                                let db = try await PostgresConnection.connect(PostgresConfiguration(url: url), logger: logger)
+                                try await db.query("SET synchronous_commit = off")
+                                let interval = Duration.nanoseconds(Int64(1e9) * Int64(writers) / Int64(rate))
+                                var next = ContinuousClock.now
+                                let end = next + .seconds(seconds)
+                                var n = 0
+                                while next < end {
+                                    let id = try await db.transaction { tx in
+                                        try await OutboxWriter.enqueue(.redisXAdd(stream: stream, fields: ["w": String(w)], key: "w\(w)-\(n % 100)"), on: tx)
+                                    }
+                                    await commits.record(id, Date())
+                                    n += 1
+                                    next += interval
+                                    if next > .now { try await Task.sleep(until: next) }
                                 }
-                                await commits.record(id, Date())
-                                n += 1
-                                next += interval
-                                if next > .now { try await Task.sleep(until: next) }
                             }
                         }
+                        try await group.waitForAll()
                     }
-                    try await group.waitForAll()
+                    let total = await commits.count
+                    while await delivered(port: port) < total { try await Task.sleep(for: .milliseconds(50)) }
+                    return total
                 }
-                let total = await commits.count
-                while await delivered(port: port) < total { try await Task.sleep(for: .milliseconds(50)) }
-                await stop(relay)
                 let redis = try await RedisConnection.connect(config.redis, logger: logger)
                 var latencies: [Double] = []
                 let committed = await commits.times
