@@ -2,6 +2,8 @@ import Foundation
 import Testing
 
 @testable import OutboxCore
+@testable import Reconciler
+@testable import OutboxRelay
 
 /// Hostile input (issue 6): random and malformed events, NUL bytes, huge payloads, unicode, SQL
 /// text in names; bad config files and unreachable hosts; abusive HTTP clients; secrets. Each test

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import OutboxCore
+@testable import Reconciler
 
 /// `outbox-reconciler` as an operator runs it, against a fresh database and its own collection.
 @Suite struct ReconcilerTests {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import OutboxCore
+@testable import OutboxRelay
 
 /// `outbox-relay serve` end to end: real Postgres (a fresh database per test, so each relay
 /// drains only its own outbox), real Redis, the Qdrant stand-in.
@@ -38,7 +39,7 @@ import Testing
                 """)
             try await db.query(#"SELECT outbox.enqueue('redis', 'set', 'late', '{"key": "k", "value": "v"}')"#)
             let base: Int64 = try await db.query("SELECT min(id) - 1 AS base FROM outbox.events").first!.decode("base")
-            let window = Int64(OutboxStore.window(batchSize: 10))
+            let window = Int64(ClaimPlanning.window(batchSize: 10))
             #expect(window == 1_000)
             func claim(after: Int64, deliver: Bool) async throws -> OutboxStore.Claim {
                 try await db.transaction { tx in
@@ -52,18 +53,18 @@ import Testing
             let first = try await claim(after: 0, deliver: true)
             #expect(first.heads == 3)
             #expect(first.events.map(\.id) == (1...60).map { base + $0 })
-            #expect(first.next == OutboxStore.Scan(cursor: base + 58, more: true))  // hot1's 20th is event 58
+            #expect(first.next == ClaimPlanning.Scan(cursor: base + 58, more: true))  // hot1's 20th is event 58
             let second = try await claim(after: first.next.cursor, deliver: true)
             #expect(second.events.map(\.id) == (61...120).map { base + $0 })
             // Started past pending events of every key, a claim finds no heads in its window of
             // 1,000 rows and says to go on after it, without reading further.
             let blocked = try await claim(after: base + 200, deliver: false)
             #expect(blocked.events.isEmpty)
-            #expect(blocked.next == OutboxStore.Scan(cursor: base + 200 + window, more: true))
+            #expect(blocked.next == ClaimPlanning.Scan(cursor: base + 200 + window, more: true))
             // The rest of the events fit in one window: the late key's head, then a new pass.
             let last = try await claim(after: blocked.next.cursor, deliver: false)
             #expect(last.events.map(\.key) == ["late"])
-            #expect(last.next == OutboxStore.Scan(cursor: 0, more: true))
+            #expect(last.next == ClaimPlanning.Scan(cursor: 0, more: true))
         }
     }
 

@@ -45,13 +45,15 @@ public final class BlockingExecutor: SerialExecutor {
 final class CancellationHook: Sendable {
     private let state = Mutex<(action: (@Sendable () -> Void)?, cancelled: Bool)>((nil, false))
 
-    /// Runs `body` with `action` armed. If the task was cancelled before arming, `action` runs at once.
-    func armed<T>(_ action: @escaping @Sendable () -> Void, _ body: () throws -> T) rethrows -> T {
+    /// Runs `body` with `action` armed. A task cancelled before arming does not start `body`: a
+    /// cancel request sent before the call (`PQcancel` ahead of the query it should stop) would
+    /// find nothing to cancel, and the call would run to its end (a `pg_sleep(30)` did).
+    func armed<T>(_ action: @escaping @Sendable () -> Void, _ body: () throws -> T) throws -> T {
         let alreadyCancelled = state.withLock { state in
-            state.action = action
+            if !state.cancelled { state.action = action }
             return state.cancelled
         }
-        if alreadyCancelled { action() }
+        if alreadyCancelled { throw CancellationError() }
         defer { state.withLock { $0.action = nil } }
         return try body()
     }

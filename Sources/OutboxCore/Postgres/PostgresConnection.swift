@@ -332,7 +332,7 @@ public actor PostgresConnection {
     private func runSimpleQuery(_ sql: String, hook: CancellationHook?) throws {
         executor.preconditionOnQueue()
         let conn = try liveConnection()
-        let result = cancellable(hook) { PQexec(conn, sql) }
+        let result = try cancellable(hook) { PQexec(conn, sql) }
         defer { PQclear(result) }
         _ = try checkCancellable(result, conn: conn, hook: hook)
     }
@@ -343,8 +343,8 @@ public actor PostgresConnection {
         executor.preconditionOnQueue()
         try EncodedParameters.checkForNUL(parameters)
         let conn = try liveConnection()
-        let result = withParameters(parameters) { count, types, values, lengths, formats in
-            cancellable(hook) { PQexecParams(conn, sql, count, types, values, lengths, formats, 0) }
+        let result = try withParameters(parameters) { count, types, values, lengths, formats in
+            try cancellable(hook) { PQexecParams(conn, sql, count, types, values, lengths, formats, 0) }
         }
         defer { PQclear(result) }
         return try checkCancellable(result, conn: conn, hook: hook)
@@ -497,7 +497,7 @@ public actor PostgresConnection {
     }
 
     /// Runs a blocking libpq call with `PQcancel` armed for task cancellation.
-    private func cancellable<T>(_ hook: CancellationHook?, _ body: () throws -> T) rethrows -> T {
+    private func cancellable<T>(_ hook: CancellationHook?, _ body: () throws -> T) throws -> T {
         guard let hook, let canceller else { return try body() }
         let box = UnsafeSendable(canceller)
         return try hook.armed({
@@ -662,7 +662,7 @@ private func withParameters<R>(
 }
 
 extension Duration {
-    var milliseconds: Int64 {
+    package var milliseconds: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }

@@ -3,6 +3,7 @@ import Logging
 import Testing
 
 @testable import OutboxCore
+@testable import OutboxRelay
 
 @Suite struct RelayLogicTests {
     @Test func backoffGrowsExponentiallyWithJitterAndIsCapped() {
@@ -118,9 +119,9 @@ import Testing
     }
 
     @Test func aPassMovesOnAfterFullClaimsAndWindowsAndStartsOverAtTheEnd() {
-        typealias Scan = OutboxStore.Scan
+        typealias Scan = ClaimPlanning.Scan
         func next(from: Int64 = 100, heads: [Int64], windowEnd: Int64? = nil, fullKeysLast: [Int64] = []) -> Scan {
-            OutboxStore.nextScan(from: from, heads: heads, batchSize: 3, windowEnd: windowEnd, fullKeysLast: fullKeysLast)
+            ClaimPlanning.nextScan(from: from, heads: heads, batchSize: 3, windowEnd: windowEnd, fullKeysLast: fullKeysLast)
         }
         // A full claim: on after its last head (not after the window: heads may lie between).
         #expect(next(heads: [101, 150, 120], windowEnd: 900) == Scan(cursor: 150, more: true))
@@ -139,8 +140,8 @@ import Testing
 
     @Test func aLaneThatFindsNoHeadsGoesWhereItsKeysGoOn() {
         func next(windowEnd: Int64, resume: Int64? = nil) -> Int64 {
-            var course = DestinationWorker.Course(resume: resume)
-            return DestinationWorker.afterEmptyWindow(&course, windowEnd: windowEnd)
+            var course = ClaimPlanning.Course(resume: resume)
+            return ClaimPlanning.afterEmptyWindow(&course, windowEnd: windowEnd)
         }
         // Where the lane's own keys go on, if ahead, rather than one window at a time through the
         // followers before it.
@@ -156,7 +157,7 @@ import Testing
         var settings = RelaySettings()
         (settings.batchSize, settings.batchEvents, settings.maxPerKey) = (500, 5000, 100)
         func next(_ limit: Int, heads: Int, saturated: Bool) -> Int {
-            DestinationWorker.nextHeadsLimit(limit, heads: heads, saturated: saturated, settings: settings)
+            ClaimPlanning.nextHeadsLimit(limit, heads: heads, saturated: saturated, settings: settings)
         }
         // Deep keys: halving down to the heads that fill batch_events at max_per_key each (50).
         #expect(next(500, heads: 500, saturated: true) == 250)
@@ -176,9 +177,9 @@ import Testing
     }
 
     @Test func aPassThatFoundNoHeadsEndsInAWaitAndOneThatFoundSomeStartsAnother() {
-        typealias Scan = OutboxStore.Scan
+        typealias Scan = ClaimPlanning.Scan
         var found = false
-        func again(_ next: Scan, heads: Int) -> Bool { DestinationWorker.claimAgainAtOnce(after: next, heads: heads, passFoundHeads: &found) }
+        func again(_ next: Scan, heads: Int) -> Bool { ClaimPlanning.claimAgainAtOnce(after: next, heads: heads, passFoundHeads: &found) }
         // Mid-pass: as the claim says.
         #expect(again(Scan(cursor: 2_000, more: true), heads: 0))
         #expect(!found)
@@ -193,8 +194,8 @@ import Testing
     }
 
     @Test func aLaneThatKeepsFindingNoHeadsLooksAtTheFrontThenWalksOnTwiceAsFar() {
-        var course = DestinationWorker.Course()
-        func next(windowEnd: Int64) -> Int64 { DestinationWorker.afterEmptyWindow(&course, windowEnd: windowEnd) }
+        var course = ClaimPlanning.Course()
+        func next(windowEnd: Int64) -> Int64 { ClaimPlanning.afterEmptyWindow(&course, windowEnd: windowEnd) }
         // The heads may all lie behind the lane (it passed them): to the front after two empty windows.
         #expect(next(windowEnd: 193_000) == 193_000)
         #expect(next(windowEnd: 194_000) == 0)
@@ -207,7 +208,7 @@ import Testing
         #expect(next(windowEnd: 1_000) == 1_000)
         #expect(next(windowEnd: 2_000) == 198_000)
         // A claim that finds heads starts a new course.
-        course = DestinationWorker.Course(resume: 9_001)
+        course = ClaimPlanning.Course(resume: 9_001)
         #expect(next(windowEnd: 4_000) == 9_001)
         #expect(next(windowEnd: 10_000) == 0)
     }
@@ -217,13 +218,13 @@ import Testing
         let old = ClaimedEvent(
             id: 1, destination: .redis, operation: "xadd", key: "k", payload: [:], createdAt: Date(timeIntervalSinceNow: -2 * 86_400),
             attempts: settings.maxAttempts - 1)
-        guard case .deadLetter(let reason) = OutboxStore.afterFailure(.retry(reason: "LOADING", retryAfter: nil), of: old, settings: settings, now: Date())
+        guard case .deadLetter(let reason) = Settlement.afterFailure(.retry(reason: "LOADING", retryAfter: nil), of: old, settings: settings, now: Date())
         else {
             Issue.record("a failed delivery past relay.max_attempts was not dead-lettered")
             return
         }
         #expect(reason == "gave up after 25 attempts; last error: LOADING")
-        guard case .retry = OutboxStore.afterFailure(.unconfirmed(reason: "connection lost"), of: old, settings: settings, now: Date()) else {
+        guard case .retry = Settlement.afterFailure(.unconfirmed(reason: "connection lost"), of: old, settings: settings, now: Date()) else {
             Issue.record("an unconfirmed delivery was dead-lettered")
             return
         }
