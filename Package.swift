@@ -75,6 +75,9 @@ let package = Package(
                 "OutboxCore", "OutboxCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
@@ -86,6 +89,9 @@ let package = Package(
                 "OutboxCore", "OutboxCLI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
@@ -103,21 +109,42 @@ let package = Package(
         .executableTarget(
             name: "OutboxBench",
             dependencies: [
-                "OutboxCore", "OutboxCLI",
+                "OutboxCore", "OutboxCLI", "OutboxTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "OutboxTestSupport",
+            dependencies: [
+                "OutboxCore",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "OutboxCoreTests",
-            dependencies: ["OutboxCore"],
+            dependencies: [
+                "OutboxCore", "OutboxTestSupport",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "OutboxRelayTests",
+            dependencies: ["OutboxCore", "OutboxRelay", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ReconcilerUnitTests",
+            dependencies: ["OutboxCore", "Reconciler"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "OutboxCore",
+                "OutboxCore", "OutboxRelay", "Reconciler", "OutboxTestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["Support"],  // Python helpers the tests start (TCP cut-off, fake endpoints)

@@ -120,7 +120,7 @@ struct Bench {
         let name = "bench_\(UUID().uuidString.prefix(8).lowercased())"
         try await admin.query("CREATE DATABASE \(name)")
         defer { Task { try? await admin.query("DROP DATABASE \(name) WITH (FORCE)") } }
-        guard var parts = URLParts(config.postgres.url) else { throw ReconcilerError(message: "postgres.url must be a URL for the bench") }
+        guard var parts = URLParts(config.postgres.url) else { throw BenchError("postgres.url must be a URL for the bench") }
         parts.path = "/" + name
         let password = config.postgres.password ?? parts.password ?? ""
         let url = "postgresql://\(parts.user ?? ""):\(password)@\(parts.host):\(parts.port ?? 5432)/\(name)"
@@ -352,7 +352,7 @@ struct Bench {
         let relayCollection = "bench_relay_\(suffix)", directCollection = "bench_direct_\(suffix)"
         for name in [relayCollection, directCollection] {
             let body: JSONValue = ["vectors": ["size": .number(Double(dimensions)), "distance": "Cosine"]]
-            let reply = try await qdrant.call(.PUT, "/collections/\(name)", body: Array(body.jsonText.utf8))
+            let reply = try await qdrant.call(.createCollection(name), body: body)
             guard reply.status == 200 else { throw BenchError("cannot create collection \(name): \(reply.status) \(reply.error ?? "")") }
         }
         let figures: Result<[(String, String)], any Error>
@@ -362,7 +362,7 @@ struct Bench {
         } catch {
             figures = .failure(error)
         }
-        for name in [relayCollection, directCollection] { _ = try? await qdrant.call(.DELETE, "/collections/\(name)") }
+        for name in [relayCollection, directCollection] { _ = try? await qdrant.call(.deleteCollection(name)) }
         return try figures.get()
     }
 
@@ -417,10 +417,9 @@ struct Bench {
             }
             let bytes = bodies.reduce(0) { $0 + $1.count }
             let requests = bodies.count
-            let path = "/collections/\(directCollection)/points?wait=true&ordering=strong"
             var started = ContinuousClock.now
             for body in bodies {
-                let reply = try await qdrant.call(.PUT, path, body: body)
+                let reply = try await qdrant.call(.upsertPoints(collection: directCollection), body: body)
                 guard reply.status == 200, reply.updateStatus == "completed" else {
                     throw BenchError("direct ingest: \(reply.status) \(reply.updateStatus ?? "") \(reply.error ?? "")")
                 }
@@ -442,7 +441,7 @@ struct Bench {
                 return (peak, max(cpu, cpuSeconds(relay.processIdentifier)), elapsed)
             }
             let relayRate = Double(events) / elapsed
-            let count = try await qdrant.call(.POST, "/collections/\(relayCollection)/points/count", body: Array(#"{"exact":true}"#.utf8))
+            let count = try await qdrant.call(.countPoints(collection: relayCollection), body: ["exact": true])
             let landed = Int(count.result?["count"]?.numberValue ?? -1)
             return [
                 ("events / dimensions", "\(events) / \(dimensions) (points in the relay's collection: \(landed))"),

@@ -1,5 +1,6 @@
 import CoreMetrics
 import Foundation
+import OutboxCore
 import Logging
 import Metrics
 import Prometheus

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import OutboxCore
+import OutboxTestSupport
 @testable import OutboxRelay
 
 /// Starts one of the Python helpers in Support/ and waits for its "ready" line.

@@ -1,5 +1,6 @@
 import Foundation
 import OutboxCore
+import OutboxTestSupport
 import Testing
 
 /// A few Qdrant REST calls over the libcurl driver, against the stand-in (or the contract proxy).

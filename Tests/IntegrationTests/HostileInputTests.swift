@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import OutboxCore
+import OutboxTestSupport
 @testable import Reconciler
 @testable import OutboxRelay
 
@@ -48,9 +49,9 @@ import Testing
                 }
                 #expect(error.sqlState == state, "\(sql): \(error)")
                 #expect(error.message.contains(message), "\(sql): \(error.message)")
-                #expect(try await db.query("SELECT count(*) AS n FROM extractions WHERE id = $1", [.uuid(row)]).first!.decode("n", as: Int.self) == 0)
+                #expect(try await db.count("extractions WHERE id = $1", [.uuid(row)]) == 0)
             }
-            #expect(try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 0)
+            #expect(try await db.count("outbox.events") == 0)
         }
     }
 
@@ -79,7 +80,7 @@ import Testing
                 }
                 #expect(error.sqlState == state, "\(name): \(error)")
                 #expect(error.message.contains(message), "\(name): \(error.message)")
-                #expect(try await db.query("SELECT count(*) AS n FROM extractions WHERE id = $1", [.uuid(row)]).first!.decode("n", as: Int.self) == 0)
+                #expect(try await db.count("extractions WHERE id = $1", [.uuid(row)]) == 0)
             }
             // The Swift writer: a NUL in a Redis value becomes \u0000 in JSON, which jsonb refuses.
             let error = try await #require(throws: PostgresError.self) {
@@ -88,8 +89,7 @@ import Testing
                 }
             }
             #expect(error.sqlState == "22P05")
-            #expect(try await db.query("SELECT count(*) AS n FROM outbox.events WHERE key LIKE $1", [.text(marker + "%")])
-                .first!.decode("n", as: Int.self) == 0, "an event was written with a shortened key")
+            #expect(try await db.count("outbox.events WHERE key LIKE $1", [.text(marker + "%")]) == 0, "an event was written with a shortened key")
         }
     }
 
@@ -129,9 +129,9 @@ import Testing
                 #expect(error.message.contains(message), "\(error.message)")
             }
 
-            let relay = try RelayProcess(databaseURL: url)
+            let relay = try DaemonProcess.relay(databaseURL: url)
             try await eventually("drain", timeout: .seconds(60)) {
-                try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 0
+                try await db.count("outbox.events") == 0
             }
             let errors = try await db.query("SELECT error FROM outbox.dead_letters ORDER BY id").rows.map { try $0.decode("error", as: String.self) }
             #expect(errors.count == 6, "\(errors)")
@@ -139,7 +139,7 @@ import Testing
             #expect(errors.dropFirst().first?.contains(#"source.id "1' OR '1'='1" is not a valid uuid"#) == true)
             #expect(errors.dropFirst(2).allSatisfy { $0.hasPrefix("qdrant answered 4") }, "\(errors)")
             // Nothing was dropped or deleted; the redis key holds the text as written.
-            #expect(try await db.query("SELECT count(*) AS n FROM extractions").first!.decode("n", as: Int.self) == 1)
+            #expect(try await db.count("extractions") == 1)
             let redis = try await TestEnvironment.redis()
             #expect(try await redis.command("GET", redisKey) == .bulk(Array("'; FLUSHALL; --".utf8)))
             // The path tricks reached no other collection: ours is empty, and no "points" collection appeared.
@@ -181,9 +181,9 @@ import Testing
                         .qdrantUpsert(collection: collection, id: .integer(UInt64(100 + ids.count)), vector: [0, 1, 0, 0], key: name), on: tx)
                 }
             }
-            let relay = try RelayProcess(databaseURL: url)
+            let relay = try DaemonProcess.relay(databaseURL: url)
             try await eventually("drain", timeout: .seconds(60)) {
-                try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 0
+                try await db.count("outbox.events") == 0
             }
             #expect(relay.process.isRunning, "relay died: \(relay.log.suffix(3000))")
             #expect(await relay.get("/livez")?.status == 200)
@@ -242,9 +242,9 @@ import Testing
                 [.text(name + "-nf"), .jsonb(#"{"stream": "\#(name):nf", "fields": {"\u00e9": "nfc", "e\u0301": "nfd"}}"#)]
             ).first!.decode("id", as: Int64.self)
 
-            let relay = try RelayProcess(databaseURL: url)
+            let relay = try DaemonProcess.relay(databaseURL: url)
             try await eventually("drain", timeout: .seconds(60)) {
-                try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 0
+                try await db.count("outbox.events") == 0
             }
             let dead = try await db.query("SELECT id, error FROM outbox.dead_letters").rows
             #expect(dead.count == 1, "\(dead)")
@@ -366,8 +366,8 @@ import Testing
 
         // serve: a server that is down (or a name that does not resolve yet) is waited for.
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, _ in
-            let noPostgres = try RelayProcess(databaseURL: hosts[0].1)
-            let noRedis = try RelayProcess(databaseURL: url, environment: ["OUTBOX_REDIS_URL": "redis://:\(password)@127.0.0.1:1/0"])
+            let noPostgres = try DaemonProcess.relay(databaseURL: hosts[0].1)
+            let noRedis = try DaemonProcess.relay(databaseURL: url, environment: ["OUTBOX_REDIS_URL": "redis://:\(password)@127.0.0.1:1/0"])
             for (process, reason) in [(noPostgres, "postgres unreachable: "), (noRedis, "redis unreachable: ")] {
                 var body = ""
                 try await eventually("/readyz 503 with \(reason) (last: \(body))", timeout: .seconds(20)) {
@@ -388,7 +388,7 @@ import Testing
 
     @Test func healthServerAnswersUnknownPathsMethodsAndOversizedHeadersCorrectly() async throws {
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, _ in
-            let relay = try RelayProcess(databaseURL: url)
+            let relay = try DaemonProcess.relay(databaseURL: url)
             try await relay.waitUntilReady()
             let port = relay.port
             for path in ["/", "/nope", "/livez/extra", "/LIVEZ", "/%00", "/status/../../etc/passwd", "/" + String(repeating: "a", count: 4000)] {
@@ -432,7 +432,7 @@ import Testing
     /// the abusers after its idle timeout instead of holding them (and their descriptors) forever.
     @Test func slowAndIdleClientsLeaveTheDaemonUnaffected() async throws {
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
-            let relay = try RelayProcess(databaseURL: url)
+            let relay = try DaemonProcess.relay(databaseURL: url)
             try await relay.waitUntilReady()
             let started = ContinuousClock.now
             var idle: [RawSocket] = []
@@ -469,7 +469,7 @@ import Testing
             }
             #expect(slowest < .milliseconds(500), "/livez took \(slowest) while abusers were connected")
             try await eventually("delivery during the abuse", timeout: .seconds(20)) {
-                try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 0
+                try await db.count("outbox.events") == 0
             }
             let redis = try await TestEnvironment.redis()
             #expect(try await redis.command("XLEN", stream) == .integer(200))
@@ -511,21 +511,21 @@ import Testing
             }
             let debug = ["OUTBOX_LOG_LEVEL": "debug"]
             // Healthy relay (secrets from the URLs and the *_file keys of the shipped config).
-            let healthy = try RelayProcess(databaseURL: url, environment: debug)
+            let healthy = try DaemonProcess.relay(databaseURL: url, environment: debug)
             try await eventually("drain", timeout: .seconds(60)) {
-                try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 0
+                try await db.count("outbox.events") == 0
             }
             // Relays that cannot connect: wrong Qdrant key, Redis and Postgres unreachable, the
             // secrets passed through OUTBOX_*_PASSWORD / OUTBOX_QDRANT_API_KEY this time.
             var bare = try #require(URLParts(url))
             bare.password = nil
-            let failing = try RelayProcess(databaseURL: "postgresql://\(bare.user ?? "")@\(bare.host):\(bare.port ?? 5432)\(bare.path)", environment: debug.merging([
+            let failing = try DaemonProcess.relay(databaseURL: "postgresql://\(bare.user ?? "")@\(bare.host):\(bare.port ?? 5432)\(bare.path)", environment: debug.merging([
                 "OUTBOX_POSTGRES_PASSWORD": secrets[0], "OUTBOX_REDIS_URL": "redis://127.0.0.1:1/0", "OUTBOX_REDIS_PASSWORD": secrets[1],
                 "OUTBOX_QDRANT_API_KEY": secrets[2] + "-wrong",
             ]) { $1 })
             try await db.query("SELECT outbox.enqueue('qdrant', 'upsert', 'x', $1::jsonb)", [
                 .jsonb(#"{"collection": "\#(collection)", "id": 1, "vector": [1, 0, 0, 0]}"#)])
-            let unreachable = try RelayProcess(
+            let unreachable = try DaemonProcess.relay(
                 databaseURL: "postgresql://outbox:\(secrets[0])@127.0.0.1:1/outbox", environment: debug.merging(["OUTBOX_RELAY_POLL_INTERVAL": "1s"]) { $1 })
             try await eventually("the failing relays report their failures", timeout: .seconds(30)) {
                 let a = await failing.get("/readyz")?.body ?? "", b = await unreachable.get("/readyz")?.body ?? ""
@@ -535,7 +535,7 @@ import Testing
                 if failing.log.contains("401") { return true }
                 return (await failing.get("/status")?.body ?? "").contains("401")
             }
-            let reconciler = try await ReconcilerProcess.start(databaseURL: url, environment: debug)
+            let reconciler = try DaemonProcess.reconciler(databaseURL: url, environment: debug)
             try await Task.sleep(for: .seconds(3))
             for (name, process) in [("healthy", healthy), ("failing", failing), ("unreachable", unreachable)] {
                 for path in ["/status", "/readyz", "/metrics", "/livez"] {
@@ -647,21 +647,19 @@ import Testing
                 }
                 #expect(clear, "case \(c.n) (seed \(seed)): \(c.destination).\(c.operation) \(c.payload.prefix(300)) -> \(error)")
             }
-            let rejectedRows = try await db.query(
-                "SELECT count(*) AS n FROM extractions WHERE id = ANY($1::uuid[])", [.textArray(rejected.map { $0.0.rowID.uuidString })])
-            #expect(try rejectedRows.first!.decode("n", as: Int.self) == 0, "a rejected enqueue left its domain row")
-            let rejectedEvents = try await db.query(
-                "SELECT count(*) AS n FROM outbox.events WHERE headers->>'case' = ANY($1::text[])",
-                [.textArray(rejected.map { String($0.0.n) })])
-            #expect(try rejectedEvents.first!.decode("n", as: Int.self) == 0, "a rejected enqueue left an event")
+            let rejectedRows = try await db.count("extractions WHERE id = ANY($1::uuid[])", [.textArray(rejected.map { $0.0.rowID.uuidString })])
+            #expect(rejectedRows == 0, "a rejected enqueue left its domain row")
+            let rejectedEvents = try await db.count(
+                "outbox.events WHERE headers->>'case' = ANY($1::text[])", [.textArray(rejected.map { String($0.0.n) })])
+            #expect(rejectedEvents == 0, "a rejected enqueue left an event")
 
             // Acceptances: delivered intact or dead-lettered with a reason, by a relay that stays up.
-            let relay = try RelayProcess(databaseURL: url, environment: [
+            let relay = try DaemonProcess.relay(databaseURL: url, environment: [
                 "OUTBOX_EMBEDDING_DIMENSIONS": "4", "OUTBOX_RELAY_MAX_ATTEMPTS": "2", "OUTBOX_RELAY_BACKOFF_INITIAL": "100ms",
                 "OUTBOX_RELAY_BACKOFF_MAX": "300ms",
             ])
             try await eventually("drain (log: \(relay.log.suffix(1500)))", timeout: .seconds(120)) {
-                try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 0
+                try await db.count("outbox.events") == 0
             }
             #expect(relay.process.isRunning, "relay died: \(relay.log.suffix(3000))")
             #expect(await relay.get("/livez")?.status == 200)
@@ -740,9 +738,9 @@ import Testing
                       'collection', $2::text, 'id', $4::text, 'vector', '[1, 0, 0, 0]'::jsonb, 'payload', jsonb_build_object('big', repeat($3::text, 4))))
                     """, [.text(name + "-huge"), .text(collection), .text(big), .text(UUID().uuidString)])
             }
-            let relay = try RelayProcess(databaseURL: url, environment: ["OUTBOX_EMBEDDING_DIMENSIONS": "4"])
+            let relay = try DaemonProcess.relay(databaseURL: url, environment: ["OUTBOX_EMBEDDING_DIMENSIONS": "4"])
             try await eventually("drain", timeout: .seconds(120)) {
-                try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 0
+                try await db.count("outbox.events") == 0
             }
             #expect(relay.process.isRunning, "relay died: \(relay.log.suffix(3000))")
             let dead = try await db.query("SELECT key, error FROM outbox.dead_letters").rows
@@ -777,7 +775,7 @@ import Testing
             }
             #expect(error.sqlState == "54000", "\(error)")
             #expect(error.message.contains("index row"), "\(error.message)")
-            #expect(try await db.query("SELECT count(*) AS n FROM extractions").first!.decode("n", as: Int.self) == 1)
+            #expect(try await db.count("extractions") == 1)
         }
     }
 
@@ -1149,56 +1147,5 @@ enum RawHTTP {
         let statusLine = head.split(separator: "\r\n").first ?? ""
         let status = statusLine.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
         return Reply(status: status, head: head, body: Array(data[end...]), closed: closed)
-    }
-}
-
-/// `outbox-reconciler serve` as a child process (for the secrets scan).
-final class ReconcilerProcess: @unchecked Sendable {
-    // @unchecked Sendable: the Process is only touched from the test task that owns this object.
-    let process = Process()
-    let port: Int
-    let logURL: URL
-
-    private init(port: Int, logURL: URL) {
-        self.port = port
-        self.logURL = logURL
-    }
-
-    static func start(databaseURL: String, environment: [String: String]) async throws -> ReconcilerProcess {
-        let child = ReconcilerProcess(
-            port: try freePort(),
-            logURL: FileManager.default.temporaryDirectory.appendingPathComponent("outbox-reconciler-\(UUID().uuidString).log"))
-        FileManager.default.createFile(atPath: child.logURL.path, contents: nil)
-        child.process.executableURL = try TestEnvironment.executable("outbox-reconciler")
-        child.process.arguments = ["serve", "--config", "config/outbox.yaml"]
-        child.process.currentDirectoryURL = TestEnvironment.repositoryRoot
-        var env = ProcessInfo.processInfo.environment
-        env["OUTBOX_POSTGRES_URL"] = databaseURL
-        env["OUTBOX_RECONCILER_HTTP_PORT"] = String(child.port)
-        env["OUTBOX_RECONCILER_INTERVAL"] = "1s"
-        env["OUTBOX_RECONCILER_REPAIR"] = "false"
-        for (k, v) in environment { env[k] = v }
-        child.process.environment = env
-        let log = try FileHandle(forWritingTo: child.logURL)
-        child.process.standardOutput = log
-        child.process.standardError = log
-        try child.process.run()
-        return child
-    }
-
-    deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        try? FileManager.default.removeItem(at: logURL)
-    }
-
-    var log: String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
-
-    func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
-
-    func get(_ path: String) async -> (status: Int, body: String)? {
-        let http = HTTPConnection(logger: TestEnvironment.logger)
-        guard let r = try? await http.perform(HTTPRequest(method: .GET, url: "http://127.0.0.1:\(port)\(path)", timeout: .seconds(2)))
-        else { return nil }
-        return (r.status, r.bodyText)
     }
 }

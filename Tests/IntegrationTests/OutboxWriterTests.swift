@@ -1,13 +1,10 @@
 import Foundation
 import OutboxCore
+import OutboxTestSupport
 import Testing
 
 /// The writer contract: `outbox.enqueue(...)` in the writer's own transaction (DESIGN §3).
 @Suite struct OutboxWriterTests {
-    func count(_ db: PostgresConnection, _ sql: String, _ parameters: [PostgresValue]) async throws -> Int {
-        try await db.query(sql, parameters).first!.decode("n")
-    }
-
     @Test func committedTransactionHasRowAndEventRolledBackHasNeither() async throws {
         let db = try await TestEnvironment.migratedConnection()
         let kept = UUID()
@@ -28,12 +25,12 @@ import Testing
                 throw WriterCrashed()
             }
         }
-        let rowsSQL = "SELECT count(*) AS n FROM extractions WHERE id = $1"
-        let eventsSQL = "SELECT count(*) AS n FROM outbox.events WHERE destination = 'qdrant' AND key = $1"
-        #expect(try await count(db, rowsSQL, [.uuid(kept)]) == 1)
-        #expect(try await count(db, eventsSQL, [.text(kept.uuidString.lowercased())]) == 1)
-        #expect(try await count(db, rowsSQL, [.uuid(dropped)]) == 0)
-        #expect(try await count(db, eventsSQL, [.text(dropped.uuidString.lowercased())]) == 0)
+        let rows = "extractions WHERE id = $1"
+        let events = "outbox.events WHERE destination = 'qdrant' AND key = $1"
+        #expect(try await db.count(rows, [.uuid(kept)]) == 1)
+        #expect(try await db.count(events, [.text(kept.uuidString.lowercased())]) == 1)
+        #expect(try await db.count(rows, [.uuid(dropped)]) == 0)
+        #expect(try await db.count(events, [.text(dropped.uuidString.lowercased())]) == 0)
         try await db.query("DELETE FROM outbox.events WHERE key = $1", [.text(kept.uuidString.lowercased())])
         try await db.query("DELETE FROM extractions WHERE id = $1", [.uuid(kept)])  // leave no drift behind
     }
@@ -82,7 +79,7 @@ import Testing
         }
         #expect(error.sqlState == "22023")
         #expect(error.message.contains(message), "got: \(error.message)")
-        #expect(try await count(db, "SELECT count(*) AS n FROM outbox.events WHERE key = $1", [.text(key)]) == 0)
+        #expect(try await db.count("outbox.events WHERE key = $1", [.text(key)]) == 0)
     }
 
     @Test(arguments: [
@@ -264,7 +261,7 @@ import Testing
         }
         #expect(try written.results.map { try $0.first!.decode("id", as: UUID.self) } == [kept])
         let eventID = try #require(written.eventIDs.first)
-        #expect(try await count(db, "SELECT count(*) AS n FROM outbox.events WHERE id = $1 AND key = $2",
+        #expect(try await db.count("outbox.events WHERE id = $1 AND key = $2",
                                 [.int(eventID), .text(kept.uuidString.lowercased())]) == 1)
 
         // A failing domain statement: its error is thrown, the event after it never runs, and
@@ -278,7 +275,7 @@ import Testing
             }
         }
         #expect(error.sqlState == "23505")
-        #expect(try await count(db, "SELECT count(*) AS n FROM outbox.events WHERE key = $1", [.text(key)]) == 0)
+        #expect(try await db.count("outbox.events WHERE key = $1", [.text(key)]) == 0)
         try await db.query("DELETE FROM outbox.events WHERE id = $1", [.int(eventID)])
         try await db.query("DELETE FROM extractions WHERE id = $1", [.uuid(kept)])
     }
@@ -315,7 +312,7 @@ import Testing
                     """).first!.decode("n", as: Int.self)
             }
             #expect(inserted == 100_000)
-            #expect(try await count(db, "SELECT count(DISTINCT key) AS n FROM outbox.events", []) == 100_000)
+            #expect(try await db.count("(SELECT DISTINCT key FROM outbox.events) AS k") == 100_000)
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 @testable import OutboxCore
+import OutboxTestSupport
 import Testing
 
 @Suite struct PostgresDriverTests {
@@ -112,7 +113,7 @@ import Testing
             try await tx.query("SELECT pg_sleep(30)")
         }
         // Rolled back, and the connection is usable.
-        #expect(try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self) == 0)
+        #expect(try await db.count("\(table)") == 0)
         try await db.query("DROP TABLE \(table)")
     }
 
@@ -130,11 +131,11 @@ import Testing
                 PostgresStatement("INSERT INTO \(table) VALUES ($1)", [.int(2)], prepared: true),
             ])
         }
-        #expect(try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self) == 0)
+        #expect(try await db.count("\(table)") == 0)
         // A pipeline after it runs normally (the cancelled one was read to its end).
         let after = try await db.pipeline([PostgresStatement("INSERT INTO \(table) VALUES ($1)", [.int(3)], prepared: true)])
         #expect(after.count == 1)
-        #expect(try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self) == 1)
+        #expect(try await db.count("\(table)") == 1)
         try await db.query("DROP TABLE \(table)")
     }
 
@@ -164,7 +165,7 @@ import Testing
         }
         try await Task.sleep(for: .milliseconds(50))
         // Would see 1 uncommitted row (or roll it back) if it ran inside the open transaction.
-        let seen = try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self)
+        let seen = try await db.count("\(table)")
         try await inside.value
         #expect(seen == 2)
         try await db.query("DROP TABLE \(table)")
@@ -178,7 +179,7 @@ import Testing
         let results = try await db.pipeline(inserts)
         #expect(results.count == 1000)
         #expect(results.allSatisfy { (try? $0.get()) != nil })
-        #expect(try await db.query("SELECT count(*) AS n FROM \(table)").first!.decode("n", as: Int.self) == 1000)
+        #expect(try await db.count("\(table)") == 1000)
 
         let mixed = try await db.pipeline([
             (sql: "SELECT $1::int AS v", parameters: [.int(7)]),
@@ -203,8 +204,7 @@ import Testing
             try await db.pipeline([PostgresStatement(sql, [.int(value)], prepared: true)])[0].get().first!.decode("v")
         }
         func preparedCount() async throws -> Int {
-            try await db.query("SELECT count(*) AS n FROM pg_prepared_statements WHERE statement = $1", [.text(sql)])
-                .first!.decode("n")
+            try await db.count("pg_prepared_statements WHERE statement = $1", [.text(sql)])
         }
         // First prepared inside a transaction that rolls back: the statement outlives it.
         await #expect(throws: PostgresError.self) {

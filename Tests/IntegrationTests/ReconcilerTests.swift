@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import OutboxCore
+import OutboxTestSupport
 @testable import Reconciler
 
 /// `outbox-reconciler` as an operator runs it, against a fresh database and its own collection.
@@ -103,31 +104,31 @@ import Testing
             #expect(count(dry.report, "dead") == 5 && ids(dry.report, "dead") == Set((0..<5).map { String(9_000_000 + $0) }))
             #expect(count(dry.report, "missing_point") == 7 && ids(dry.report, "missing_point") == Set(missing))
             #expect(count(dry.report, "orphan_point") == 9 && ids(dry.report, "orphan_point") == Set(orphans))
-            #expect(try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 10)
+            #expect(try await db.count("outbox.events") == 10)
             #expect(try await db.query("SELECT count(embedding_id) AS n FROM extractions").first!.decode("n", as: Int.self) == 935)
 
             // Repair, twice: the second run enqueues nothing new.
             let repaired = try await reconcile(config, url: url)
             #expect(repaired.status == 1)
-            let afterFirst = try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self)
-            let upserts = try await db.query("SELECT count(*) AS n FROM outbox.events WHERE operation = 'upsert'").first!.decode("n", as: Int.self)
+            let afterFirst = try await db.count("outbox.events")
+            let upserts = try await db.count("outbox.events WHERE operation = 'upsert'")
             #expect(upserts == 10 + 50 + 7)  // the stuck ones, plus one per unembedded and per missing-point row
             let deleted = try await db.query(
                 "SELECT i FROM outbox.events, jsonb_array_elements_text(payload -> 'ids') AS i WHERE operation = 'delete'")
             #expect(Set(try deleted.rows.map { try $0.decode("i", as: String.self) }) == Set(orphans))  // one delete per scroll page
             _ = try await reconcile(config, url: url)
-            #expect(try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == afterFirst)
+            #expect(try await db.count("outbox.events") == afterFirst)
 
             // The relay drains; dead letters are requeued; then everything agrees.
-            let relay = try RelayProcess(databaseURL: url, config: config)
+            let relay = try DaemonProcess.relay(databaseURL: url, config: config)
             try await eventually("relay drains the repairs", timeout: .seconds(60)) {
-                try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 0
+                try await db.count("outbox.events") == 0
             }
             let requeue = try await reconcile(config, url: url, ["--requeue-dead"])
             #expect(requeue.status == 1)
             #expect(requeue.report["tables"]?["extractions"]?["dead"]?["repaired"] == 5)
             try await eventually("relay drains the requeued dead letters", timeout: .seconds(60)) {
-                try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 0
+                try await db.count("outbox.events") == 0
             }
             let final = try await reconcile(config, url: url)
             #expect(final.status == 0, "still drifting: \(final.report.jsonText)")
@@ -254,7 +255,7 @@ extension ReconcilerTests {
             let first = try await reconcile(shipped, url: url)
             #expect(first.status == 1)
             #expect(ids(first.report, "unembedded") == Set(rows))
-            let relay = try RelayProcess(databaseURL: url, config: shipped)
+            let relay = try DaemonProcess.relay(databaseURL: url, config: shipped)
             try await eventually("repairs delivered", timeout: .seconds(30)) {
                 try await db.query("SELECT count(embedding_id) AS n FROM extractions").first!.decode("n", as: Int.self) == 5
             }

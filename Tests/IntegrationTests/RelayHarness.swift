@@ -2,95 +2,29 @@ import Foundation
 import Testing
 
 @testable import OutboxCore
+import OutboxTestSupport
 
-/// A free TCP port on 127.0.0.1, below Linux' ephemeral range (32768–60999): a port the kernel
-/// picked (bind to port 0) could be handed out again, as the local port of one of the many
-/// client connections the tests open, before the process meant to listen on it had bound it.
-func freePort() throws -> Int {
-    for _ in 0..<100 {
-        let port = Int.random(in: 20_000..<32_000)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(port).bigEndian
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-        }
-        if bound { return port }
-    }
-    throw TestEnvironment.Missing(name: "a free TCP port")
-}
-
-/// `outbox-relay serve` as a child process, as an operator runs it.
-final class RelayProcess: @unchecked Sendable {
-    // @unchecked Sendable: the Process is only touched from the test task that owns this object.
-    let process = Process()
-    let port: Int
-    let logURL: URL
-
-    init(databaseURL: String, environment: [String: String] = [:], config: String = "config/outbox.yaml") throws {
-        port = try freePort()
-        logURL = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-relay-\(UUID().uuidString).log")
-        FileManager.default.createFile(atPath: logURL.path, contents: nil)
-        process.executableURL = try TestEnvironment.executable("outbox-relay")
-        process.arguments = ["serve", "--config", config]
-        process.currentDirectoryURL = TestEnvironment.repositoryRoot
-        var env = ProcessInfo.processInfo.environment
-        env["OUTBOX_POSTGRES_URL"] = databaseURL
-        env["OUTBOX_RELAY_HTTP_PORT"] = String(port)
-        env["OUTBOX_RELAY_BACKOFF_MAX"] = "3s"
-        env["OUTBOX_RELAY_SHUTDOWN_GRACE"] = "10s"
-        env["OUTBOX_LOG_LEVEL"] = "info"
-        for (k, v) in environment { env[k] = v }
-        process.environment = env
-        let log = try FileHandle(forWritingTo: logURL)
-        process.standardOutput = log
-        process.standardError = log
-        try process.run()
+extension DaemonProcess {
+    /// `outbox-relay serve` on `databaseURL`, as an operator runs it, with a short backoff ceiling.
+    static func relay(databaseURL: String, environment: [String: String] = [:], config: String = "config/outbox.yaml") throws
+        -> DaemonProcess
+    {
+        let settings = [
+            "OUTBOX_POSTGRES_URL": databaseURL, "OUTBOX_RELAY_BACKOFF_MAX": "3s", "OUTBOX_RELAY_SHUTDOWN_GRACE": "10s",
+            "OUTBOX_LOG_LEVEL": "info",
+        ]
+        return try DaemonProcess(
+            executable: try TestEnvironment.executable("outbox-relay"), config: config, directory: TestEnvironment.repositoryRoot,
+            port: try freePort(), environment: settings.merging(environment) { $1 }, logger: TestEnvironment.logger)
     }
 
-    deinit {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-        } else if !signalled {
-            // A relay that died under a test (a port taken, a crash) shows why in the test's output.
-            FileHandle.standardError.write(Data(
-                "outbox-relay on port \(port) exited on its own (status \(process.terminationStatus)); its log ends:\n\(log.suffix(3000))\n".utf8))
-        }
-        try? FileManager.default.removeItem(at: logURL)
-    }
-
-    var log: String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
-
-    /// The test signalled it, so an exit is expected.
-    private var signalled = false
-
-    func signal(_ signal: Int32) {
-        signalled = true
-        kill(process.processIdentifier, signal)
-    }
-
-    /// Waits for the process to exit; returns its status, or nil on timeout.
-    func waitForExit(timeout: Duration) async -> Int32? {
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(50))
-        }
-        return process.isRunning ? nil : process.terminationStatus
-    }
-
-    /// GET `path` on the relay's health server: (status, body), or nil if it did not answer.
-    func get(_ path: String) async -> (status: Int, body: String)? {
-        let http = HTTPConnection(logger: TestEnvironment.logger)
-        guard let r = try? await http.perform(HTTPRequest(method: .GET, url: "http://127.0.0.1:\(port)\(path)", timeout: .seconds(2)))
-        else { return nil }
-        return (r.status, r.bodyText)
-    }
-
-    func waitUntilReady(timeout: Duration = .seconds(20)) async throws {
-        try await eventually("relay ready (log: \(log.suffix(2000)))", timeout: timeout) { await self.get("/readyz")?.status == 200 }
+    /// `outbox-reconciler serve` on `databaseURL`, scanning every second without repairs.
+    static func reconciler(databaseURL: String, environment: [String: String] = [:]) throws -> DaemonProcess {
+        let settings = ["OUTBOX_POSTGRES_URL": databaseURL, "OUTBOX_RECONCILER_INTERVAL": "1s", "OUTBOX_RECONCILER_REPAIR": "false"]
+        return try DaemonProcess(
+            executable: try TestEnvironment.executable("outbox-reconciler"), config: "config/outbox.yaml",
+            directory: TestEnvironment.repositoryRoot, port: try freePort(), environment: settings.merging(environment) { $1 },
+            logger: TestEnvironment.logger)
     }
 }
 
@@ -143,7 +77,7 @@ struct DrainScenario {
     }
 
     func pending(_ db: PostgresConnection) async throws -> Int {
-        try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n")
+        try await db.count("outbox.events")
     }
 
     /// The end state every relay test demands: nothing pending, nothing dead, every row's

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import OutboxCore
+import OutboxTestSupport
 @testable import OutboxRelay
 
 /// `outbox-relay serve` end to end: real Postgres (a fresh database per test, so each relay
@@ -13,7 +14,7 @@ import Testing
             let scenario = DrainScenario(keys: 500, rowsPerKey: 10)
             try await scenario.seed(db, qdrant: qdrant)
             #expect(try await scenario.pending(db) == 10_000)
-            let relay = try RelayProcess(databaseURL: url)
+            let relay = try DaemonProcess.relay(databaseURL: url)
             try await eventually("drain", timeout: .seconds(120)) { try await scenario.pending(db) == 0 }
             try await scenario.verify(db, qdrant: qdrant)
             let metrics = await relay.get("/metrics")?.body ?? ""
@@ -115,7 +116,7 @@ import Testing
                 // Another relay's claim: the three keys' heads, locked until this transaction ends.
                 let held = try await OutboxStore.claim(tx, destination: .redis, batchSize: 10, batchEvents: 30, maxPerKey: 10)
                 #expect(held.heads == 3)
-                let relay = try RelayProcess(databaseURL: url, environment: ["OUTBOX_RELAY_POLL_INTERVAL": "2s"])
+                let relay = try DaemonProcess.relay(databaseURL: url, environment: ["OUTBOX_RELAY_POLL_INTERVAL": "2s"])
                 try await relay.waitUntilReady()
                 try await Task.sleep(for: .seconds(6))
                 let metrics = await relay.get("/metrics")?.body ?? ""
@@ -136,7 +137,7 @@ import Testing
             try await scenario.seed(db, qdrant: qdrant)
             // Small batches so the kill lands with work both done and in flight.
             let slow = ["OUTBOX_RELAY_BATCH_SIZE": "20"]
-            let first = try RelayProcess(databaseURL: url, environment: slow)
+            let first = try DaemonProcess.relay(databaseURL: url, environment: slow)
             try await eventually("partial progress", timeout: .seconds(60)) {
                 try await scenario.pending(db) < scenario.eventCount * 3 / 4
             }
@@ -145,7 +146,7 @@ import Testing
             let left = try await scenario.pending(db)
             #expect(left > 0, "the relay finished before it was killed; nothing was tested")
 
-            let second = try RelayProcess(databaseURL: url)
+            let second = try DaemonProcess.relay(databaseURL: url)
             try await eventually("drain after restart", timeout: .seconds(120)) { try await scenario.pending(db) == 0 }
             try await scenario.verify(db, qdrant: qdrant)
             _ = second
@@ -157,8 +158,8 @@ import Testing
             let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
             let scenario = DrainScenario(keys: 300, rowsPerKey: 10)
             let small = ["OUTBOX_RELAY_BATCH_SIZE": "50"]
-            let a = try RelayProcess(databaseURL: url, environment: small)
-            let b = try RelayProcess(databaseURL: url, environment: small)
+            let a = try DaemonProcess.relay(databaseURL: url, environment: small)
+            let b = try DaemonProcess.relay(databaseURL: url, environment: small)
             // Both wait before the events commit: a relay that started first could otherwise drain
             // the whole outbox (two lanes per destination) before the other connected.
             try await a.waitUntilReady()
@@ -212,9 +213,9 @@ import Testing
                   ('redis', 'xadd', 'bad-shape', '{"stream": 5, "fields": {"a": "b"}}'),
                   ('qdrant', 'delete', 'bad-shape-q', '{"collection": "\(collection)", "ids": "all"}')
                 """)
-            let relay = try RelayProcess(databaseURL: url)
+            let relay = try DaemonProcess.relay(databaseURL: url)
             try await eventually("drain", timeout: .seconds(60)) {
-                try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self) == 0
+                try await db.count("outbox.events") == 0
             }
             let dead = try await db.query("SELECT key, attempts, error FROM outbox.dead_letters ORDER BY id")
             let byKey = Dictionary(uniqueKeysWithValues: try dead.rows.map { (try $0.decode("key", as: String.self), $0) })
@@ -256,8 +257,8 @@ import Testing
             // Still poison: back in dead letters after one more attempt. The fixed one lands, once,
             // though a later event of its key landed before it.
             try await eventually("requeued poison dead again, the fixed one delivered", timeout: .seconds(30)) {
-                let dead = try await db.query("SELECT count(*) AS n FROM outbox.dead_letters").first!.decode("n", as: Int.self)
-                let pending = try await db.query("SELECT count(*) AS n FROM outbox.events").first!.decode("n", as: Int.self)
+                let dead = try await db.count("outbox.dead_letters")
+                let pending = try await db.count("outbox.events")
                 return dead == 3 && pending == 0
             }
             #expect(try await redis.command("XLEN", fixable) == .integer(1))
@@ -280,7 +281,7 @@ import Testing
             let cutoff = try await startCutoff(port: cutPort, target: parts.port ?? 5432)
             parts.port = cutPort
             let viaCutoff = "postgresql://\(parts.user ?? ""):\(parts.password ?? "")@127.0.0.1:\(cutPort)\(parts.path)"
-            let relay = try RelayProcess(databaseURL: viaCutoff, environment: ["OUTBOX_RELAY_POLL_INTERVAL": "1s"])
+            let relay = try DaemonProcess.relay(databaseURL: viaCutoff, environment: ["OUTBOX_RELAY_POLL_INTERVAL": "1s"])
             try await relay.waitUntilReady()
 
             // SIGKILL: children of the test process inherit its blocked-signal mask, so SIGTERM
@@ -318,7 +319,7 @@ import Testing
             let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
             let scenario = DrainScenario(keys: 300, rowsPerKey: 10)
             try await scenario.seed(db, qdrant: qdrant)
-            let first = try RelayProcess(databaseURL: url, environment: ["OUTBOX_RELAY_BATCH_SIZE": "20"])
+            let first = try DaemonProcess.relay(databaseURL: url, environment: ["OUTBOX_RELAY_BATCH_SIZE": "20"])
             try await eventually("partial progress", timeout: .seconds(60)) {
                 try await scenario.pending(db) < scenario.eventCount * 3 / 4
             }
@@ -330,7 +331,7 @@ import Testing
             #expect(first.log.contains("Relay stopped"))
             #expect(try await scenario.pending(db) > 0, "the relay finished before SIGTERM; nothing was tested")
 
-            let second = try RelayProcess(databaseURL: url)
+            let second = try DaemonProcess.relay(databaseURL: url)
             try await eventually("drain after restart", timeout: .seconds(120)) { try await scenario.pending(db) == 0 }
             try await scenario.verify(db, qdrant: qdrant)
             _ = second
@@ -347,7 +348,7 @@ import Testing
             let counter = try await startCutoff(port: port, target: parts.port ?? 5432, countFile: countFile)
             defer { kill(counter.processIdentifier, SIGKILL) }
             parts.port = port
-            let relay = try RelayProcess(
+            let relay = try DaemonProcess.relay(
                 databaseURL: "postgresql://\(parts.user ?? ""):\(parts.password ?? "")@127.0.0.1:\(port)\(parts.path)",
                 environment: ["OUTBOX_RELAY_POLL_INTERVAL": "2s"])
             try await relay.waitUntilReady()
@@ -389,10 +390,9 @@ extension HTTPDriverTests {
             try await scenario.seed(db, qdrant: qdrant)
             try await qdrant.setFaults(["status": 503, "duration_s": 20, "paths": .string(scenario.collection)])
             let started = ContinuousClock.now
-            let relay = try RelayProcess(databaseURL: url)
+            let relay = try DaemonProcess.relay(databaseURL: url)
             func pending(_ destination: String) async throws -> Int {
-                try await db.query("SELECT count(*) AS n FROM outbox.events WHERE destination = $1", [.text(destination)])
-                    .first!.decode("n")
+                try await db.count("outbox.events WHERE destination = $1", [.text(destination)])
             }
             try await eventually("redis drained while qdrant is down", timeout: .seconds(15)) { try await pending("redis") == 0 }
             #expect(ContinuousClock.now - started < .seconds(20))

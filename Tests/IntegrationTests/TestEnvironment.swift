@@ -3,22 +3,15 @@ import Logging
 import Testing
 
 @testable import OutboxCore
+import OutboxTestSupport
 
 /// The real servers started by `scripts/services up`, found through the variables that
 /// `scripts/services env` prints. A missing variable is a test failure, never a skip: run
 /// `make test`, or `eval "$(scripts/services env)"` before `swift test`.
 enum TestEnvironment {
-    struct Missing: Error, CustomStringConvertible {
-        let name: String
-        var description: String {
-            "\(name) is not set: start the services with `scripts/services up` and run `eval \"$(scripts/services env)\"` (or use `make test`)"
-        }
-    }
+    typealias Missing = ServicesEnvironment.Missing
 
-    static func variable(_ name: String) throws -> String {
-        guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else { throw Missing(name: name) }
-        return value
-    }
+    static func variable(_ name: String) throws -> String { try ServicesEnvironment.variable(name) }
 
     static var logger: Logger {
         var logger = Logger(label: "integration-tests")
@@ -69,43 +62,12 @@ enum TestEnvironment {
         }
     }
 
-    /// A throwaway database, dropped after `body`. Advisory locks are per database, so work in
-    /// it (a 100,000-key backfill, migrations from scratch) cannot contend with parallel tests.
+    /// A throwaway database, dropped after `body` (see `ScratchDatabase`).
     static func withFreshDatabase<T>(
         migrated: Bool, _ body: (_ url: String, _ connection: PostgresConnection) async throws -> T
     ) async throws -> T {
-        let admin = try await connect()
-        let name = uniqueName("outbox_test")
-        try await admin.query("CREATE DATABASE \(name)")
-        var parts = try #require(URLParts(try variable("OUTBOX_POSTGRES_URL")))
-        parts.path = "/" + name
-        let url = "postgresql://\(parts.user ?? ""):\(parts.password ?? "")@\(parts.host):\(parts.port ?? 5432)/\(name)"
-        do {
-            let connection = try await PostgresConnection.connect(PostgresConfiguration(url: url), logger: logger)
-            if migrated {
-                try await Migrator(directory: schemaDirectory, logger: logger).migrate(connection)
-            }
-            let result = try await body(url, connection)
-            await connection.close()
-            try await dropDatabase(name, admin: admin)
-            return result
-        } catch {
-            try? await dropDatabase(name, admin: admin)
-            throw error
-        }
-    }
-
-    /// `DROP DATABASE … WITH (FORCE)`, waiting out an autovacuum worker in it (after a bulk load):
-    /// the test role may not terminate one (42501), and Postgres ends it within a few seconds.
-    static func dropDatabase(_ name: String, admin: PostgresConnection) async throws {
-        for attempt in 1... {
-            do {
-                try await admin.query("DROP DATABASE \(name) WITH (FORCE)")
-                return
-            } catch let error as PostgresError where error.sqlState == "42501" && attempt < 30 {
-                try await Task.sleep(for: .milliseconds(500))
-            }
-        }
+        try await ScratchDatabase.with(
+            server: try postgresConfiguration(), prefix: "outbox_test", schemaDirectory: migrated ? schemaDirectory : nil, logger: logger, body)
     }
 
     static func redis() async throws -> RedisConnection {

@@ -55,7 +55,7 @@ public enum Connectivity {
         var quick = config
         quick.timeout = .seconds(5)
         do {
-            let reply = try await QdrantClient(configuration: quick, logger: logger).call(.GET, "/collections")
+            let reply = try await QdrantClient(configuration: quick, logger: logger).call(.listCollections)
             guard reply.status == 200 else {
                 return Probe(store: "qdrant", address: config.url, problem: "GET /collections answered \(reply.status)", detail: "")
             }

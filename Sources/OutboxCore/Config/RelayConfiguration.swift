@@ -69,8 +69,12 @@ public struct RelaySettings: Sendable {
 
 /// Exponential backoff with full jitter, capped.
 public struct Backoff: Sendable, Equatable {
-    public var initial: Duration = .milliseconds(500)
-    public var maximum: Duration = .seconds(300)
+    package init(initial: Duration = .milliseconds(500), maximum: Duration = .seconds(300)) {
+        (self.initial, self.maximum) = (initial, maximum)
+    }
+
+    public var initial: Duration
+    public var maximum: Duration
 
     /// The delay before attempt `attempt + 1` (attempt counts from 1), in
     /// `[ceiling/2, ceiling]` where ceiling = min(maximum, initial × 2^(attempt-1)).
@@ -82,7 +86,7 @@ public struct Backoff: Sendable, Equatable {
 }
 
 extension Duration {
-    var seconds: Double {
+    package var seconds: Double {
         let (s, atto) = components
         return Double(s) + Double(atto) / 1e18
     }

@@ -1,6 +1,6 @@
 import Foundation
 
-/// `outbox-relay dead-letters list|requeue|purge`.
+/// The dead-letter queue: `outbox-relay dead-letters list|requeue|purge`, and `outbox-reconciler reconcile --requeue-dead`.
 public enum DeadLetters {
     /// Which dead letters a command acts on. Exactly one of ids, key, or all.
     public enum Selection: Sendable, Equatable {

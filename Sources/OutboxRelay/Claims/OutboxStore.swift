@@ -1,4 +1,5 @@
 import Foundation
+import OutboxCore
 
 /// The relay's SQL: claiming and acknowledging events. Every statement runs inside the claiming
 /// transaction, so claims are row locks that vanish the instant the relay's session ends.
@@ -9,7 +10,7 @@ enum OutboxStore {
         /// Heads claimed (one per key).
         var heads = 0
         /// Where the next claim should start (0: from the front) and whether to claim again at once.
-        var next = Scan()
+        var next = ClaimPlanning.Scan()
         /// The lowest of the last ids of the keys that took their whole share: those keys' next
         /// events, the heads to claim once this claim is acknowledged, lie after it.
         var resume: Int64?
@@ -17,18 +18,6 @@ enum OutboxStore {
         /// heads takes of each (see `DestinationWorker.nextHeadsLimit`).
         var saturated = false
     }
-
-    /// A claim's place in a pass over one destination's events.
-    struct Scan: Equatable {
-        /// Heads with ids up to this one are left for the next pass.
-        var cursor: Int64 = 0
-        /// Claim again without waiting: the pass has not reached the end, or it did work.
-        var more = false
-    }
-
-    /// Rows one claim looks at for heads: enough for a full claim, and a bound on the work of a
-    /// claim that finds few (few keys, or keys another lane or relay holds).
-    static func window(batchSize: Int) -> Int { max(1_000, 2 * batchSize) }
 
     /// Claims up to `maxHeads` (by default `batchSize`) keys' worth of events for `destination`, in
     /// id order; `batchSize` also sets the window.
@@ -44,7 +33,7 @@ enum OutboxStore {
     /// A pass walks the destination's events in id order, one *window* of rows after `after` per
     /// claim, so a claim never scans further than `window` rows however few heads it finds, and a
     /// long drain does not rescan the dead index entries its own deletes left at the front of the
-    /// id order. `Claim.next` says where the next claim starts (see `nextScan`).
+    /// id order. `Claim.next` says where the next claim starts (see `ClaimPlanning.nextScan`).
     ///
     /// `excludingKeys` are keys known to be held (a sibling lane's open claim): their rows are
     /// neither candidates nor counted in the window, so the window reaches past them to the heads
@@ -60,7 +49,7 @@ enum OutboxStore {
         // ran twice (once per reference). Without keys to exclude the window's count needs no
         // column but the index's (no key test that would read every row).
         var parameters: [PostgresValue] = [
-            .text(destination.rawValue), .int(Int64(maxHeads)), .int(after), .int(Int64(window(batchSize: batchSize))),
+            .text(destination.rawValue), .int(Int64(maxHeads)), .int(after), .int(Int64(ClaimPlanning.window(batchSize: batchSize))),
         ]
         var notHeld = (window: "", candidate: "")
         if !excludingKeys.isEmpty {
@@ -117,35 +106,9 @@ enum OutboxStore {
             claim.saturated = fullKeysLast.count == claim.heads
         }
         claim.resume = fullKeysLast.min()
-        claim.next = nextScan(
+        claim.next = ClaimPlanning.nextScan(
             from: after, heads: headIDs, batchSize: maxHeads, windowEnd: windowEnd, fullKeysLast: fullKeysLast)
         return claim
-    }
-
-    /// Where the claim after one that started `from` (0: the front) begins:
-    /// - after a full claim (`batchSize` heads), after its last head;
-    /// - after a short claim that stopped at the window's end (`windowEnd`), after the window:
-    ///   its other heads are held by another lane or relay, or waiting for a retry, and are left
-    ///   for the next pass;
-    /// - after a claim that reached the end, at the front (a new pass, which also picks up retries
-    ///   come due); at once if this pass did any work.
-    /// A key that took its whole share of a claim (`fullKeysLast`: its last claimed id) may have
-    /// more events just after it, and the next claim starts no later than that: a few hot keys
-    /// then drain claim after claim instead of once per pass.
-    static func nextScan(from: Int64, heads: [Int64], batchSize: Int, windowEnd: Int64?, fullKeysLast: [Int64]) -> Scan {
-        var scan: Scan
-        if heads.count >= batchSize, let last = heads.max() {
-            scan = Scan(cursor: last, more: true)
-        } else if let windowEnd {
-            scan = Scan(cursor: windowEnd, more: true)
-        } else {
-            scan = Scan(cursor: 0, more: !heads.isEmpty || from != 0)
-        }
-        if let lowest = fullKeysLast.min() {
-            scan.cursor = scan.cursor == 0 ? lowest : min(scan.cursor, lowest)
-            scan.more = true
-        }
-        return scan
     }
 
     /// Where a claim's columns are in its result, looked up once rather than per row and column
@@ -175,77 +138,15 @@ enum OutboxStore {
             attempts: try row.decode(at: columns.attempts), payloadProblem: problem, requeued: try row.decode(at: columns.requeued))
     }
 
-    /// An error text as it can be stored: a NUL byte (which a server could echo back from input)
-    /// would make the driver refuse the whole acknowledgement, and a huge echo would bloat the row.
-    static func storable(_ reason: String) -> String {
-        var text = reason.contains("\0") ? reason.replacingOccurrences(of: "\0", with: "\\u0000") : reason
-        if text.utf8.count > 4096 { text = String(decoding: text.utf8.prefix(4096), as: UTF8.self) + "…" }
-        return text
-    }
-
-    /// What a failed attempt leads to.
-    enum AfterFailure: Equatable {
-        /// Another attempt after this many seconds.
-        case retry(delay: Double)
-        case deadLetter(reason: String)
-    }
-
-    /// A `.retry` is given up after `relay.max_attempts` attempts or `relay.max_age`; an
-    /// `.unconfirmed` attempt never is (it may have landed; see ``DeliveryOutcome``).
-    static func afterFailure(_ outcome: DeliveryOutcome, of event: ClaimedEvent, settings: RelaySettings, now: Date) -> AfterFailure {
-        let attempt = event.attempts + 1
-        let backoff = settings.backoff.delay(afterAttempt: attempt).seconds
-        guard case .retry(let reason, let retryAfter) = outcome else { return .retry(delay: backoff) }
-        let age = now.timeIntervalSince(event.createdAt)
-        if attempt >= settings.maxAttempts {
-            return .deadLetter(reason: "gave up after \(attempt) attempts; last error: \(reason)")
-        } else if age >= settings.maxAge.seconds {
-            return .deadLetter(reason: "gave up after \(Int(age)) s (relay.max_age); last error: \(reason)")
-        }
-        return .retry(delay: max(backoff, retryAfter?.seconds ?? 0))
-    }
-
-    struct Acknowledgement: Equatable {
-        var delivered = 0
-        var retried = 0
-        var deadLettered = 0
-    }
-
-    /// Applies `outcomes` in the claiming transaction: deletes delivered events and sets their
-    /// rows' embedding columns, reschedules retries with backoff, and moves permanent failures
-    /// (and retries past `maxAttempts` / `maxAge`, but never unconfirmed ones) to
-    /// `outbox.dead_letters`.
-    static func acknowledge(
-        _ tx: PostgresConnection, events: [ClaimedEvent], outcomes: [Int64: DeliveryOutcome], settings: RelaySettings,
-        sources: SourceColumnTypes, now: Date = Date()
-    ) async throws -> Acknowledgement {
-        var ack = Acknowledgement()
-        var deliveredIDs: [Int64] = []
-        var dead: [(Int64, String)] = []
-        var retries: [(Int64, Double, String)] = []
-        var sourceUpdates: [TableMapping: [SourceUpdate]] = [:]
-        for event in events {
-            let outcome = outcomes[event.id] ?? .skipped
-            switch outcome {
-            case .delivered(let source):
-                deliveredIDs.append(event.id)
-                if let source { sourceUpdates[source.table, default: []].append(source) }
-            case .dead(let reason):
-                dead.append((event.id, Self.storable(reason)))
-            case .retry(let reason, _), .unconfirmed(let reason):
-                switch Self.afterFailure(outcome, of: event, settings: settings, now: now) {
-                case .retry(let delay): retries.append((event.id, delay, Self.storable(reason)))
-                case .deadLetter(let reason): dead.append((event.id, Self.storable(reason)))
-                }
-            case .skipped:
-                break  // released untouched when the transaction commits
-            }
-        }
-
+    /// Carries out `settlement` in the claiming transaction, in one pipelined round trip: deletes
+    /// delivered events and sets their rows' embedding columns, reschedules retries, and moves dead
+    /// letters to `outbox.dead_letters`. Events the settlement does not name are released untouched.
+    static func acknowledge(_ tx: PostgresConnection, _ settlement: Settlement, sources: SourceColumnTypes) async throws {
         var statements: [(sql: String, parameters: [PostgresValue])] = []
-        if !deliveredIDs.isEmpty {
-            statements.append(("DELETE FROM outbox.events WHERE id = ANY($1::bigint[])", [.intArray(deliveredIDs)]))
+        if !settlement.delivered.isEmpty {
+            statements.append(("DELETE FROM outbox.events WHERE id = ANY($1::bigint[])", [.intArray(settlement.delivered.map(\.id))]))
         }
+        let dead = settlement.deadLetters
         if !dead.isEmpty {
             statements.append((
                 """
@@ -254,8 +155,9 @@ enum OutboxStore {
                 INSERT INTO outbox.dead_letters (id, destination, operation, key, payload, headers, created_at, attempts, error)
                 SELECT id, destination, operation, key, payload, headers, created_at, attempts + 1, reason FROM d
                 ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, error = EXCLUDED.error, dead_lettered_at = now()
-                """, [.intArray(dead.map(\.0)), .textArray(dead.map(\.1))]))
+                """, [.intArray(dead.map(\.id)), .textArray(dead.map(\.reason))]))
         }
+        let retries = settlement.retries
         if !retries.isEmpty {
             statements.append((
                 """
@@ -263,88 +165,13 @@ enum OutboxStore {
                 SET attempts = e.attempts + 1, available_at = now() + make_interval(secs => r.delay), last_error = r.reason
                 FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS r(id, delay, reason)
                 WHERE e.id = r.id
-                """, [.intArray(retries.map(\.0)), .doubleArray(retries.map(\.1)), .textArray(retries.map(\.2))]))
+                """, [.intArray(retries.map(\.id)), .doubleArray(retries.map(\.delay)), .textArray(retries.map(\.reason))]))
         }
-        for (table, updates) in sourceUpdates {
+        for (table, updates) in settlement.sourceUpdates {
             statements.append((sources.updateSQL(table), [.textArray(updates.map(\.rowID)), .textArray(updates.map(\.pointID))]))
         }
         for result in try await tx.pipeline(statements) {
             _ = try result.get()
         }
-        ack.delivered = deliveredIDs.count
-        ack.retried = retries.count
-        ack.deadLettered = dead.count
-        return ack
-    }
-}
-
-/// Column types of mapped tables, read from the catalog once, so source updates can cast text
-/// parameters to the right type (uuid, bigint, text, …) and check values before delivery.
-struct SourceColumnTypes: Sendable {
-    struct Types: Sendable, Hashable {
-        let id: String
-        let embedding: String
-    }
-
-    private(set) var types: [TableMapping: Types] = [:]
-
-    struct Problem: Error, CustomStringConvertible {
-        let key: String
-        let message: String
-        var description: String { "config: \(key): \(message)" }
-    }
-
-    static func resolve(_ tables: [String: TableMapping], on db: PostgresConnection) async throws -> SourceColumnTypes {
-        var resolved = SourceColumnTypes()
-        for mapping in tables.values {
-            func type(_ column: SQLIdentifier) async throws -> String {
-                let rows = try await db.query(
-                    """
-                    SELECT format_type(a.atttypid, a.atttypmod) AS type
-                    FROM pg_attribute a
-                    WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped
-                    """, [.text(mapping.table.quoted), .text(column.name)])
-                guard let type = try rows.first?.decode("type", as: String.self) else {
-                    throw Problem(key: "tables.\(mapping.name)", message: "\(mapping.table) has no column \(column) (or the table does not exist)")
-                }
-                return type
-            }
-            resolved.types[mapping] = Types(id: try await type(mapping.idColumn), embedding: try await type(mapping.embeddingColumn))
-        }
-        return resolved
-    }
-
-    /// `UPDATE table SET embedding = point WHERE id = row` for arrays of (row id, point id) text.
-    /// Identifiers are validated and quoted; types come from the catalog; values are parameters.
-    func updateSQL(_ table: TableMapping) -> String {
-        let t = types[table] ?? Types(id: "text", embedding: "text")
-        return """
-            UPDATE \(table.table.quoted) AS t SET \(table.embeddingColumn.quoted) = u.point_id::\(t.embedding)
-            FROM unnest($1::text[], $2::text[]) AS u(row_id, point_id)
-            WHERE t.\(table.idColumn.quoted) = u.row_id::\(t.id)
-            """
-    }
-
-    /// Whether `value` parses as a value of the SQL `type` (for the types point ids and row ids
-    /// commonly have; other types are assumed to accept any text).
-    static func fits(_ value: String, _ type: String) -> Bool {
-        switch type {
-        case "uuid": UUID(uuidString: value) != nil
-        case "bigint", "integer", "smallint": Int64(value) != nil
-        default: true
-        }
-    }
-
-    /// Why `source` cannot be written back, or nil when it can: a row id or point id that does not
-    /// parse as the column's type would fail the whole acknowledgement.
-    func problem(with source: SourceUpdate) -> String? {
-        guard let t = types[source.table] else { return nil }
-        if !Self.fits(source.rowID, t.id) {
-            return "source.id \"\(source.rowID)\" is not a valid \(t.id) for \(source.table.table).\(source.table.idColumn)"
-        }
-        if !Self.fits(source.pointID, t.embedding) {
-            return "point id \(source.pointID) cannot be stored in \(source.table.table).\(source.table.embeddingColumn) (\(t.embedding))"
-        }
-        return nil
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import OutboxCore
 
 /// An event claimed from `outbox.events`, held (row-locked) by the claiming transaction.
 public struct ClaimedEvent: Sendable, Equatable {
@@ -43,40 +44,24 @@ public struct SourceUpdate: Sendable, Hashable {
     public let pointID: String
 }
 
+extension SourceColumnTypes {
+    /// Why `source` cannot be written back, or nil when it can: a row id or point id that does not
+    /// parse as the column's type would fail the whole acknowledgement.
+    func problem(with source: SourceUpdate) -> String? {
+        guard let t = types[source.table] else { return nil }
+        if !Self.fits(source.rowID, t.id) {
+            return "source.id \"\(source.rowID)\" is not a valid \(t.id) for \(source.table.table).\(source.table.idColumn)"
+        }
+        if !Self.fits(source.pointID, t.embedding) {
+            return "point id \(source.pointID) cannot be stored in \(source.table.table).\(source.table.embeddingColumn) (\(t.embedding))"
+        }
+        return nil
+    }
+}
+
 /// Applies claimed events to one destination. Never throws: every event gets an outcome.
 protocol Deliverer: Sendable {
     func deliver(_ events: [ClaimedEvent]) async -> [Int64: DeliveryOutcome]
-}
-
-/// How the relay treats a failure: DESIGN §4's retry table.
-enum FailureClass: Equatable {
-    case transient(retryAfter: Duration?)
-    case permanent
-
-    /// HTTP statuses: 408, 429 and 5xx are transient; other 4xx are permanent.
-    static func http(status: Int, retryAfterHeader: String?) -> FailureClass {
-        switch status {
-        case 408, 425, 429, 500...599:
-            return .transient(retryAfter: retryAfterHeader.flatMap(parseRetryAfter))
-        default:
-            return .permanent
-        }
-    }
-
-    /// `Retry-After` in seconds (the HTTP-date form is rare for APIs; treated as absent).
-    static func parseRetryAfter(_ text: String) -> Duration? {
-        guard let seconds = Double(text.trimmingCharacters(in: .whitespaces)), seconds >= 0, seconds.isFinite else {
-            return nil
-        }
-        return .milliseconds(Int64(min(seconds, 3600) * 1000))
-    }
-
-    /// Redis error replies that a later attempt can get past; anything else (WRONGTYPE, ERR …)
-    /// is a property of the event.
-    static func redis(errorReply: String) -> FailureClass {
-        let transient = ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "OOM", "READONLY", "CLUSTERDOWN", "NOSCRIPT", "NOREPLICAS"]
-        return transient.contains(where: { errorReply.hasPrefix($0) }) ? .transient(retryAfter: nil) : .permanent
-    }
 }
 
 /// Marks, in event order, every event of a key after the key's first failure as `.skipped`, so a

@@ -1,4 +1,5 @@
 import Foundation
+import OutboxCore
 import Logging
 
 /// Turns texts into vectors for `qdrant.upsert` events that carry `text` and no `vector`.

@@ -1,56 +1,6 @@
 import Foundation
+import OutboxCore
 import Logging
-
-/// The Qdrant REST calls the relay and reconciler make, over one keep-alive libcurl handle.
-public struct QdrantClient: Sendable {
-    let http: HTTPConnection
-    let configuration: QdrantConfiguration
-
-    public init(configuration: QdrantConfiguration, logger: Logger) {
-        self.configuration = configuration
-        self.http = HTTPConnection(logger: logger, secrets: [configuration.apiKey].compactMap { $0 })
-    }
-
-    /// One Qdrant reply: status, the envelope's `result`, and its error text when it failed.
-    public struct Reply: Sendable {
-        public let status: Int
-        public let result: JSONValue?
-        public let error: String?
-        public let retryAfter: String?
-
-        /// Qdrant's `result.status` for updates: `completed`, `acknowledged`, `wait_timeout`.
-        public var updateStatus: String? { result?["status"]?.stringValue }
-    }
-
-    public func call(_ method: HTTPRequest.Method, _ path: String, body: [UInt8]? = nil) async throws -> Reply {
-        var headers: [(name: String, value: String)] = []
-        if let key = configuration.apiKey { headers.append(("api-key", key)) }
-        if body != nil { headers.append(("Content-Type", "application/json")) }
-        let base = configuration.url.hasSuffix("/") ? String(configuration.url.dropLast()) : configuration.url
-        let response = try await http.perform(
-            HTTPRequest(method: method, url: base + path, headers: headers, body: body, timeout: configuration.timeout))
-        let json = try? JSONValue.parse(response.bodyText)
-        let error = json?["status"]?["error"]?.stringValue
-            ?? (response.status >= 400 ? String(response.bodyText.prefix(300)) : nil)
-        return Reply(status: response.status, result: json?["result"], error: error, retryAfter: response.headers["retry-after"])
-    }
-
-    /// Creates `spec` unless it exists; 409 (created meanwhile by someone else) counts as success.
-    public func ensureCollection(_ spec: CollectionSpec) async throws -> Reply {
-        let exists = try await call(.GET, "/collections/\(Self.escape(spec.name))/exists")
-        if exists.status == 200, exists.result?["exists"] == .bool(true) { return exists }
-        let body: JSONValue = ["vectors": ["size": .number(Double(spec.size)), "distance": .string(spec.distance)]]
-        let created = try await call(.PUT, "/collections/\(Self.escape(spec.name))", body: Array(body.jsonText.utf8))
-        return created.status == 409 ? Reply(status: 200, result: .bool(true), error: nil, retryAfter: nil) : created
-    }
-
-    /// Percent-escapes a collection name for a URL path segment. `.` and `..` are escaped whole:
-    /// as literal dot segments libcurl would resolve them, sending the request to another path.
-    static func escape(_ name: String) -> String {
-        if name == "." || name == ".." { return String(repeating: "%2E", count: name.count) }
-        return name.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-_.~"))) ?? name
-    }
-}
 
 /// Applies `qdrant.*` events in claim order: consecutive operations of one kind on one collection
 /// become one request (upserts capped by bytes), sent with `wait=true` and confirmed only by
@@ -147,9 +97,8 @@ struct QdrantDeliverer: Deliverer {
     /// Sends one request for `group`; on a permanent rejection of several events, bisects.
     private func send(_ group: [Item], createdCollection: Bool = false) async -> [(Int64, DeliveryOutcome)] {
         let collection = group[0].operation.collection
-        let path = "/collections/\(QdrantClient.escape(collection))"
         let body: [UInt8]
-        let endpoint: (HTTPRequest.Method, String)
+        let endpoint: QdrantClient.Endpoint
         switch group[0].operation {
         case .upsert:
             // {"points":[...]} from the points encoded for the byte cap.
@@ -161,24 +110,24 @@ struct QdrantDeliverer: Deliverer {
             }
             bytes += Array("]}".utf8)
             body = bytes
-            endpoint = (.PUT, path + "/points?wait=true&ordering=strong")
+            endpoint = .upsertPoints(collection: collection)
         case .delete:
             body = JSONValue.object(["points": .array(group.flatMap { item -> [JSONValue] in
                 if case .delete(_, let ids) = item.operation { return ids }
                 return []
             })]).jsonBytes
-            endpoint = (.POST, path + "/points/delete?wait=true&ordering=strong")
+            endpoint = .deletePoints(collection: collection)
         case .setPayload(_, _, let payload):
             body = JSONValue.object(["payload": payload, "points": .array(group.flatMap { item -> [JSONValue] in
                 if case .setPayload(_, let ids, _) = item.operation { return ids }
                 return []
             })]).jsonBytes
-            endpoint = (.POST, path + "/points/payload?wait=true&ordering=strong")
+            endpoint = .setPayload(collection: collection)
         }
 
         let reply: QdrantClient.Reply
         do {
-            reply = try await client.call(endpoint.0, endpoint.1, body: body)
+            reply = try await client.call(endpoint, body: body)
         } catch {
             return group.map { ($0.event.id, .retry(reason: "qdrant: \(error)", retryAfter: nil)) }
         }

@@ -1,4 +1,5 @@
 import Foundation
+import OutboxCore
 import Logging
 
 /// Applies `redis.*` events: one Lua call per chunk of events, all chunks in one pipelined round

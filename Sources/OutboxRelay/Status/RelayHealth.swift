@@ -1,4 +1,5 @@
 import Foundation
+import OutboxCore
 import CoreMetrics
 import Metrics
 import Prometheus
@@ -16,7 +17,7 @@ public actor RelayHealth {
     /// Components that have not completed start-up yet.
     private(set) var starting: Set<String> = ["listener", "redis worker", "qdrant worker"]
     private(set) var destinationFailures: [OutboxEvent.Destination: Failure] = [:]
-    private(set) var totals: [OutboxEvent.Destination: OutboxStore.Acknowledgement] = [:]
+    private(set) var totals: [OutboxEvent.Destination: Settlement.Counts] = [:]
     private(set) var lastDelivery: [OutboxEvent.Destination: Date] = [:]
     public let startedAt = Date()
 
@@ -36,7 +37,7 @@ public actor RelayHealth {
 
     /// A batch where nothing was delivered and something failed transiently marks the destination
     /// failing; any delivery clears it. Dead letters (bad events) say nothing about the destination.
-    func record(_ ack: OutboxStore.Acknowledgement, destination: OutboxEvent.Destination, lastRetryReason: String?) {
+    func record(_ ack: Settlement.Counts, destination: OutboxEvent.Destination, lastRetryReason: String?) {
         var total = totals[destination] ?? .init()
         total.delivered += ack.delivered
         total.retried += ack.retried
@@ -66,7 +67,7 @@ public actor RelayHealth {
         return reasons
     }
 
-    func snapshot() -> (totals: [OutboxEvent.Destination: OutboxStore.Acknowledgement], failures: [OutboxEvent.Destination: Failure],
+    func snapshot() -> (totals: [OutboxEvent.Destination: Settlement.Counts], failures: [OutboxEvent.Destination: Failure],
                         lastDelivery: [OutboxEvent.Destination: Date])
     {
         (totals, destinationFailures, lastDelivery)

@@ -1,4 +1,5 @@
 import Foundation
+import OutboxCore
 import CoreMetrics
 import Logging
 import Prometheus

@@ -1,27 +1,16 @@
 import Foundation
+import OutboxCore
 import Logging
 
-/// Turns scan results into alerts that fire on change and resolve when cleared.
-///
-/// An alert (per table and category) fires when a category turns non-empty, fires again when its
-/// count changes materially (doubles, or halves while still non-empty), and sends one resolve
-/// notice when it returns to zero. A category that stays the same sends nothing, scan after scan.
-/// Every alert is logged and counted; it is also POSTed to the webhook and published on the
-/// Redis channel when those are configured.
+/// Sends the alerts that `AlertPolicy` decides on: every alert is logged and counted; it is also
+/// POSTed to the webhook and published on the Redis channel when those are configured.
 public actor AlertManager {
-    public struct Alert: Sendable, Equatable {
-        public let table: String
-        public let category: String
-        public let state: String  // "firing" | "resolved"
-        public let count: Int
-        public let previousCount: Int
-        public let sampleIDs: [String]
-    }
+    public typealias Alert = AlertPolicy.Alert
 
     let settings: ReconcilerSettings
     let redisConfiguration: RedisConfiguration
     let logger: Logger
-    private var active: [String: Int] = [:]
+    private var policy = AlertPolicy()
     private var http: HTTPConnection?
     private var redis: RedisConnection?
     public private(set) var sent: [Alert] = []
@@ -35,20 +24,7 @@ public actor AlertManager {
     /// The alerts this report causes (and sends them).
     @discardableResult
     public func process(_ report: ReconcileReport) async -> [Alert] {
-        var alerts: [Alert] = []
-        for (table, categories) in report.findings.sorted(by: { $0.key < $1.key }) {
-            for (category, finding) in categories.sorted(by: { $0.key < $1.key }) {
-                let key = "\(table).\(category.rawValue)"
-                let previous = active[key] ?? 0
-                let now = finding.count
-                let material = previous == 0 ? now > 0 : (now == 0 || now >= previous * 2 || now * 2 <= previous)
-                guard material else { continue }
-                alerts.append(Alert(
-                    table: table, category: category.rawValue, state: now == 0 ? "resolved" : "firing", count: now,
-                    previousCount: previous, sampleIDs: finding.ids))
-                active[key] = now == 0 ? nil : now
-            }
-        }
+        let alerts = policy.alerts(for: report)
         for alert in alerts { await send(alert) }
         return alerts
     }

@@ -1,59 +1,6 @@
 import Foundation
+import OutboxCore
 import Logging
-
-/// `reconciler.*` keys.
-///
-/// | key | type | default |
-/// |---|---|---|
-/// | `reconciler.http.host` / `reconciler.http.port` | string / int | `127.0.0.1` / `8471` |
-/// | `reconciler.interval` | duration between scans (serve) | `60s` |
-/// | `reconciler.grace_period` | duration a NULL embedding may be young | `5m` |
-/// | `reconciler.stuck_after` | duration | `15m` |
-/// | `reconciler.stuck_attempts` | int | `10` |
-/// | `reconciler.page_size` | int, rows per keyset page | `1000` |
-/// | `reconciler.repair` | bool, repair in serve mode | `true` |
-/// | `reconciler.alert_webhook_url` | URL, optional | none |
-/// | `reconciler.alert_webhook_timeout` | duration | `5s` |
-/// | `reconciler.alert_redis_channel` | string, optional | none |
-public struct ReconcilerSettings: Sendable {
-    public var httpHost = "127.0.0.1"
-    public var httpPort = 8471
-    public var interval: Duration = .seconds(60)
-    public var gracePeriod: Duration = .seconds(300)
-    public var stuckAfter: Duration = .seconds(900)
-    public var stuckAttempts = 10
-    public var pageSize = 1000
-    public var repair = true
-    public var webhookURL: String?
-    public var webhookTimeout: Duration = .seconds(5)
-    public var redisChannel: String?
-
-    public init() {}
-
-    init(_ c: ConfigValues) throws {
-        httpHost = try c.string("reconciler.http.host", default: httpHost)
-        httpPort = try c.int("reconciler.http.port", default: httpPort, range: 0...65535)
-        interval = try c.duration("reconciler.interval", default: interval)
-        gracePeriod = try c.duration("reconciler.grace_period", default: gracePeriod)
-        stuckAfter = try c.duration("reconciler.stuck_after", default: stuckAfter)
-        stuckAttempts = try c.int("reconciler.stuck_attempts", default: stuckAttempts, range: 1...1_000_000)
-        pageSize = try c.int("reconciler.page_size", default: pageSize, range: 10...100_000)
-        if let text = c.raw("reconciler.repair") {
-            guard let value = Bool(text.lowercased()) else {
-                throw ConfigurationError(key: "reconciler.repair", problem: "expected true or false, got \"\(text)\"")
-            }
-            repair = value
-        }
-        if let url = c.raw("reconciler.alert_webhook_url", secret: true) {
-            guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
-                throw ConfigurationError(key: "reconciler.alert_webhook_url", problem: "must start with http:// or https://")
-            }
-            webhookURL = url
-        }
-        webhookTimeout = try c.duration("reconciler.alert_webhook_timeout", default: webhookTimeout)
-        redisChannel = c.raw("reconciler.alert_redis_channel")
-    }
-}
 
 /// What drifted, per tracked table and category.
 public struct ReconcileReport: Sendable {
@@ -329,12 +276,11 @@ struct TableScan {
     func orphanPoints(report: inout ReconcileReport) async throws -> ReconcileReport.Finding {
         var finding = ReconcileReport.Finding()
         let t = table
-        let collection = QdrantClient.escape(t.collection)
         var offset: JSONValue = .null
         repeat {
             var body: [String: JSONValue] = ["limit": .number(Double(settings.pageSize)), "with_payload": false, "with_vector": false]
             if offset != .null { body["offset"] = offset }
-            let reply = try await qdrant.call(.POST, "/collections/\(collection)/points/scroll", body: Array(JSONValue.object(body).jsonText.utf8))
+            let reply = try await qdrant.call(.scrollPoints(collection: t.collection), body: .object(body))
             if reply.status == 404 { break }  // no collection: no points, no orphans
             guard reply.status == 200 else { throw ReconcilerError(message: "qdrant scroll answered \(reply.status): \(reply.error ?? "")") }
             let points = reply.result?["points"]?.arrayValue?.compactMap { $0["id"] } ?? []
@@ -393,8 +339,7 @@ struct TableScan {
     private func existingPoints(_ pointIDs: [String]) async throws -> Set<String> {
         let ids: [JSONValue] = pointIDs.map { UInt64($0).map { .number(Double($0)) } ?? .string($0) }
         let body: JSONValue = ["ids": .array(ids), "with_payload": false, "with_vector": false]
-        let reply = try await qdrant.call(
-            .POST, "/collections/\(QdrantClient.escape(table.collection))/points", body: Array(body.jsonText.utf8))
+        let reply = try await qdrant.call(.retrievePoints(collection: table.collection), body: body)
         if reply.status == 404 { return [] }
         guard reply.status == 200 else { throw ReconcilerError(message: "qdrant lookup answered \(reply.status): \(reply.error ?? "")") }
         return Set(reply.result?.arrayValue?.compactMap { $0["id"].map(Self.pointText) } ?? [])

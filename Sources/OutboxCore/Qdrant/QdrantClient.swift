@@ -1,0 +1,96 @@
+import Foundation
+import Logging
+
+/// The Qdrant REST calls the relay and reconciler make, over one keep-alive libcurl handle.
+public struct QdrantClient: Sendable {
+    let http: HTTPConnection
+    let configuration: QdrantConfiguration
+
+    public init(configuration: QdrantConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.http = HTTPConnection(logger: logger, secrets: [configuration.apiKey].compactMap { $0 })
+    }
+
+    /// One Qdrant reply: status, the envelope's `result`, and its error text when it failed.
+    public struct Reply: Sendable {
+        public let status: Int
+        public let result: JSONValue?
+        public let error: String?
+        public let retryAfter: String?
+
+        /// Qdrant's `result.status` for updates: `completed`, `acknowledged`, `wait_timeout`.
+        public var updateStatus: String? { result?["status"]?.stringValue }
+    }
+
+    /// The REST endpoints the project uses: the only place that spells Qdrant's paths. Writes wait
+    /// for Qdrant to apply them (`wait=true&ordering=strong`): only `"status": "completed"` confirms.
+    public enum Endpoint: Sendable, Equatable {
+        case listCollections
+        case collectionExists(String)
+        case createCollection(String)
+        case deleteCollection(String)
+        case upsertPoints(collection: String)
+        case deletePoints(collection: String)
+        case setPayload(collection: String)
+        case retrievePoints(collection: String)
+        case scrollPoints(collection: String)
+        case countPoints(collection: String)
+
+        public var method: HTTPRequest.Method {
+            switch self {
+            case .listCollections, .collectionExists: .GET
+            case .createCollection, .upsertPoints: .PUT
+            case .deleteCollection: .DELETE
+            case .deletePoints, .setPayload, .retrievePoints, .scrollPoints, .countPoints: .POST
+            }
+        }
+
+        public var path: String {
+            let write = "?wait=true&ordering=strong"
+            return switch self {
+            case .listCollections: "/collections"
+            case .collectionExists(let name): "/collections/\(escape(name))/exists"
+            case .createCollection(let name), .deleteCollection(let name): "/collections/\(escape(name))"
+            case .upsertPoints(let name): "/collections/\(escape(name))/points" + write
+            case .deletePoints(let name): "/collections/\(escape(name))/points/delete" + write
+            case .setPayload(let name): "/collections/\(escape(name))/points/payload" + write
+            case .retrievePoints(let name): "/collections/\(escape(name))/points"
+            case .scrollPoints(let name): "/collections/\(escape(name))/points/scroll"
+            case .countPoints(let name): "/collections/\(escape(name))/points/count"
+            }
+        }
+    }
+
+    public func call(_ endpoint: Endpoint, body: JSONValue) async throws -> Reply {
+        try await call(endpoint, body: body.jsonBytes)
+    }
+
+    public func call(_ endpoint: Endpoint, body: [UInt8]? = nil) async throws -> Reply {
+        var headers: [(name: String, value: String)] = []
+        if let key = configuration.apiKey { headers.append(("api-key", key)) }
+        if body != nil { headers.append(("Content-Type", "application/json")) }
+        let base = configuration.url.hasSuffix("/") ? String(configuration.url.dropLast()) : configuration.url
+        let response = try await http.perform(
+            HTTPRequest(method: endpoint.method, url: base + endpoint.path, headers: headers, body: body, timeout: configuration.timeout))
+        let json = try? JSONValue.parse(response.bodyText)
+        let error = json?["status"]?["error"]?.stringValue
+            ?? (response.status >= 400 ? String(response.bodyText.prefix(300)) : nil)
+        return Reply(status: response.status, result: json?["result"], error: error, retryAfter: response.headers["retry-after"])
+    }
+
+    /// Creates `spec` unless it exists; 409 (created meanwhile by someone else) counts as success.
+    public func ensureCollection(_ spec: CollectionSpec) async throws -> Reply {
+        let exists = try await call(.collectionExists(spec.name))
+        if exists.status == 200, exists.result?["exists"] == .bool(true) { return exists }
+        let body: JSONValue = ["vectors": ["size": .number(Double(spec.size)), "distance": .string(spec.distance)]]
+        let created = try await call(.createCollection(spec.name), body: body)
+        return created.status == 409 ? Reply(status: 200, result: .bool(true), error: nil, retryAfter: nil) : created
+    }
+
+    /// Percent-escapes a collection name for a URL path segment. `.` and `..` are escaped whole:
+    /// as literal dot segments libcurl would resolve them, sending the request to another path.
+    package static func escape(_ name: String) -> String {
+        if name == "." || name == ".." { return String(repeating: "%2E", count: name.count) }
+        return name.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-_.~"))) ?? name
+    }
+}
