@@ -33,7 +33,9 @@ struct OutboxDemo: AsyncParsableCommand {
     func run() async throws {
         let logger = CommandSupport.bootstrapLogging(label: "outbox-demo")
         let config = await CommandSupport.loadConfiguration(path: config)
-        let db = try await PostgresConnection.connect(config.postgres, logger: logger)
+        var postgres = config.postgres
+        postgres.applicationName = "outbox-demo"
+        let db = try await PostgresConnection.connect(postgres, logger: logger)
         let sentences = [
             "Invoice 4411 from Acme Corp totals 1,250.00 EUR, due on 2026-12-01.",
             "The contract renews automatically unless cancelled 30 days before term.",

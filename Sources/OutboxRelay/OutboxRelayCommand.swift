@@ -49,7 +49,9 @@ extension OutboxRelayCommand {
                 CommandSupport.fail("migrate: \(error)", exitCode: 2)
             }
             do {
-                let connection = try await PostgresConnection.connect(config.postgres, logger: logger)
+                var postgres = config.postgres
+                postgres.applicationName = "outbox-relay-migrate"
+                let connection = try await PostgresConnection.connect(postgres, logger: logger)
                 let report = try await migrator.migrate(connection)
                 if report.applied.isEmpty {
                     print("Database is up to date (\(report.alreadyApplied) migrations already applied).")

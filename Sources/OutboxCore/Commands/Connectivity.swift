@@ -24,6 +24,8 @@ public enum Connectivity {
 
     static func probePostgres(_ config: PostgresConfiguration, logger: Logger) async -> Probe {
         do {
+            var config = config
+            config.applicationName = "outbox-check"
             let connection = try await PostgresConnection.connect(config, logger: logger)
             let row = try await connection.query("""
                 SELECT current_setting('server_version') AS version,

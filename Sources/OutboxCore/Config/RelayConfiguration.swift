@@ -85,13 +85,6 @@ public struct Backoff: Sendable, Equatable {
     }
 }
 
-extension Duration {
-    package var seconds: Double {
-        let (s, atto) = components
-        return Double(s) + Double(atto) / 1e18
-    }
-}
-
 /// A domain table whose rows an upsert's `source` may name (`tables:` in config).
 public struct TableMapping: Sendable, Hashable {
     /// The name events use in `source.table`.
