@@ -129,3 +129,8 @@ struct DrainScenario {
         _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
     }
 }
+
+/// The value of the /metrics sample `name` (with its labels), if the daemon reported it.
+func sample(_ metrics: String, _ name: String) -> Int? {
+    metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) }
+}
