@@ -1,22 +1,10 @@
 import Foundation
 
 @testable import OutboxCore
+import OutboxTestSupport
 
-// Fuzzing support: the seeded event fuzzer of `HostileWriterInputTests`, and the seeded generator
-// it runs on (which `HostileRelayPayloadTests` also uses for its 10 MB payloads).
-
-/// SplitMix64: a tiny seeded generator, so a failing case is replayed from its seed and number.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+// Fuzzing support: the seeded event fuzzer of `HostileWriterInputTests`. It runs on `SplitMix64`
+// (OutboxTestSupport), which `HostileRelayPayloadTests` also uses for its 10 MB payloads.
 
 struct FuzzCase {
     let n: Int
