@@ -38,7 +38,8 @@ struct OutboxBench: AsyncParsableCommand {
             runs as its own process. Needs the local services (scripts/services up; eval "$(scripts/services env)") \
             and a release build (swift build -c release). Prints a table; --json writes the figures. Timings depend \
             on what else the machine runs: compare runs made back to back.
-            """)
+            """,
+        version: BuildInfo.version)
 
     @Argument(help: "Scenarios to run.")
     var scenarios: [String] = []

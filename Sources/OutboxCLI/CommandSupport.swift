@@ -5,9 +5,18 @@ import OutboxCore
 
 /// Process-level helpers shared by both executables.
 public enum CommandSupport {
-    /// Sets up logging to stderr once per process. Level from `OUTBOX_LOG_LEVEL` (default info).
+    /// Sets up logging to stderr once per process. Level from `OUTBOX_LOG_LEVEL` (default info; any
+    /// case); an unknown level exits 2 naming the variable rather than silently meaning info.
     public static func bootstrapLogging(label: String) -> Logger {
-        let level = ProcessInfo.processInfo.environment["OUTBOX_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
+        var level = Logger.Level.info
+        if let text = ProcessInfo.processInfo.environment["OUTBOX_LOG_LEVEL"], !text.isEmpty {
+            guard let parsed = Logger.Level(rawValue: text.lowercased()) else {
+                fail(
+                    "config: OUTBOX_LOG_LEVEL: unknown level \"\(text)\"; one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))",
+                    exitCode: 2)
+            }
+            level = parsed
+        }
         LoggingSystem.bootstrap { name in
             var handler = StreamLogHandler.standardError(label: name)
             handler.logLevel = level
@@ -50,7 +59,7 @@ public enum CommandSupport {
             let key = auth && config.redis.password != nil ? "redis.password" : "redis.url"
             return (key, "cannot reach Redis at \(config.redis.redactedURL): \(error.message)")
         case let error as HTTPTransportError:
-            return ("qdrant.url", "cannot reach Qdrant at \(config.qdrant.url): \(error.message)")
+            return ("qdrant.url", "cannot reach Qdrant at \(config.qdrant.redactedURL): \(error.message)")
         default:
             return nil
         }
@@ -106,11 +115,64 @@ extension CommandSupport {
     public static func connect(_ config: OutboxConfiguration, name: String, logger: Logger) async -> PostgresConnection {
         var postgres = config.postgres
         postgres.applicationName = name
+        let db: PostgresConnection
         do {
-            return try await PostgresConnection.connect(postgres, logger: logger)
+            db = try await PostgresConnection.connect(postgres, logger: logger)
+            let migrated = try await db.query("SELECT to_regclass('outbox.events') IS NOT NULL AS m").first?.decode("m", as: Bool.self)
+            guard migrated == true else {
+                fail("postgres.url: the outbox schema is missing in \(config.postgres.redactedURL): run `outbox-relay migrate` first", exitCode: 2)
+            }
         } catch {
             exitIfUnreachable(error, config)
             fail("cannot reach Postgres at \(config.postgres.redactedURL): \(error)", exitCode: 2)
         }
+        return db
+    }
+
+    /// Exit 1, saying so, when ids were named and none of them is a dead letter (a typo, or another
+    /// operator got there first); a key or `--all` that matches nothing is not an error.
+    public static func failIfNoneMatched(_ count: Int, _ selection: DeadLetters.Selection) {
+        guard count == 0, case .ids(let ids) = selection else { return }
+        fail("no dead letter with id \(ids.map(String.init).joined(separator: ", ")) (see `outbox-relay dead-letters list`)", exitCode: 1)
+    }
+}
+
+extension CommandSupport {
+    /// Exits 2 naming the key when the health server could not listen on `host:port`, before any
+    /// worker starts: a port in use (another daemon on it) surfaced as a NIO bind error after the
+    /// workers had started. Binds with `SO_REUSEADDR`, as the server does, then closes at once.
+    public static func ensureCanListen(host: String, port: Int, keyPrefix: String) {
+        guard port != 0 else { return }
+        var hints = addrinfo()
+        hints.ai_flags = AI_PASSIVE
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var results: UnsafeMutablePointer<addrinfo>?
+        let lookup = getaddrinfo(host, String(port), &hints, &results)
+        guard lookup == 0, let first = results else {
+            fail("config: \(keyPrefix).host: cannot listen on \(host): \(String(cString: gai_strerror(lookup)))", exitCode: 2)
+        }
+        defer { freeaddrinfo(results) }
+        var failure: Int32 = 0
+        var candidate: UnsafeMutablePointer<addrinfo>? = first
+        while let info = candidate {
+            let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype, info.pointee.ai_protocol)
+            if fd >= 0 {
+                var one: Int32 = 1
+                _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+                let bound = bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0
+                failure = bound ? 0 : errno
+                close(fd)
+                if bound { return }
+            }
+            candidate = info.pointee.ai_next
+        }
+        if failure == EADDRINUSE {
+            fail(
+                "config: \(keyPrefix).port: \(host):\(port) is already in use (another daemon on it?); choose a free port "
+                    + "(\(keyPrefix).port, \(ConfigurationError.environmentVariable(for: keyPrefix + ".port")))",
+                exitCode: 2)
+        }
+        fail("config: \(keyPrefix).host: cannot listen on \(host):\(port): \(String(cString: strerror(failure)))", exitCode: 2)
     }
 }

@@ -15,7 +15,8 @@ struct OutboxDemo: AsyncParsableCommand {
             Each row gets two events in the same transaction: a qdrant.upsert of its text (embedded by the \\
             relay, with source tracking so the relay sets embedding_id) and a redis.xadd to the stream \\
             extractions:events carrying a per-document sequence number.
-            """)
+            """,
+        version: BuildInfo.version)
 
     @Option(name: .long, help: ArgumentHelp("Configuration file.", valueName: "path"))
     var config: String?

@@ -125,7 +125,9 @@ extension OutboxRelayCommand {
                 let logger = CommandSupport.bootstrapLogging(label: "outbox-relay.dead-letters")
                 let config = await CommandSupport.loadConfiguration(path: options.config)
                 let db = await CommandSupport.connect(config, name: "outbox-relay-cli", logger: logger)
-                print("requeued \(try await DeadLetters.requeue(db, selection: selection.value)) event(s)")
+                let requeued = try await DeadLetters.requeue(db, selection: selection.value)
+                print("requeued \(requeued) event(s)")
+                CommandSupport.failIfNoneMatched(requeued, selection.value)
             }
         }
 
@@ -138,7 +140,9 @@ extension OutboxRelayCommand {
                 let logger = CommandSupport.bootstrapLogging(label: "outbox-relay.dead-letters")
                 let config = await CommandSupport.loadConfiguration(path: options.config)
                 let db = await CommandSupport.connect(config, name: "outbox-relay-cli", logger: logger)
-                print("purged \(try await DeadLetters.purge(db, selection: selection.value)) dead letter(s)")
+                let purged = try await DeadLetters.purge(db, selection: selection.value)
+                print("purged \(purged) dead letter(s)")
+                CommandSupport.failIfNoneMatched(purged, selection.value)
             }
         }
     }

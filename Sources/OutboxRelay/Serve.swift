@@ -21,6 +21,7 @@ extension OutboxRelayCommand {
         func run() async throws {
             let logger = CommandSupport.bootstrapLogging(label: "outbox-relay")
             let config = await CommandSupport.loadConfiguration(path: options.config)
+            CommandSupport.ensureCanListen(host: config.relay.httpHost, port: config.relay.httpPort, keyPrefix: "relay.http")
             let health = RelayHealth()
             let metrics = RelayMetrics()
             let relay = RelayService(configuration: config, health: health, metrics: metrics, logger: logger)
@@ -39,7 +40,7 @@ extension OutboxRelayCommand {
             groupConfiguration.maximumGracefulShutdownDuration = config.relay.shutdownGrace
             logger.info("Relay starting", metadata: [
                 "postgres.url": "\(config.postgres.redactedURL)", "redis.url": "\(config.redis.redactedURL)",
-                "qdrant.url": "\(config.qdrant.url)", "http.address": "\(config.relay.httpHost):\(config.relay.httpPort)",
+                "qdrant.url": "\(config.qdrant.redactedURL)", "http.address": "\(config.relay.httpHost):\(config.relay.httpPort)",
             ])
             do {
                 try await ServiceGroup(configuration: groupConfiguration).run()

@@ -17,6 +17,7 @@ struct ReconcilerCommand: AsyncParsableCommand {
 
             Exit status of reconcile: 0 consistent, 1 drift found, 2 error (bad configuration, unreachable service).
             """,
+        version: BuildInfo.version,
         subcommands: [Serve.self, Reconcile.self, CheckCommand.self],
         defaultSubcommand: Serve.self
     )
@@ -38,6 +39,7 @@ extension ReconcilerCommand {
         func run() async throws {
             let logger = CommandSupport.bootstrapLogging(label: "outbox-reconciler")
             let config = await CommandSupport.loadConfiguration(path: options.config)
+            CommandSupport.ensureCanListen(host: config.reconciler.httpHost, port: config.reconciler.httpPort, keyPrefix: "reconciler.http")
             let reconciler = ReconcilerService(configuration: config, logger: logger)
             let server = HealthServer.service(
                 host: config.reconciler.httpHost, port: config.reconciler.httpPort, handlers: reconciler.handlers, logger: logger)

@@ -104,7 +104,7 @@ public actor ReconcilerService: Service {
             "last_error": lastError.map(JSONValue.string) ?? .null,
             "last_report": lastReport?.json ?? .null,
             "postgres": ["url": .string(configuration.postgres.redactedURL)],
-            "qdrant": ["url": .string(configuration.qdrant.url)],
+            "qdrant": ["url": .string(configuration.qdrant.redactedURL)],
         ]
     }
 }

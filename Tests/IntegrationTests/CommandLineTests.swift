@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import OutboxCore
+import OutboxTestSupport
 
 /// The binaries as an operator runs them.
 @Suite struct CommandLineTests {
@@ -44,7 +45,7 @@ import Testing
         let negative = try await runProcess(
             relay, ["check", "--config", "config/outbox.yaml"], environment: ["OUTBOX_POSTGRES_CONNECT_TIMEOUT": "-1s"])
         #expect(negative.status == 2)
-        #expect(negative.stderr == "config: postgres.connect_timeout: must be positive, got \"-1s\"\n")
+        #expect(negative.stderr == "config: OUTBOX_POSTGRES_CONNECT_TIMEOUT (postgres.connect_timeout): must be positive, got \"-1s\"\n")
     }
 
     @Test func checkReportsEveryStoreWithoutShowingSecrets() async throws {
@@ -67,6 +68,100 @@ import Testing
         #expect(result.status == 2)
         #expect(result.stdout.contains("FAIL redis"))
         #expect(!result.stdout.contains("topsecret"))
+    }
+
+    /// `check` runs what `serve` needs of Postgres: on a database never migrated, one migrated by a
+    /// newer binary, or with a mapped table missing, it fails (exit 2) naming what to change. (Before,
+    /// it said ok and exited 0 on the first and the last, where `serve` could not run.) `status` on a
+    /// database never migrated says to migrate; requeueing an id that is no dead letter exits 1.
+    @Test func checkFailsWhereServeCannotRunAndAnOlderBinaryRefusesANewerSchema() async throws {
+        let relay = try TestEnvironment.executable("outbox-relay")
+        try await TestEnvironment.withFreshDatabase(migrated: false) { url, db in
+            let env = ["OUTBOX_POSTGRES_URL": url]
+            let unmigrated = try await runProcess(relay, ["check", "--config", "config/outbox.yaml"], environment: env)
+            #expect(unmigrated.status == 2, "\(unmigrated.stdout)")
+            #expect(unmigrated.stdout.contains("FAIL postgres"), "\(unmigrated.stdout)")
+            #expect(unmigrated.stdout.contains("postgres.url: outbox schema missing: run `outbox-relay migrate`"), "\(unmigrated.stdout)")
+            let status = try await runProcess(relay, ["status", "--config", "config/outbox.yaml"], environment: env)
+            #expect(status.status == 2)
+            #expect(status.stderr.contains("the outbox schema is missing in postgresql://"), "\(status.stderr)")
+            #expect(status.stderr.contains("run `outbox-relay migrate` first"), "\(status.stderr)")
+
+            #expect(try await runProcess(relay, ["migrate", "--config", "config/outbox.yaml"], environment: env).status == 0)
+            let healthy = try await runProcess(relay, ["check", "--config", "config/outbox.yaml"], environment: env)
+            #expect(healthy.status == 0, "\(healthy.stdout)")
+            #expect(healthy.stdout.contains("outbox schema up to date, 1 mapped table(s) found"), "\(healthy.stdout)")
+            let unknown = try await runProcess(relay, ["dead-letters", "requeue", "--id", "424242", "--config", "config/outbox.yaml"], environment: env)
+            #expect(unknown.status == 1)
+            #expect(unknown.stderr == "no dead letter with id 424242 (see `outbox-relay dead-letters list`)\n", "\(unknown.stderr)")
+
+            // A table mapped in config that the database does not have.
+            let config = FileManager.default.temporaryDirectory.appendingPathComponent("check-\(UUID().uuidString).yaml").path
+            try (try String(contentsOfFile: "\(TestEnvironment.repositoryRoot.path)/config/outbox.yaml", encoding: .utf8))
+                .replacingOccurrences(of: "../.local/", with: "\(TestEnvironment.repositoryRoot.path)/.local/")
+                .replacingOccurrences(of: "directory: ../schema", with: "directory: \(TestEnvironment.schemaDirectory)")
+                .replacingOccurrences(of: "    collection: extractions\n", with: """
+                        collection: extractions
+                      documents:
+                        table: public.no_such_documents
+                        collection: extractions
+
+                    """)
+                .write(toFile: config, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(atPath: config) }
+            let unmapped = try await runProcess(relay, ["check", "--config", config], environment: env)
+            #expect(unmapped.status == 2, "\(unmapped.stdout) \(unmapped.stderr)")
+            #expect(unmapped.stdout.contains("tables.documents: public.no_such_documents has no column"), "\(unmapped.stdout) \(unmapped.stderr)")
+
+            // A newer release applied migration 999: this binary's migrate, check and serve refuse it.
+            try await db.query("INSERT INTO outbox.schema_migrations (version, name, checksum) VALUES (999, '999_future.sql', 'x')")
+            let migrate = try await runProcess(relay, ["migrate", "--config", "config/outbox.yaml"], environment: env)
+            #expect(migrate.status != 0)
+            #expect(migrate.stderr.contains("version 999 (999_future.sql), newer than this binary's"), "\(migrate.stderr)")
+            let newer = try await runProcess(relay, ["check", "--config", "config/outbox.yaml"], environment: env)
+            #expect(newer.status == 2)
+            #expect(newer.stdout.contains("schema.directory: the database's outbox schema is at version 999"), "\(newer.stdout)")
+            let serve = try DaemonProcess.relay(databaseURL: url)
+            let exit = await serve.waitForExit(timeout: .seconds(20))
+            #expect(exit == 2, "serve on a newer schema: \(serve.log.suffix(1000))")
+            #expect(serve.log.contains("schema.directory: the database's outbox schema is at version 999"), "\(serve.log.suffix(1000))")
+        }
+    }
+
+    /// Mistakes in the environment are named by the variable that made them.
+    @Test func environmentMistakesNameTheirVariable() async throws {
+        let relay = try TestEnvironment.executable("outbox-relay")
+        let level = try await runProcess(relay, ["check", "--config", "config/outbox.yaml"], environment: ["OUTBOX_LOG_LEVEL": "verbose"])
+        #expect(level.status == 2)
+        #expect(level.stderr.hasPrefix("config: OUTBOX_LOG_LEVEL: unknown level \"verbose\"; one of trace, debug"), "\(level.stderr)")
+        let upper = try await runProcess(relay, ["--help"], environment: ["OUTBOX_LOG_LEVEL": "DEBUG"])
+        #expect(upper.status == 0, "a level in capitals is the same level")
+        let batch = try await runProcess(relay, ["check", "--config", "config/outbox.yaml"], environment: ["OUTBOX_RELAY_BATCH_SIZE": "lots"])
+        #expect(batch.status == 2)
+        #expect(batch.stderr == "config: OUTBOX_RELAY_BATCH_SIZE (relay.batch_size): expected an integer, got \"lots\"\n", "\(batch.stderr)")
+    }
+
+    /// A port already taken exits 2 naming the key, before any worker starts.
+    @Test func aHealthPortInUseIsNamedAndNothingStarts() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, _ in
+            let first = try DaemonProcess.relay(databaseURL: url)
+            try await first.waitUntilReady()
+            let second = try DaemonProcess.relay(databaseURL: url, environment: ["OUTBOX_RELAY_HTTP_PORT": String(first.port)])
+            #expect(await second.waitForExit(timeout: .seconds(10)) == 2)
+            #expect(second.log.contains("config: relay.http.port: 127.0.0.1:\(first.port) is already in use"), "\(second.log)")
+            #expect(!second.log.contains("Worker started"), "\(second.log)")
+            let reconciler = try DaemonProcess.reconciler(databaseURL: url, environment: ["OUTBOX_RECONCILER_HTTP_PORT": String(first.port)])
+            #expect(await reconciler.waitForExit(timeout: .seconds(10)) == 2)
+            #expect(reconciler.log.contains("config: reconciler.http.port: 127.0.0.1:\(first.port) is already in use"), "\(reconciler.log)")
+        }
+    }
+
+    @Test func everyBinaryTellsItsVersion() async throws {
+        for binary in ["outbox-relay", "outbox-reconciler", "outbox-demo"] {
+            let result = try await runProcess(try TestEnvironment.executable(binary), ["--version"])
+            #expect(result.status == 0, "\(binary)")
+            #expect(result.stdout == BuildInfo.version + "\n", "\(binary): \(result.stdout)")
+        }
     }
 
     @Test func helpExplainsEveryCommand() async throws {

@@ -128,4 +128,46 @@ import OutboxTestSupport
             #expect(logged.first?.contains("gave up after 2 attempts") == true, "\(logged)")
         }
     }
+
+    /// A wrong Qdrant api-key (a rotation gone wrong) is the destination's fault, not the events':
+    /// past `relay.max_attempts` they still wait, `/readyz` says why, and once the key is right
+    /// they all land. (Before, each became a dead letter after one attempt while `/readyz` said ready.)
+    @Test func aRefusedAPIKeyDeadLettersNothingAndTheEventsLandOnceItIsFixed() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let collection = TestEnvironment.uniqueName("rotated")
+            #expect(try await qdrant.call(.PUT, "/collections/\(collection)", ["vectors": ["size": 4, "distance": "Dot"]]).status == 200)
+            try await db.transaction { tx in
+                for n in 0..<5 {
+                    try await OutboxWriter.enqueue(
+                        .qdrantUpsert(collection: collection, id: .uuid(UUID()), vector: [1, 0, 0, Float(n)], key: "k\(n)"), on: tx)
+                }
+            }
+            let fast = ["OUTBOX_RELAY_BACKOFF_INITIAL": "100ms", "OUTBOX_RELAY_BACKOFF_MAX": "200ms"]
+            let wrong = try DaemonProcess.relay(databaseURL: url, environment: fast.merging([
+                "OUTBOX_QDRANT_API_KEY": "rotated-but-wrong", "OUTBOX_RELAY_MAX_ATTEMPTS": "2",
+            ]) { $1 })
+            try await eventually("readyz 503 naming the refusal", timeout: .seconds(20)) {
+                guard let ready = await wrong.get("/readyz"), ready.status == 503 else { return false }
+                return ready.body.contains("qdrant failing") && ready.body.contains("401")
+            }
+            try await eventually("attempts past relay.max_attempts", timeout: .seconds(30)) {
+                try await db.query("SELECT coalesce(min(attempts), 0) AS n FROM outbox.events").first!.decode("n", as: Int.self) >= 3
+            }
+            #expect(try await db.count("outbox.dead_letters") == 0)
+            #expect(try await db.count("outbox.events") == 5)
+            await wrong.stop()
+
+            let fixed = try DaemonProcess.relay(databaseURL: url, environment: fast)
+            try await eventually("every event delivered with the right key", timeout: .seconds(30)) {
+                try await db.count("outbox.events") == 0
+            }
+            #expect(try await db.count("outbox.dead_letters") == 0)
+            let points = try await qdrant.call(.POST, "/collections/\(collection)/points/count", ["exact": true])
+            #expect(points.json?["result"]?["count"] == 5)
+            try await eventually("ready again", timeout: .seconds(10)) { await fixed.get("/readyz")?.status == 200 }
+            _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
+        }
+    }
+
 }

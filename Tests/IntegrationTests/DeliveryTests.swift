@@ -213,6 +213,7 @@ func startHelper(_ script: String, _ arguments: [String]) async throws -> Proces
             try await OpenAIEmbedder(settings: settings, logger: TestEnvironment.logger).embed(["x"])
         }
         #expect(!unauthorised.isTransient)
+        #expect(unauthorised.failure == .destination, "a refused key is the endpoint's fault, not the event's")
         #expect(!unauthorised.description.contains("wrong-key-456"))
 
         settings.apiKey = "test-key-123"

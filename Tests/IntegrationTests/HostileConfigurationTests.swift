@@ -52,11 +52,11 @@ extension HostileInput {
                     #expect(result.stderr == line + "\n", "\(binary.lastPathComponent) \(arguments)")
                 }
             }
-            // Environment overrides go through the same checks.
+            // Environment overrides go through the same checks, and are named by their variable.
             let fromEnvironment = try await runProcess(
                 relay, ["serve", "--config", "config/outbox.yaml"], environment: ["OUTBOX_RELAY_SHUTDOWN_GRACE": "-1s"])
             #expect(fromEnvironment.status == 2)
-            #expect(fromEnvironment.stderr == "config: relay.shutdown_grace: must be positive, got \"-1s\"\n")
+            #expect(fromEnvironment.stderr == "config: OUTBOX_RELAY_SHUTDOWN_GRACE (relay.shutdown_grace): must be positive, got \"-1s\"\n")
         }
 
         /// Unreachable and unresolvable hosts: one-shot commands exit 2 with one line naming the key,

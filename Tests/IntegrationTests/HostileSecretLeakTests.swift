@@ -120,6 +120,53 @@ extension HostileInput {
             }
         }
 
+        /// The database password in every form `postgres.url` accepts (a URL's `?password=`, libpq
+        /// conninfo bare and quoted; the userinfo form is the test above's), right and wrong, and a
+        /// Qdrant URL carrying userinfo and `?api-key=`: absent from `serve`'s log at debug level and
+        /// its `/status`, and from `check`'s and `reconcile`'s output. (Before, only the userinfo
+        /// form of a Postgres or Redis URL was masked.)
+        @Test func secretsInEveryAddressFormAppearNowhere() async throws {
+            let qdrantSecrets = ["qd-userinfo-\(UUID().uuidString.prefix(8))", "qd-apikey-\(UUID().uuidString.prefix(8))"]
+            let badQdrant = "http://admin:\(qdrantSecrets[0])@127.0.0.1:1/?api-key=\(qdrantSecrets[1])"
+            try await TestEnvironment.withFreshDatabase(migrated: true) { url, _ in
+                let parts = try #require(URLParts(url))
+                let password = try #require(parts.password)
+                let (user, host, port, database) = (parts.user ?? "", parts.host, parts.port ?? 5432, String(parts.path.dropFirst()))
+                var outputs: [(String, String)] = []
+                for pw in [password, password + "-wrong"] {
+                    let encoded = pw.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? pw
+                    let forms = [
+                        "postgresql://\(user)@\(host):\(port)/\(database)?sslmode=disable&password=\(encoded)",
+                        "host=\(host) port=\(port) user=\(user) password=\(pw) dbname=\(database)",
+                        "host=\(host) port=\(port) user=\(user) password='\(pw)' dbname=\(database) connect_timeout=5",
+                    ]
+                    for form in forms {
+                        let env = ["OUTBOX_POSTGRES_URL": form, "OUTBOX_QDRANT_URL": badQdrant, "OUTBOX_LOG_LEVEL": "debug"]
+                        for (binary, arguments) in [("outbox-relay", ["check"]), ("outbox-relay", ["status"]), ("outbox-reconciler", ["reconcile", "--dry-run"])] {
+                            let r = try await runProcess(try TestEnvironment.executable(binary), arguments + ["--config", "config/outbox.yaml"], environment: env)
+                            outputs.append(("\(binary) \(arguments.joined(separator: " ")) with \(SecretAddress.redacted(form))", r.stdout + r.stderr))
+                        }
+                        guard pw == password else { continue }
+                        let relay = try DaemonProcess.relay(databaseURL: form, environment: env)
+                        try await eventually("relay on \(SecretAddress.redacted(form)) reports its state", timeout: .seconds(20)) {
+                            (await relay.get("/status"))?.status == 200 && relay.log.contains("debug")
+                        }
+                        outputs.append(("serve /status with \(SecretAddress.redacted(form))", await relay.get("/status")?.body ?? ""))
+                        outputs.append(("serve /readyz with \(SecretAddress.redacted(form))", await relay.get("/readyz")?.body ?? ""))
+                        await relay.stop()
+                        outputs.append(("serve log with \(SecretAddress.redacted(form))", relay.log))
+                    }
+                }
+                #expect(outputs.count == 27)  // 2 passwords × 3 forms × 3 commands, and 3 outputs of serve per form
+                for (name, text) in outputs {
+                    #expect(!text.isEmpty, "\(name) produced no output to check")
+                    for secret in [password, password + "-wrong"] + qdrantSecrets {
+                        #expect(!text.contains(secret), "\(name) shows a secret: \(Self.context(of: secret, in: text))")
+                    }
+                }
+            }
+        }
+
         static func secrets() throws -> [String] {
             [
                 URLParts(try TestEnvironment.variable("OUTBOX_POSTGRES_URL"))?.password,

@@ -75,6 +75,30 @@ import OutboxTestSupport
         }
     }
 
+    /// A destination the relay cannot reach is reported as failing in `/status` like one whose
+    /// deliveries fail, and every per-destination series is on `/metrics` from the start, at zero.
+    /// (Before, with Redis down, `redis.failing` was null and its failure counter absent.)
+    @Test func anUnreachableDestinationIsReportedFailingAndEveryMetricIsThereFromTheStart() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, _ in
+            let relay = try DaemonProcess.relay(databaseURL: url, environment: ["OUTBOX_REDIS_URL": "redis://127.0.0.1:\(try freePort())/0"])
+            try await eventually("readyz 503 naming Redis", timeout: .seconds(20)) {
+                guard let ready = await relay.get("/readyz"), ready.status == 503 else { return false }
+                return ready.body.contains("redis unreachable")
+            }
+            let status = try JSONValue.parse(await relay.get("/status")?.body ?? "{}")
+            let failing = status["destinations"]?["redis"]?["failing"]
+            #expect(failing?["error"]?.stringValue?.hasPrefix("unreachable: ") == true, "\(status.jsonText)")
+            #expect(failing?["since"]?.stringValue != nil, "\(status.jsonText)")
+            #expect(status["destinations"]?["qdrant"]?["failing"] == .null, "\(status.jsonText)")
+            let metrics = await relay.get("/metrics")?.body ?? ""
+            for destination in ["redis", "qdrant"] {
+                for name in ["outbox_events_delivered_total", "outbox_events_failed_total", "outbox_events_dead_lettered_total"] {
+                    #expect(sample(metrics, "\(name){destination=\"\(destination)\"}") == 0, "\(name) for \(destination): \(metrics)")
+                }
+            }
+        }
+    }
+
     @Test func readyzIs503WhilePostgresIsUnreachableAndTheRelayRecoversByItself() async throws {
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
             let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())

@@ -177,7 +177,8 @@ import Testing
 
     @Test(arguments: durationKeys)
     func negativeZeroHugeAndNonsenseDurationsNameTheKey(key: String) async {
-        // In the file (dotted form) and in the environment: same checks, same message.
+        // In the file (dotted form) and in the environment: same checks, same message; a value from
+        // the environment is named by its variable, where it must be fixed.
         let env = "OUTBOX_" + key.uppercased().replacingOccurrences(of: ".", with: "_")
         for (value, message) in [
             ("-1s", #"must be positive, got "-1s""#), ("0ms", #"must be positive, got "0ms""#),
@@ -189,7 +190,7 @@ import Testing
             #expect(fromFile?.key == key, "\(key) = \(value): \(String(describing: fromFile))")
             #expect(fromFile?.problem == message, "\(key) = \(value)")
             let fromEnvironment = await problem("{}", environment: [env: value])
-            #expect(fromEnvironment?.key == key, "\(env) = \(value): \(String(describing: fromEnvironment))")
+            #expect(fromEnvironment?.key == "\(env) (\(key))", "\(env) = \(value): \(String(describing: fromEnvironment))")
             #expect(fromEnvironment?.problem == message, "\(env) = \(value)")
         }
     }

@@ -19,8 +19,12 @@ import Testing
         for status in [408, 429, 500, 502, 503, 504] {
             #expect(FailureClass.http(status: status, retryAfterHeader: nil) == .transient(retryAfter: nil))
         }
-        for status in [400, 401, 403, 404, 409, 422] {
+        for status in [400, 404, 409, 422] {
             #expect(FailureClass.http(status: status, retryAfterHeader: nil) == .permanent)
+        }
+        // The destination refuses the relay's credentials: its fault, not the event's (issue 18).
+        for status in [401, 403] {
+            #expect(FailureClass.http(status: status, retryAfterHeader: nil) == .destination)
         }
         #expect(FailureClass.http(status: 429, retryAfterHeader: "7") == .transient(retryAfter: .seconds(7)))
         #expect(FailureClass.parseRetryAfter("Wed, 21 Oct 2015 07:28:00 GMT") == nil)
@@ -31,6 +35,9 @@ import Testing
         #expect(FailureClass.redis(errorReply: "ERR unknown command") == .permanent)
         #expect(FailureClass.redis(errorReply: "LOADING Redis is loading the dataset") == .transient(retryAfter: nil))
         #expect(FailureClass.redis(errorReply: "OOM command not allowed") == .transient(retryAfter: nil))
+        for refusal in ["NOAUTH Authentication required.", "WRONGPASS invalid username-password pair", "NOPERM this user has no permissions"] {
+            #expect(FailureClass.redis(errorReply: refusal) == .destination, "\(refusal)")
+        }
     }
 
     @Test func hashingEmbedderIsDeterministicNormalisedAndLexical() async throws {

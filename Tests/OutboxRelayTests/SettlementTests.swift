@@ -64,6 +64,17 @@ import Testing
         #expect(settlement.retryIn == settings.backoff.initial / 2)
     }
 
+    @Test func aDestinationFaultWaitsWithBackoffAndIsNeverDeadLettered() {
+        let settlement = Settlement(
+            events: [event(1, attempts: settings.maxAttempts + 3, age: settings.maxAge.seconds * 2), event(2)],
+            outcomes: [1: .destinationFault(reason: "qdrant answered 401: Invalid api-key"), 2: .destinationFault(reason: "qdrant answered 401")],
+            settings: settings)
+        #expect(settlement.deadLetters.isEmpty)
+        #expect(settlement.retries.map(\.id) == [1, 2])
+        #expect(settlement.retries.allSatisfy { $0.delay > 0 })
+        #expect(settlement.lastRetryReason == "qdrant answered 401")
+    }
+
     @Test func reasonsAreStoredWithoutNULAndCapped() {
         let settlement = Settlement(
             events: [event(1), event(2)],

@@ -1,44 +1,64 @@
 import Foundation
 import Logging
 
-/// Connects to each store named in the configuration and reports what answered.
-/// Used by `outbox-relay check` and `outbox-reconciler check`.
+/// Connects to each store named in the configuration and reports what answered, and validates
+/// what a daemon's start-up needs of Postgres: the outbox schema at this binary's version, and the
+/// mapped tables and columns. Used by `outbox-relay check` and `outbox-reconciler check`.
 public enum Connectivity {
     public struct Probe: Sendable {
         public let store: String
-        /// The config key naming the store's address (`postgres.url`, …).
-        public var key: String { store + ".url" }
+        /// The config key to change (`postgres.url`, `tables.extractions`, `schema.directory`, …).
+        public let key: String
         /// The address with secrets removed.
         public let address: String
-        /// nil when reachable; otherwise the (secret-free) reason.
+        /// nil when reachable and valid; otherwise the (secret-free) reason.
         public let problem: String?
         public let detail: String
+
+        init(store: String, key: String? = nil, address: String, problem: String?, detail: String) {
+            (self.store, self.key, self.address, self.problem, self.detail) = (store, key ?? store + ".url", address, problem, detail)
+        }
     }
 
     public static func probe(_ config: OutboxConfiguration, logger: Logger) async -> [Probe] {
-        async let postgres = probePostgres(config.postgres, logger: logger)
+        async let postgres = probePostgres(config, logger: logger)
         async let redis = probeRedis(config.redis, logger: logger)
         async let qdrant = probeQdrant(config.qdrant, logger: logger)
         return await [postgres, redis, qdrant]
     }
 
-    static func probePostgres(_ config: PostgresConfiguration, logger: Logger) async -> Probe {
+    static func probePostgres(_ configuration: OutboxConfiguration, logger: Logger) async -> Probe {
+        var config = configuration.postgres
+        config.applicationName = "outbox-check"
+        let connection: PostgresConnection
+        let version: String
         do {
-            var config = config
-            config.applicationName = "outbox-check"
-            let connection = try await PostgresConnection.connect(config, logger: logger)
-            let row = try await connection.query("""
-                SELECT current_setting('server_version') AS version,
-                       to_regclass('outbox.events') IS NOT NULL AS migrated
-                """).first!
-            let migrated: Bool = try row.decode("migrated")
-            return Probe(
-                store: "postgres", address: config.redactedURL, problem: nil,
-                detail: "server \(try row.decode("version", as: String.self)), "
-                    + (migrated ? "outbox schema present" : "outbox schema missing: run `outbox-relay migrate`"))
+            connection = try await PostgresConnection.connect(config, logger: logger)
+            version = try await connection.query("SELECT current_setting('server_version') AS v").first!.decode("v")
         } catch {
             return Probe(store: "postgres", address: config.redactedURL, problem: "\(error)", detail: "")
         }
+        defer { Task { await connection.close() } }
+        func failed(_ key: String, _ problem: String) -> Probe {
+            Probe(store: "postgres", key: key, address: config.redactedURL, problem: problem, detail: "")
+        }
+        // What serve needs: the schema at this binary's version, then the mapped tables and columns.
+        do {
+            let migrator = try Migrator(directory: configuration.schemaDirectory, logger: logger)
+            if let problem = try await migrator.standing(of: connection).problem {
+                return failed(problem.hasPrefix("the database") ? "schema.directory" : "postgres.url", problem)
+            }
+            _ = try await SourceColumnTypes.resolve(configuration.tables, on: connection)
+        } catch let problem as SourceColumnTypes.Problem {
+            return failed(problem.key, problem.message)
+        } catch let error as Migrator.MigrationError {
+            return failed("schema.directory", error.message)
+        } catch {
+            return failed("postgres.url", "\(error)")
+        }
+        return Probe(
+            store: "postgres", address: config.redactedURL, problem: nil,
+            detail: "server \(version), outbox schema up to date, \(configuration.tables.count) mapped table(s) found")
     }
 
     static func probeRedis(_ config: RedisConfiguration, logger: Logger) async -> Probe {
@@ -59,12 +79,12 @@ public enum Connectivity {
         do {
             let reply = try await QdrantClient(configuration: quick, logger: logger).call(.listCollections)
             guard reply.status == 200 else {
-                return Probe(store: "qdrant", address: config.url, problem: "GET /collections answered \(reply.status)", detail: "")
+                return Probe(store: "qdrant", address: config.redactedURL, problem: "GET /collections answered \(reply.status)", detail: "")
             }
             let count = reply.result?["collections"]?.arrayValue?.count ?? 0
-            return Probe(store: "qdrant", address: config.url, problem: nil, detail: "\(count) collection(s)")
+            return Probe(store: "qdrant", address: config.redactedURL, problem: nil, detail: "\(count) collection(s)")
         } catch {
-            return Probe(store: "qdrant", address: config.url, problem: "\(error)", detail: "")
+            return Probe(store: "qdrant", address: config.redactedURL, problem: "\(error)", detail: "")
         }
     }
 }

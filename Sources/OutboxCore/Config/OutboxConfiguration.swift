@@ -15,6 +15,11 @@ public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String { key.isEmpty ? "config: \(problem)" : "config: \(key): \(problem)" }
+
+    /// The environment variable that overrides `key`: `relay.batch_size` → `OUTBOX_RELAY_BATCH_SIZE`.
+    public static func environmentVariable(for key: String) -> String {
+        "OUTBOX_" + key.uppercased().replacingOccurrences(of: ".", with: "_")
+    }
 }
 
 /// Qdrant's HTTP endpoint. `apiKey` is a secret.
@@ -28,6 +33,12 @@ public struct QdrantConfiguration: Sendable {
         self.apiKey = apiKey
         self.timeout = timeout
     }
+
+    /// The URL with any userinfo password or secret query value replaced by `***`.
+    public var redactedURL: String { SecretAddress.redacted(url) }
+
+    /// What must never be shown: the api-key and any secret in the URL.
+    public var secrets: [String] { [apiKey].compactMap { $0 } + SecretAddress.secrets(in: url) }
 }
 
 /// Everything both daemons read from `config/outbox.yaml`, with environment overrides.
@@ -94,9 +105,16 @@ public struct OutboxConfiguration: Sendable {
         try ConfigKeys.check(document)
         let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
         let maps = try ConfigMaps.load(document: document)
-        return try OutboxConfiguration(
-            reader: ConfigValues(ConfigReader(providers: [env, file]), baseDirectory: base, recorder: recorder),
-            tables: maps.tables, collections: maps.collections)
+        do {
+            return try OutboxConfiguration(
+                reader: ConfigValues(ConfigReader(providers: [env, file]), baseDirectory: base, recorder: recorder),
+                tables: maps.tables, collections: maps.collections)
+        } catch let error as ConfigurationError {
+            // A value set in the environment is fixed there, not in the file: name the variable.
+            let variable = ConfigurationError.environmentVariable(for: error.key)
+            guard !error.key.isEmpty, environment[variable] != nil else { throw error }
+            throw ConfigurationError(key: "\(variable) (\(error.key))", problem: error.problem)
+        }
     }
 
     init(reader c: ConfigValues, tables: [String: TableMapping], collections: [String: CollectionSpec]) throws {
@@ -120,7 +138,7 @@ public struct OutboxConfiguration: Sendable {
         self.redis = redis
 
         qdrant = QdrantConfiguration(
-            url: try c.string("qdrant.url", default: "http://127.0.0.1:56333"),
+            url: try c.string("qdrant.url", default: "http://127.0.0.1:56333", secret: true),
             apiKey: try c.secret("qdrant.api_key"),
             timeout: try c.duration("qdrant.timeout", default: .seconds(30)))
         guard qdrant.url.hasPrefix("http://") || qdrant.url.hasPrefix("https://") else {

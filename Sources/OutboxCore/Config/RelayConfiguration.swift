@@ -140,7 +140,7 @@ public struct EmbeddingSettings: Sendable {
         }
         self.provider = provider
         dimensions = try c.int("embedding.dimensions", default: dimensions, range: 1...65_536)
-        baseURL = try c.string("embedding.base_url", default: baseURL)
+        baseURL = try c.string("embedding.base_url", default: baseURL, secret: true)
         model = try c.string("embedding.model", default: model)
         apiKey = try c.secret("embedding.api_key")
         batchSize = try c.int("embedding.batch_size", default: batchSize, range: 1...2048)

@@ -24,10 +24,10 @@ public struct PostgresConfiguration: Sendable {
         self.password = password
     }
 
-    /// The URL with any password replaced by `***`.
-    public var redactedURL: String { URLParts.redacted(url) }
+    /// The URL or conninfo with every secret in it replaced by `***` (``SecretAddress``).
+    public var redactedURL: String { SecretAddress.redacted(url) }
 
     var redactor: Redactor {
-        Redactor(secrets: [password, URLParts(url)?.password, url])
+        Redactor(secrets: [password, url] + SecretAddress.secrets(in: url))
     }
 }

@@ -17,7 +17,7 @@ public struct RedisConfiguration: Sendable {
         self.password = password
     }
 
-    public var redactedURL: String { URLParts.redacted(url) }
+    public var redactedURL: String { SecretAddress.redacted(url) }
 
     struct Endpoint {
         var host: String
@@ -219,7 +219,7 @@ public actor RedisConnection {
         self.executor = BlockingExecutor(label: "outbox.redis")
         self.configuration = configuration
         self.endpoint = try configuration.endpoint()
-        self.redactor = Redactor(secrets: [configuration.password, endpoint.password])
+        self.redactor = Redactor(secrets: [configuration.password, endpoint.password] + SecretAddress.secrets(in: configuration.url))
         self.logger = logger
     }
 

@@ -55,6 +55,56 @@ public struct Migrator: Sendable {
         self.logger = logger
     }
 
+    /// Where a database's outbox schema stands against these migrations.
+    public struct Standing: Sendable, Equatable {
+        /// `outbox.schema_migrations` exists (`outbox-relay migrate` ran at least once).
+        public var migrated = false
+        /// Migrations of this binary not applied yet.
+        public var pending: [String] = []
+        /// Versions applied by a newer binary: this one does not know them.
+        public var newer: [(version: Int, name: String)] = []
+
+        public static func == (a: Standing, b: Standing) -> Bool {
+            a.migrated == b.migrated && a.pending == b.pending && a.newer.elementsEqual(b.newer) { $0 == $1 }
+        }
+
+        /// Why a daemon of this binary cannot work on the database, or nil: a database migrated by a
+        /// newer binary may hold what this one would misread.
+        public var newerProblem: String? {
+            guard let newest = newer.max(by: { $0.version < $1.version }) else { return nil }
+            return "the database's outbox schema is at version \(newest.version) (\(newest.name)), newer than this binary knows; "
+                + "run the release that applied it (or point schema.directory at its schema/)"
+        }
+
+        /// What `check` reports, or nil when the schema is exactly this binary's.
+        public var problem: String? {
+            if !migrated { return "outbox schema missing: run `outbox-relay migrate`" }
+            if let newerProblem { return newerProblem }
+            if !pending.isEmpty { return "\(pending.count) migration(s) not applied (\(pending.joined(separator: ", "))): run `outbox-relay migrate`" }
+            return nil
+        }
+    }
+
+    /// Reads the versions applied to the database behind `connection`.
+    public func standing(of connection: PostgresConnection) async throws -> Standing {
+        var standing = Standing()
+        let exists = try await connection.query("SELECT to_regclass('outbox.schema_migrations') IS NOT NULL AS present")
+        standing.migrated = try exists.first?.decode("present", as: Bool.self) ?? false
+        guard standing.migrated else {
+            standing.pending = migrations.map(\.name)
+            return standing
+        }
+        var applied: [Int: String] = [:]
+        for row in try await connection.query("SELECT version, name FROM outbox.schema_migrations").rows {
+            applied[try row.decode("version")] = try row.decode("name")
+        }
+        let known = Set(migrations.map(\.version))
+        standing.pending = migrations.filter { applied[$0.version] == nil }.map(\.name)
+        standing.newer = applied.filter { !known.contains($0.key) && $0.key > (known.max() ?? 0) }
+            .map { (version: $0.key, name: $0.value) }.sorted { $0.version < $1.version }
+        return standing
+    }
+
     /// Applies what is pending. Safe to run concurrently from several processes.
     @discardableResult
     public func migrate(_ connection: PostgresConnection) async throws -> Report {
@@ -84,6 +134,14 @@ public struct Migrator: Sendable {
         var applied: [Int: (name: String, checksum: String)] = [:]
         for row in rows.rows {
             applied[try row.decode("version")] = (try row.decode("name"), try row.decode("checksum"))
+        }
+        let newest = migrations.last?.version ?? 0
+        if let newer = applied.filter({ $0.key > newest }).max(by: { $0.key < $1.key }) {
+            // An older binary must not report "up to date" on a schema it does not know.
+            throw MigrationError(message: """
+                the database's outbox schema is at version \(newer.key) (\(newer.value.name)), newer than this binary's \
+                \(newest) (\(migrations.last?.name ?? "")): run the release that applied it
+                """)
         }
         var report = Report()
         for migration in migrations {

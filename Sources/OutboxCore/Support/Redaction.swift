@@ -103,15 +103,111 @@ public struct URLParts: Sendable, Equatable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// The URL with its password replaced by `***`, for logs and `/status`.
-    public static func redacted(_ text: String) -> String {
-        guard let schemeEnd = text.range(of: "://") else { return text }
-        let afterScheme = text[schemeEnd.upperBound...]
-        let authorityEnd = afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? afterScheme.endIndex
-        let authority = afterScheme[..<authorityEnd]
-        guard let at = authority.lastIndex(of: "@"), let colon = authority[..<at].firstIndex(of: ":") else {
-            return text
+    /// The URL with every secret in it replaced by `***`, for logs and `/status` (see ``SecretAddress``).
+    public static func redacted(_ text: String) -> String { SecretAddress.redacted(text) }
+}
+
+/// Where secrets hide in the address forms the configuration accepts, and the address with them
+/// masked. The forms: a URL's userinfo (`scheme://user:secret@host`, percent-encoded or not), a
+/// URL's query parameters (`?password=secret`, `?api-key=secret`, …), and libpq's conninfo
+/// (`host=… password=secret`, `password='a secret'`, `sslpassword=…`). Every address a user can
+/// see — a log line, an error, `/status`, `check` — goes through ``redacted(_:)``, and every
+/// driver's ``Redactor`` knows the values ``secrets(in:)`` finds.
+public enum SecretAddress {
+    /// Parameter names (query or conninfo, any case) whose values are secrets.
+    public static let secretParameters: Set<String> = [
+        "password", "passwd", "pass", "pwd", "sslpassword", "api-key", "api_key", "apikey", "token", "access_token",
+        "auth", "secret",
+    ]
+
+    static func isSecret(_ name: some StringProtocol) -> Bool { secretParameters.contains(name.lowercased()) }
+
+    /// The secret values in `address`, as written and percent-decoded.
+    public static func secrets(in address: String) -> [String] {
+        var found: [String] = []
+        for range in secretRanges(in: address) {
+            var value = Substring(address[range])
+            if value.count >= 2, value.first == "'", value.last == "'" {
+                value = value.dropFirst().dropLast()
+                found.append(value.replacingOccurrences(of: "\\'", with: "'").replacingOccurrences(of: "\\\\", with: "\\"))
+            }
+            found.append(String(value))
+            found.append(URLParts.percentDecode(value))
         }
-        return String(text[..<colon]) + ":***" + String(text[at...])
+        return Array(Set(found.filter { !$0.isEmpty }))
+    }
+
+    /// `address` with each secret value replaced by `***`.
+    public static func redacted(_ address: String) -> String {
+        var out = address
+        for range in secretRanges(in: address).sorted(by: { $0.lowerBound > $1.lowerBound }) {
+            out.replaceSubrange(range, with: "***")
+        }
+        return out
+    }
+
+    /// Where the secret values lie in `address`: in a URL, the userinfo's password and secret query
+    /// values; otherwise, conninfo `keyword=value` pairs with a secret keyword.
+    static func secretRanges(in address: String) -> [Range<String.Index>] {
+        guard let schemeEnd = address.range(of: "://"),
+            !address[..<schemeEnd.lowerBound].contains(where: { $0 == " " || $0 == "=" })
+        else { return conninfoSecretRanges(in: address) }
+        var ranges: [Range<String.Index>] = []
+        let afterScheme = address[schemeEnd.upperBound...]
+        let authorityEnd = afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? afterScheme.endIndex
+        let authority = afterScheme[..<authorityEnd]
+        if let at = authority.lastIndex(of: "@"), let colon = authority[..<at].firstIndex(of: ":"), authority.index(after: colon) < at {
+            ranges.append(authority.index(after: colon)..<at)
+        }
+        if let question = address[authorityEnd...].firstIndex(of: "?") {
+            let queryEnd = address[question...].firstIndex(of: "#") ?? address.endIndex
+            var start = address.index(after: question)
+            while start < queryEnd {
+                let end = address[start..<queryEnd].firstIndex(of: "&") ?? queryEnd
+                if let equals = address[start..<end].firstIndex(of: "="), isSecret(URLParts.percentDecode(address[start..<equals])),
+                    address.index(after: equals) < end
+                {
+                    ranges.append(address.index(after: equals)..<end)
+                }
+                start = end < queryEnd ? address.index(after: end) : queryEnd
+            }
+        }
+        return ranges
+    }
+
+    /// libpq's conninfo: `keyword = value` pairs separated by whitespace; a value is a run of
+    /// non-space characters or single-quoted, with `\'` and `\\` escaped.
+    static func conninfoSecretRanges(in text: String) -> [Range<String.Index>] {
+        var ranges: [Range<String.Index>] = []
+        var i = text.startIndex
+        func skipSpaces() { while i < text.endIndex, text[i].isWhitespace { i = text.index(after: i) } }
+        while i < text.endIndex {
+            skipSpaces()
+            let keyStart = i
+            while i < text.endIndex, text[i] != "=", !text[i].isWhitespace { i = text.index(after: i) }
+            let key = text[keyStart..<i]
+            skipSpaces()
+            guard i < text.endIndex, text[i] == "=" else {
+                // Not conninfo after all (or a malformed one): mask nothing more than found so far,
+                // but a word that names a secret keyword masks the rest, to be safe.
+                if isSecret(key), i < text.endIndex { ranges.append(i..<text.endIndex) }
+                break
+            }
+            i = text.index(after: i)
+            skipSpaces()
+            let valueStart = i
+            if i < text.endIndex, text[i] == "'" {
+                i = text.index(after: i)
+                while i < text.endIndex, text[i] != "'" {
+                    if text[i] == "\\", text.index(after: i) < text.endIndex { i = text.index(after: i) }
+                    i = text.index(after: i)
+                }
+                if i < text.endIndex { i = text.index(after: i) }
+            } else {
+                while i < text.endIndex, !text[i].isWhitespace { i = text.index(after: i) }
+            }
+            if isSecret(key), valueStart < i { ranges.append(valueStart..<i) }
+        }
+        return ranges
     }
 }

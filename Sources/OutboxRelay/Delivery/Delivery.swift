@@ -31,6 +31,10 @@ public enum DeliveryOutcome: Sendable, Equatable {
     /// `xadd`/`publish` dead letter must be known not to have landed, or its requeue could append
     /// it twice.
     case unconfirmed(reason: String)
+    /// The destination refused the relay itself (401/403, Redis `NOAUTH`/`WRONGPASS`/`NOPERM`):
+    /// nothing is wrong with the event. Tried again after a backoff, never dead-lettered for it; the
+    /// destination is reported failing (`/readyz` 503) until an attempt succeeds.
+    case destinationFault(reason: String)
     /// Failed permanently (4xx, malformed payload, unmapped table): dead-letter it now.
     case dead(reason: String)
     /// Not attempted, because an earlier event of its key failed in this batch; released as is.
@@ -73,7 +77,7 @@ struct KeyBlocker {
 
     mutating func record(_ outcome: DeliveryOutcome, for event: ClaimedEvent) {
         switch outcome {
-        case .retry, .unconfirmed: blocked.insert(event.key)
+        case .retry, .unconfirmed, .destinationFault: blocked.insert(event.key)
         default: break
         }
     }

@@ -11,9 +11,12 @@ public protocol Embedder: Sendable {
 
 public struct EmbeddingError: Error, CustomStringConvertible, Sendable {
     public let message: String
+    /// Whether a later attempt may succeed (transport error, 429, 5xx), the endpoint refuses the
+    /// relay's key (401, 403), or the texts themselves are the problem.
+    let failure: FailureClass
     /// A later attempt may succeed (transport error, 429, 5xx).
-    public let isTransient: Bool
-    public let retryAfter: Duration?
+    public var isTransient: Bool { if case .transient = failure { true } else { false } }
+    public var retryAfter: Duration? { if case .transient(let after) = failure { after } else { nil } }
     public var description: String { "embedding failed: \(message)" }
 }
 
@@ -69,7 +72,7 @@ public struct OpenAIEmbedder: Embedder {
     public init(settings: EmbeddingSettings, logger: Logger) {
         self.settings = settings
         self.dimensions = settings.dimensions
-        self.http = HTTPConnection(logger: logger, secrets: [settings.apiKey].compactMap { $0 })
+        self.http = HTTPConnection(logger: logger, secrets: [settings.apiKey].compactMap { $0 } + SecretAddress.secrets(in: settings.baseURL))
     }
 
     struct Request: Encodable {
@@ -109,23 +112,21 @@ public struct OpenAIEmbedder: Embedder {
         do {
             response = try await http.perform(request)
         } catch let error as HTTPTransportError {
-            throw EmbeddingError(message: error.description, isTransient: true, retryAfter: nil)
+            throw EmbeddingError(message: error.description, failure: .transient(retryAfter: nil))
         }
         guard response.status == 200 else {
-            let failure = FailureClass.http(status: response.status, retryAfterHeader: response.headers["retry-after"])
-            let retryAfter: Duration? = if case .transient(let after) = failure { after } else { nil }
             throw EmbeddingError(
                 message: "embeddings endpoint answered \(response.status): \(response.bodyText.prefix(300))",
-                isTransient: failure != .permanent, retryAfter: retryAfter)
+                failure: FailureClass.http(status: response.status, retryAfterHeader: response.headers["retry-after"]))
         }
         guard let decoded = try? response.decode(Response.self), decoded.data.count == texts.count else {
-            throw EmbeddingError(message: "embeddings endpoint returned an unexpected body", isTransient: true, retryAfter: nil)
+            throw EmbeddingError(message: "embeddings endpoint returned an unexpected body", failure: .transient(retryAfter: nil))
         }
         let vectors = decoded.data.sorted { $0.index < $1.index }.map(\.embedding)
         if let wrong = vectors.first(where: { $0.count != dimensions }) {
             throw EmbeddingError(
                 message: "embeddings have \(wrong.count) dimensions, config says embedding.dimensions = \(dimensions)",
-                isTransient: false, retryAfter: nil)
+                failure: .permanent)
         }
         return vectors
     }

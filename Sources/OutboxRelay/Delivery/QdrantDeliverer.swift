@@ -146,6 +146,9 @@ struct QdrantDeliverer: Deliverer {
         switch FailureClass.http(status: reply.status, retryAfterHeader: reply.retryAfter) {
         case .transient(let retryAfter):
             return group.map { ($0.event.id, .retry(reason: text, retryAfter: retryAfter)) }
+        case .destination:
+            // The api-key, not the events: they wait for an operator to fix it.
+            return group.map { ($0.event.id, .destinationFault(reason: text)) }
         case .permanent:
             if reply.status == 404, !createdCollection, let spec = collections[collection] {
                 // A configured collection that does not exist yet: create it, then resend once.
@@ -190,8 +193,11 @@ struct QdrantDeliverer: Deliverer {
             }
         } catch let error as EmbeddingError {
             for index in needing {
-                outcomes[items[index].event.id] = error.isTransient
-                    ? .retry(reason: error.description, retryAfter: error.retryAfter) : .dead(reason: error.description)
+                outcomes[items[index].event.id] = switch error.failure {
+                case .transient(let retryAfter): .retry(reason: error.description, retryAfter: retryAfter)
+                case .destination: .destinationFault(reason: error.description)
+                case .permanent: .dead(reason: error.description)
+                }
             }
         } catch {
             for index in needing { outcomes[items[index].event.id] = .retry(reason: "embedding failed: \(error)", retryAfter: nil) }

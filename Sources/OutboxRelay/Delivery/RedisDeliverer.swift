@@ -128,6 +128,11 @@ struct RedisDeliverer: Deliverer {
                 for (chunk, reply) in zip(chunks, replies) {
                     guard case .array(let results) = reply, results.count == chunk.count else {
                         // Refused as a whole (or not understood): nothing of it was applied this time.
+                        if case .error(let message) = reply, FailureClass.redis(errorReply: message) == .destination {
+                            // The credentials or ACL user refused, not the events: they wait for an operator.
+                            for (event, _) in chunk { outcomes[event.id] = .destinationFault(reason: "redis refused the relay: \(message)") }
+                            continue
+                        }
                         let reason = if case .error(let message) = reply { "redis: \(message)" } else { "redis: unexpected reply \(reply)" }
                         for (event, _) in chunk { outcomes[event.id] = Self.unanswered(event, reason: reason) }
                         continue
@@ -169,6 +174,7 @@ struct RedisDeliverer: Deliverer {
         case .error(let message):
             switch FailureClass.redis(errorReply: message) {
             case .transient: .retry(reason: "redis: \(message)", retryAfter: nil)
+            case .destination: .destinationFault(reason: "redis refused the relay: \(message)")
             case .permanent: .dead(reason: "redis rejected \(event.operation): \(message)")
             }
         default: .retry(reason: "redis: unexpected reply \(result)", retryAfter: nil)

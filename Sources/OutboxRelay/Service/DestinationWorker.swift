@@ -94,6 +94,13 @@ final class DestinationWorker: Sendable {
             lanes.append(Lane(db: try await PostgresConnection.connect(postgres, logger: logger), headsLimit: configuration.relay.batchSize))
         }
         let db = lanes[0].db
+        // A database migrated by a newer binary may hold what this one would misread: refuse it.
+        // (Without the schema files at hand — a binary deployed alone — there is nothing to compare.)
+        if let migrator = try? Migrator(directory: configuration.schemaDirectory, logger: logger),
+            let newer = try await migrator.standing(of: db).newerProblem
+        {
+            throw SourceColumnTypes.Problem(key: "schema.directory", message: newer)
+        }
         let sourceTypes = try await SourceColumnTypes.resolve(configuration.tables, on: db)
         let deliverer: any Deliverer
         switch destination {

@@ -22,6 +22,12 @@ public final class RelayService: Service {
     }
 
     public func run() async throws {
+        // Every per-destination series from the start, at zero: a scrape, a dashboard and an alert
+        // rule see the metric before its first event (a missing series reads as no data, not 0).
+        for destination in [OutboxEvent.Destination.redis, .qdrant] {
+            _ = (metrics.delivered(destination), metrics.failed(destination), metrics.deadLettered(destination))
+            _ = (metrics.claims(destination, found: true), metrics.claims(destination, found: false))
+        }
         let stopping = StopFlag()
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in

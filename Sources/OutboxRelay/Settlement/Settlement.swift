@@ -58,7 +58,7 @@ struct Settlement: Equatable {
                 if let source { sourceUpdates[source.table, default: []].append(source) }
             case .dead(let reason):
                 deadLetter(event, reason)
-            case .retry(let reason, _), .unconfirmed(let reason):
+            case .retry(let reason, _), .unconfirmed(let reason), .destinationFault(let reason):
                 switch Self.afterFailure(outcome, of: event, settings: settings, now: now) {
                 case .retry(let delay):
                     retries.append(Retry(id: event.id, delay: delay, reason: Self.storable(reason)))
@@ -90,7 +90,8 @@ struct Settlement: Equatable {
     }
 
     /// A `.retry` is given up after `relay.max_attempts` attempts or `relay.max_age`; an
-    /// `.unconfirmed` attempt never is (it may have landed; see ``DeliveryOutcome``). The delay is
+    /// `.unconfirmed` attempt never is (it may have landed), nor a `.destinationFault` (nothing is
+    /// wrong with the event; see ``DeliveryOutcome``). The delay is
     /// the exponential backoff with jitter, or the destination's `Retry-After` when longer.
     static func afterFailure(_ outcome: DeliveryOutcome, of event: ClaimedEvent, settings: RelaySettings, now: Date) -> AfterFailure {
         let attempt = event.attempts + 1

@@ -67,10 +67,18 @@ public actor RelayHealth {
         return reasons
     }
 
+    /// Totals, failures and last deliveries by destination. A destination is failing when its
+    /// deliveries fail or when it cannot be reached at all (its worker's connection), whichever began first.
     func snapshot() -> (totals: [OutboxEvent.Destination: Settlement.Counts], failures: [OutboxEvent.Destination: Failure],
                         lastDelivery: [OutboxEvent.Destination: Date])
     {
-        (totals, destinationFailures, lastDelivery)
+        var failures = destinationFailures
+        for (store, failure) in connectionFailures.values {
+            guard let destination = OutboxEvent.Destination(rawValue: store) else { continue }
+            if let known = failures[destination], known.since <= failure.since { continue }
+            failures[destination] = Failure(message: "unreachable: \(failure.message)", since: failure.since)
+        }
+        return (totals, failures, lastDelivery)
     }
 }
 

@@ -130,7 +130,7 @@ public actor RelayStatusProvider {
             "not_ready_reasons": .array(reasons.map(JSONValue.string)),
             "postgres": ["url": .string(configuration.postgres.redactedURL)],
             "redis": ["url": .string(configuration.redis.redactedURL)],
-            "qdrant": ["url": .string(configuration.qdrant.url)],
+            "qdrant": ["url": .string(configuration.qdrant.redactedURL)],
             "destinations": .object(destinations),
         ]
     }

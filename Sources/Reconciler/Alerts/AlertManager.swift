@@ -52,7 +52,7 @@ public actor AlertManager {
 
     /// POSTs with a timeout, retrying transport errors and 5xx/429 up to three attempts.
     private func postWebhook(_ url: String, _ body: JSONValue) async {
-        let client = http ?? HTTPConnection(logger: logger)
+        let client = http ?? HTTPConnection(logger: logger, secrets: SecretAddress.secrets(in: url))
         http = client
         for attempt in 1...3 {
             do {
