@@ -33,7 +33,12 @@ public actor ReconcilerService: Service {
         try? await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 await self.scanOnce()
-                try await Task.sleep(for: self.configuration.reconciler.interval)
+                // Until the next scan, undelivered alert notifications are tried as they come due.
+                let nextScan = ContinuousClock.now + self.configuration.reconciler.interval
+                while ContinuousClock.now < nextScan {
+                    try await Task.sleep(until: min(nextScan, await self.alerts.nextDue ?? nextScan), clock: .continuous)
+                    await self.alerts.deliverDue()
+                }
             }
         }
         logger.info("Reconciler stopped")
@@ -97,12 +102,13 @@ public actor ReconcilerService: Service {
         return []
     }
 
-    func status() -> JSONValue {
+    func status() async -> JSONValue {
         [
             "service": "outbox-reconciler",
             "last_scan_at": lastScanAt.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null,
             "last_error": lastError.map(JSONValue.string) ?? .null,
             "last_report": lastReport?.json ?? .null,
+            "pending_alerts": await alerts.pendingStatus,
             "postgres": ["url": .string(configuration.postgres.redactedURL)],
             "qdrant": ["url": .string(configuration.qdrant.redactedURL)],
         ]

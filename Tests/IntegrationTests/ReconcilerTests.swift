@@ -198,6 +198,53 @@ import OutboxTestSupport
         }
     }
 
+    /// A firing alert whose webhook is down is kept, listed on `/status`, tried again with backoff,
+    /// and delivered once the webhook is back. (Before: three attempts within the scan, then dropped;
+    /// later scans found the same drift and sent nothing.)
+    @Test func anAlertIsKeptUntilTheWebhookTakesIt() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let collection = TestEnvironment.uniqueName("alerts")
+            #expect(try await qdrant.call(.PUT, "/collections/\(collection)", ["vectors": ["size": 384, "distance": "Cosine"]]).status == 200)
+            let port = try freePort()
+            let record = FileManager.default.temporaryDirectory.appendingPathComponent("alerts-\(UUID().uuidString).jsonl").path
+            let config = try writeConfig(databaseURL: url, collection: collection)
+            try (try String(contentsOfFile: config, encoding: .utf8))
+                .replacingOccurrences(of: "  page_size: 100", with: """
+                      page_size: 100
+                      repair: false
+                      interval: 500ms
+                      alert_webhook_url: http://127.0.0.1:\(port)/alerts
+                    """)
+                .write(toFile: config, atomically: true, encoding: .utf8)
+            let daemon = try DaemonProcess(
+                executable: try TestEnvironment.executable("outbox-reconciler"), config: config, directory: TestEnvironment.repositoryRoot,
+                port: try freePort(), environment: ["OUTBOX_POSTGRES_URL": url], logger: TestEnvironment.logger)
+            func alerts() -> [JSONValue] {
+                ((try? String(contentsOfFile: record, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
+            }
+            try await db.query(
+                "INSERT INTO extractions (source_id, content, created_at) SELECT 'doc', 'x' || g, now() - interval '1 hour' FROM generate_series(1, 3) g")
+            // Nothing listens on the webhook's port: the alert waits, and /status says so.
+            try await eventually("the undelivered alert on /status", timeout: .seconds(15)) {
+                let status = try JSONValue.parse(await daemon.get("/status")?.body ?? "{}")
+                guard let pending = status["pending_alerts"]?.arrayValue, pending.count == 1 else { return false }
+                return pending[0]["state"] == "firing" && pending[0]["channel"] == "webhook" && (pending[0]["attempts"]?.numberValue ?? 0) >= 2
+            }
+            let receiver = try await startHelper("webhook_receiver.py", [String(port), record])
+            defer { kill(receiver.processIdentifier, SIGKILL) }
+            try await eventually("the alert delivered once the webhook is back", timeout: .seconds(15)) { !alerts().isEmpty }
+            try await Task.sleep(for: .seconds(2))
+            #expect(alerts().count == 1, "\(alerts().map(\.jsonText))")
+            #expect(alerts().first?["state"] == "firing")
+            #expect(alerts().first?["count"] == 3)
+            let status = try JSONValue.parse(await daemon.get("/status")?.body ?? "{}")
+            #expect(status["pending_alerts"] == [], "\(status["pending_alerts"]?.jsonText ?? "")")
+            try? FileManager.default.removeItem(atPath: config)
+            _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
+        }
+    }
+
     @Test func scanOf200000RowsRunsInBoundedMemory() async throws {
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
             let collection = TestEnvironment.uniqueName("scan")
