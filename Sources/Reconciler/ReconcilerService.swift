@@ -24,6 +24,7 @@ public actor ReconcilerService: Service {
         self.logger = logger
         self.alerts = AlertManager(settings: configuration.reconciler, redis: configuration.redis, logger: logger)
         self.factory = PrometheusMetricsFactory(registry: registry)
+        BuildInfo.register(in: factory)
     }
 
     /// Scans until SIGTERM/SIGINT: graceful shutdown cancels the loop, which ends the sleep at
@@ -92,7 +93,7 @@ public actor ReconcilerService: Service {
     public nonisolated var handlers: HealthServer.Handlers {
         HealthServer.Handlers(
             notReady: { await self.notReady() },
-            metrics: { await self.registry.emitToString() },
+            metrics: { MetricHelp.annotate(await self.registry.emitToString()) },
             status: { await self.status() })
     }
 

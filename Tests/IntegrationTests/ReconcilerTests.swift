@@ -240,6 +240,7 @@ import OutboxTestSupport
             #expect(alerts().first?["count"] == 3)
             let status = try JSONValue.parse(await daemon.get("/status")?.body ?? "{}")
             #expect(status["pending_alerts"] == [], "\(status["pending_alerts"]?.jsonText ?? "")")
+            expectEveryMetricHasHelp(await daemon.get("/metrics")?.body ?? "")
             try? FileManager.default.removeItem(atPath: config)
             _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
         }

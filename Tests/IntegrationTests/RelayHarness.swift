@@ -134,3 +134,17 @@ struct DrainScenario {
 func sample(_ metrics: String, _ name: String) -> Int? {
     metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) }
 }
+
+/// Every metric on a daemon's `/metrics` has its `# HELP` line, and the build is named.
+func expectEveryMetricHasHelp(_ metrics: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    let lines = metrics.split(separator: "\n")
+    let types = lines.filter { $0.hasPrefix("# TYPE ") }
+    #expect(!types.isEmpty, "no metrics", sourceLocation: sourceLocation)
+    for (index, line) in lines.enumerated() where line.hasPrefix("# TYPE ") {
+        let name = line.split(separator: " ")[2]
+        #expect(index > 0 && lines[index - 1].hasPrefix("# HELP \(name) "), "\(name) has no # HELP line", sourceLocation: sourceLocation)
+    }
+    let buildInfo = lines.first { $0.hasPrefix("outbox_build_info{") }
+    #expect(buildInfo.map { $0 == "outbox_build_info{version=\"\(BuildInfo.version)\"} 1.0" } == true, "\(buildInfo ?? "no outbox_build_info")",
+            sourceLocation: sourceLocation)
+}

@@ -91,6 +91,7 @@ import OutboxTestSupport
             #expect(failing?["since"]?.stringValue != nil, "\(status.jsonText)")
             #expect(status["destinations"]?["qdrant"]?["failing"] == .null, "\(status.jsonText)")
             let metrics = await relay.get("/metrics")?.body ?? ""
+            expectEveryMetricHasHelp(metrics)
             for destination in ["redis", "qdrant"] {
                 for name in ["outbox_events_delivered_total", "outbox_events_failed_total", "outbox_events_dead_lettered_total"] {
                     #expect(sample(metrics, "\(name){destination=\"\(destination)\"}") == 0, "\(name) for \(destination): \(metrics)")

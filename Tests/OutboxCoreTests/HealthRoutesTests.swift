@@ -52,6 +52,18 @@ import Testing
             }
     }
 
+    @Test func everyMetricGetsItsHelpLineBeforeItsType() {
+        let exposition = "# TYPE outbox_relay_ready gauge\noutbox_relay_ready 1\n# TYPE some_other_total counter\nsome_other_total 2\n"
+        #expect(MetricHelp.annotate(exposition) == """
+            # HELP outbox_relay_ready 1 when /readyz answers 200, else 0.
+            # TYPE outbox_relay_ready gauge
+            outbox_relay_ready 1
+            # TYPE some_other_total counter
+            some_other_total 2
+
+            """)
+    }
+
     /// HEAD gets GET's status and headers; the HTTP encoder drops its body on the wire, which the
     /// router client does not run (the hostile-HTTP suite checks that over TCP).
     @Test func headAnswersLikeGetAndOtherMethodsGet405() async throws {

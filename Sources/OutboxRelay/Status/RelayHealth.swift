@@ -96,6 +96,7 @@ public struct RelayMetrics: Sendable {
             .seconds(10), .seconds(30), .seconds(60), .seconds(300),
         ]
         self.factory = factory
+        BuildInfo.register(in: factory)
     }
 
     func delivered(_ destination: OutboxEvent.Destination) -> Metrics.Counter {

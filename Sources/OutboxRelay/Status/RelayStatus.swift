@@ -95,7 +95,7 @@ public actor RelayStatusProvider {
             }
         }
         metrics.ready().record(await health.notReadyReasons().isEmpty ? 1 : 0)
-        return metrics.registry.emitToString()
+        return MetricHelp.annotate(metrics.registry.emitToString())
     }
 
     func renderStatus() async -> JSONValue {
