@@ -110,15 +110,16 @@ import OutboxTestSupport
     @Test func anEventOutOfAttemptsIsDeadLetteredLoggedAndCounted() async throws {
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
             try await OutboxWriter.enqueue(
-                .qdrantUpsert(collection: "unreachable", id: .uuid(UUID()), vector: [1, 2, 3, 4], key: "out-of-attempts"), on: db)
-            // Nothing listens there: every attempt is a transport error, which is retried.
+                .qdrantUpsert(collection: "extractions", id: .uuid(UUID()), text: "to embed", key: "out-of-attempts"), on: db)
+            // Nothing listens at the embedding endpoint: every attempt is a transport error, which is retried.
             let relay = try DaemonProcess.relay(databaseURL: url, environment: [
-                "OUTBOX_QDRANT_URL": "http://127.0.0.1:\(try freePort())", "OUTBOX_RELAY_MAX_ATTEMPTS": "2",
+                "OUTBOX_EMBEDDING_PROVIDER": "openai", "OUTBOX_EMBEDDING_BASE_URL": "http://127.0.0.1:\(try freePort())",
+                "OUTBOX_EMBEDDING_API_KEY": "test-key", "OUTBOX_RELAY_MAX_ATTEMPTS": "2",
                 "OUTBOX_RELAY_BACKOFF_INITIAL": "100ms", "OUTBOX_RELAY_BACKOFF_MAX": "200ms",
             ])
             try await eventually("dead letter", timeout: .seconds(30)) { try await db.count("outbox.dead_letters") == 1 }
             let error = try await db.query("SELECT error FROM outbox.dead_letters").first!.decode("error", as: String.self)
-            #expect(error.hasPrefix("gave up after 2 attempts; last error: qdrant: "), "\(error)")
+            #expect(error.hasPrefix("gave up after 2 attempts; last error: embedding failed: "), "\(error)")
             try await eventually("the dead letter counted", timeout: .seconds(5)) {
                 await relay.metric(#"outbox_events_dead_lettered_total{destination="qdrant"}"#) == 1
             }

@@ -77,7 +77,8 @@ import OutboxTestSupport
 
     /// A destination the relay cannot reach is reported as failing in `/status` like one whose
     /// deliveries fail, and every per-destination series is on `/metrics` from the start, at zero.
-    /// (Before, with Redis down, `redis.failing` was null and its failure counter absent.)
+    /// (Before, with Redis down, `redis.failing` was null and its failure counter absent; with
+    /// Qdrant down, `/readyz` said ready until an event failed.)
     @Test func anUnreachableDestinationIsReportedFailingAndEveryMetricIsThereFromTheStart() async throws {
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, _ in
             let relay = try DaemonProcess.relay(databaseURL: url, environment: ["OUTBOX_REDIS_URL": "redis://127.0.0.1:\(try freePort())/0"])
@@ -92,6 +93,13 @@ import OutboxTestSupport
             #expect(status["destinations"]?["qdrant"]?["failing"] == .null, "\(status.jsonText)")
             let metrics = await relay.get("/metrics")?.body ?? ""
             expectEveryMetricHasHelp(metrics)
+
+            // Qdrant, too, is reported unreachable from the start, with no event to fail.
+            let noQdrant = try DaemonProcess.relay(databaseURL: url, environment: ["OUTBOX_QDRANT_URL": "http://127.0.0.1:\(try freePort())"])
+            try await eventually("readyz 503 naming Qdrant", timeout: .seconds(20)) {
+                guard let ready = await noQdrant.get("/readyz"), ready.status == 503 else { return false }
+                return ready.body.contains("qdrant unreachable")
+            }
             for destination in ["redis", "qdrant"] {
                 for name in ["outbox_events_delivered_total", "outbox_events_failed_total", "outbox_events_dead_lettered_total"] {
                     #expect(sample(metrics, "\(name){destination=\"\(destination)\"}") == 0, "\(name) for \(destination): \(metrics)")

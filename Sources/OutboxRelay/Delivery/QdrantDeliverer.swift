@@ -164,8 +164,10 @@ struct QdrantDeliverer: Deliverer {
             var results = await send(Array(group[..<half]), createdCollection: createdCollection)
             // Events of a key that failed in the first half must not overtake it in the second.
             let failedKeys = Set(results.compactMap { id, outcome -> String? in
-                guard case .retry = outcome else { return nil }
-                return group.first { $0.event.id == id }?.event.key
+                switch outcome {
+                case .retry, .unconfirmed, .destinationFault: group.first { $0.event.id == id }?.event.key
+                default: nil
+                }
             })
             let second = Array(group[half...])
             let blocked = second.filter { failedKeys.contains($0.event.key) }

@@ -112,6 +112,10 @@ final class DestinationWorker: Sendable {
                 dedupeTTL: configuration.relay.dedupeTTL, logger: logger)
         case .qdrant:
             let client = QdrantClient(configuration: configuration.qdrant, logger: logger)
+            // Qdrant must answer, as Redis must for the Redis worker: an unreachable Qdrant makes
+            // the worker retry its start and /readyz say so, instead of "ready" until an event fails.
+            // (A refused key does not stop the start: its events wait, reported as failing.)
+            _ = try await client.call(.listCollections)
             for spec in configuration.collections.values.sorted(by: { $0.name < $1.name }) {
                 // Best effort at start; a 404 during delivery creates it again.
                 if let reply = try? await client.ensureCollection(spec), reply.status != 200 {
