@@ -246,6 +246,48 @@ import OutboxTestSupport
         }
     }
 
+    /// A repair rebuilds the point's payload from the table's `payload_columns`, as the writer made
+    /// it. (Before, a repaired point's payload came back as `{}`.)
+    @Test func repairsCarryThePayloadColumns() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let collection = TestEnvironment.uniqueName("payload")
+            #expect(try await qdrant.call(.PUT, "/collections/\(collection)", ["vectors": ["size": 384, "distance": "Cosine"]]).status == 200)
+            let config = try writeConfig(databaseURL: url, collection: collection)
+            try (try String(contentsOfFile: config, encoding: .utf8))
+                .replacingOccurrences(of: "collection: \(collection)}", with: "collection: \(collection), payload_columns: [source_id, created_at]}")
+                .write(toFile: config, atomically: true, encoding: .utf8)
+            // Two rows whose points are missing, one never embedded.
+            try await db.query(
+                """
+                INSERT INTO extractions (id, source_id, content, embedding_id, created_at) VALUES
+                  ('00000000-0000-4000-8000-000000000001', 'src-1', 'one', '00000000-0000-4000-8000-000000000001', '2026-01-02 03:04:05+00'),
+                  ('00000000-0000-4000-8000-000000000002', 'src-2', 'two', '00000000-0000-4000-8000-000000000002', '2026-01-02 03:04:05+00'),
+                  ('00000000-0000-4000-8000-000000000003', 'src-3', 'three', NULL, '2026-01-02 03:04:05+00')
+                """)
+            let repaired = try await reconcile(config, url: url)
+            #expect(repaired.status == 1, "\(repaired.stderr)")
+            #expect(count(repaired.report, "missing_point") == 2 && count(repaired.report, "unembedded") == 1, "\(repaired.report.jsonText)")
+            let payloads = try await db.query("SELECT key, payload->'payload' AS p FROM outbox.events ORDER BY key").rows.map {
+                (try $0.decode("key", as: String.self), try JSONValue.parse(try $0.decode("p", as: String.self)))
+            }
+            #expect(payloads.count == 3)
+            for (key, payload) in payloads {
+                #expect(payload["source_id"] == .string("src-" + String(key.suffix(1))), "\(key): \(payload.jsonText)")
+                #expect(payload["created_at"]?.stringValue?.hasPrefix("2026-01-02T03:04:05") == true, "\(key): \(payload.jsonText)")
+            }
+            // A mistyped column name is refused at load, naming the key.
+            try (try String(contentsOfFile: config, encoding: .utf8))
+                .replacingOccurrences(of: "payload_columns: [source_id, created_at]", with: "payload_columns: [\"source id\"]")
+                .write(toFile: config, atomically: true, encoding: .utf8)
+            let refused = try await reconcile(config, url: url, ["--dry-run"])
+            #expect(refused.status == 2)
+            #expect(refused.stderr.hasPrefix("config: tables.extractions.payload_columns: invalid SQL identifier \"source id\""), "\(refused.stderr)")
+            try? FileManager.default.removeItem(atPath: config)
+            _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
+        }
+    }
+
     @Test func scanOf200000RowsRunsInBoundedMemory() async throws {
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
             let collection = TestEnvironment.uniqueName("scan")

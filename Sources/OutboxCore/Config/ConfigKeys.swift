@@ -11,6 +11,9 @@ import Foundation
 /// Environment variables (`OUTBOX_*`) are not checked: the environment is shared with other tools
 /// (`OUTBOX_LOG_LEVEL`, scripts' own variables), so an unknown one cannot be told from a typo.
 enum ConfigKeys {
+    /// Fields of a map entry that hold a list (`tables.<name>.payload_columns`); the rest are single values.
+    static let listFields: Set<String> = ["payload_columns"]
+
     /// Settings (single values), by full dotted path.
     static let settings: Set<String> = [
         "postgres.url", "postgres.password", "postgres.password_file", "postgres.connect_timeout",
@@ -30,7 +33,7 @@ enum ConfigKeys {
 
     /// Sections whose entries are user-chosen names, each a map of these fields.
     static let maps: [String: Set<String>] = [
-        "tables": ["table", "id_column", "text_column", "embedding_column", "created_at_column", "collection"],
+        "tables": ["table", "id_column", "text_column", "embedding_column", "created_at_column", "collection", "payload_columns"],
         "qdrant.collections": ["size", "distance"],
     ]
 
@@ -83,6 +86,10 @@ enum ConfigKeys {
                         let fieldKey = entryKey + "." + field
                         if !fields.contains(field) {
                             problems.append(unknown(fieldKey, candidates: fields.map { entryKey + "." + $0 }))
+                        } else if listFields.contains(field) {
+                            if !(fieldValue is [Any]) {
+                                problems.append(ConfigurationError(key: fieldKey, problem: "expected a list"))
+                            }
                         } else if let kind = nonScalarKind(fieldValue) {
                             problems.append(ConfigurationError(key: fieldKey, problem: "expected a single value, got \(kind)"))
                         }

@@ -96,6 +96,9 @@ public struct TableMapping: Sendable, Hashable {
     public var createdAtColumn: SQLIdentifier
     /// The Qdrant collection holding this table's points (used by the reconciler).
     public var collection: String
+    /// Columns whose values a repaired point's payload carries (`payload_columns`), keyed by
+    /// column name, so a repair rebuilds the point as the writer made it rather than with `{}`.
+    public var payloadColumns: [SQLIdentifier] = []
 
     public static let extractions = try! TableMapping(
         name: "extractions", table: "public.extractions", idColumn: "id", textColumn: "content",
@@ -174,12 +177,23 @@ enum ConfigMaps {
                     return text
                 }
                 do {
-                    tables[name] = try TableMapping(
+                    var mapping = try TableMapping(
                         name: name, table: try field("table", "public.\(name)"), idColumn: try field("id_column", "id"),
                         textColumn: try field("text_column", "content"),
                         embeddingColumn: try field("embedding_column", "embedding_id"),
                         createdAtColumn: try field("created_at_column", "created_at"),
                         collection: try field("collection", name))
+                    if let raw = fields["payload_columns"] {
+                        guard let columns = raw as? [Any], columns.allSatisfy({ $0 is String }) else {
+                            throw ConfigurationError(key: "tables.\(name).payload_columns", problem: "must be a list of column names")
+                        }
+                        do {
+                            mapping.payloadColumns = try columns.map { try SQLIdentifier($0 as! String) }
+                        } catch let error as SQLIdentifier.Invalid {
+                            throw ConfigurationError(key: "tables.\(name).payload_columns", problem: error.description)
+                        }
+                    }
+                    tables[name] = mapping
                 } catch let error as SQLIdentifier.Invalid {
                     throw ConfigurationError(key: "tables.\(name)", problem: error.description)
                 }

@@ -116,6 +116,14 @@ struct TableScan {
         }
     }
 
+    /// JSON for a repaired point's payload: the row's `payload_columns` by name (`$4`, the names as
+    /// text), `{}` without any.
+    var payloadExpression: String {
+        guard !table.payloadColumns.isEmpty else { return "'{}'::jsonb" }
+        let values = table.payloadColumns.map { "to_jsonb(t.\($0.quoted))" }.joined(separator: ", ")
+        return "(SELECT jsonb_object_agg(p.k, p.v) FROM unnest($4::text[], ARRAY[\(values)]) AS p(k, v))"
+    }
+
     func run(
         into findings: inout [ReconcileReport.Category: ReconcileReport.Finding], report: inout ReconcileReport,
         progress: @Sendable (String, Int) -> Void
@@ -345,8 +353,10 @@ struct TableScan {
         return Set(reply.result?.arrayValue?.compactMap { $0["id"].map(Self.pointText) } ?? [])
     }
 
-    /// Enqueues `qdrant.upsert` with the row's text (embedded by the relay) and `source`, for each
-    /// row id; with `clearEmbedding` first sets the embedding column to NULL. One transaction.
+    /// Enqueues `qdrant.upsert` with the row's text (embedded by the relay), its `payload_columns`
+    /// as the point's payload, and `source`, for each row id; with `clearEmbedding` first sets the
+    /// embedding column to NULL. One transaction. Column names are bound as the payload's keys;
+    /// only the validated, quoted identifiers are spliced in.
     private func enqueueUpserts(_ rowIDs: [String], clearEmbedding: Bool) async throws -> Int {
         let t = table
         return try await db.transaction { tx in
@@ -359,11 +369,11 @@ struct TableScan {
                 """
                 SELECT count(outbox.enqueue('qdrant', 'upsert', t.\(t.idColumn.quoted)::text, jsonb_build_object(
                     'collection', $3::text, 'id', \(pointIDExpression),
-                    'text', coalesce(t.\(t.textColumn.quoted)::text, ''),
+                    'text', coalesce(t.\(t.textColumn.quoted)::text, ''), 'payload', \(payloadExpression),
                     'source', jsonb_build_object('table', $2::text, 'id', t.\(t.idColumn.quoted)::text)))) AS n
                 FROM (SELECT * FROM \(t.table.quoted) WHERE \(t.idColumn.quoted) = ANY(\(castArray("$1", to: idType)))
                       ORDER BY \(t.idColumn.quoted)) AS t
-                """, [.textArray(rowIDs), .text(name), .text(t.collection)])
+                """, [.textArray(rowIDs), .text(name), .text(t.collection)] + (t.payloadColumns.isEmpty ? [] : [.textArray(t.payloadColumns.map(\.name))]))
             return try result.first!.decode("n", as: Int.self)
         }
     }
