@@ -72,8 +72,8 @@ public enum CommandSupport {
     }
 
     /// Runs the connectivity probe and prints a line per store; exits 0 when all answered, else 2.
-    public static func runCheck(_ config: OutboxConfiguration, logger: Logger) async -> Never {
-        let probes = await Connectivity.probe(config, logger: logger)
+    public static func runCheck(_ config: OutboxConfiguration, redis: Bool = true, logger: Logger) async -> Never {
+        let probes = await Connectivity.probe(config, redis: redis, logger: logger)
         for probe in probes {
             let state = probe.problem == nil ? "ok  " : "FAIL"
             let outcome = probe.problem.map { "\(probe.key): \(oneLine($0))" } ?? probe.detail
@@ -91,12 +91,15 @@ public struct GlobalOptions: ParsableArguments {
     public init() {}
 }
 
-/// `check`, shared by both binaries.
+/// `outbox-relay check` (the reconciler has its own: it needs Redis only for alerts).
 public struct CheckCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "check",
-        abstract: "Check the configuration and that Postgres, Redis and Qdrant answer.",
-        discussion: "Prints one line per store. Exit 0 when all answer, 2 otherwise.")
+        abstract: "Check the configuration and what serve needs: Postgres, Redis and Qdrant answer, the schema and mapped tables.",
+        discussion: """
+            Prints one line per store. Exit 0 when all answer and the outbox schema is this binary's with every mapped \
+            table and column present, 2 otherwise (each failure naming the key to change).
+            """)
 
     @OptionGroup public var options: GlobalOptions
 

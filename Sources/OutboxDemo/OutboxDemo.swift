@@ -12,8 +12,8 @@ struct OutboxDemo: AsyncParsableCommand {
         commandName: "outbox-demo",
         abstract: "Demo writer: commits extractions and their outbox events in one transaction each.",
         discussion: """
-            Each row gets two events in the same transaction: a qdrant.upsert of its text (embedded by the \\
-            relay, with source tracking so the relay sets embedding_id) and a redis.xadd to the stream \\
+            Each row gets two events in the same transaction: a qdrant.upsert of its text (embedded by the \
+            relay, with source tracking so the relay sets embedding_id) and a redis.xadd to the stream \
             extractions:events carrying a per-document sequence number.
             """,
         version: BuildInfo.version)

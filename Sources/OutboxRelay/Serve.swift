@@ -11,8 +11,8 @@ extension OutboxRelayCommand {
         static let configuration = CommandConfiguration(
             abstract: "Run the relay (the default command).",
             discussion: """
-                Delivers outbox events to Qdrant and Redis and serves /livez, /readyz, /metrics and /status on \\
-                relay.http.host:relay.http.port (default 127.0.0.1:8470). SIGTERM or SIGINT: stop claiming, finish \\
+                Delivers outbox events to Qdrant and Redis and serves /livez, /readyz, /metrics and /status on \
+                relay.http.host:relay.http.port (default 127.0.0.1:8470). SIGTERM or SIGINT: stop claiming, finish \
                 the batch in hand (or release it after relay.shutdown_grace), exit 0.
                 """)
 

@@ -18,7 +18,7 @@ struct ReconcilerCommand: AsyncParsableCommand {
             Exit status of reconcile: 0 consistent, 1 drift found, 2 error (bad configuration, unreachable service).
             """,
         version: BuildInfo.version,
-        subcommands: [Serve.self, Reconcile.self, CheckCommand.self],
+        subcommands: [Serve.self, Reconcile.self, Check.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -155,4 +155,24 @@ final class Progress: @unchecked Sendable {
         FileHandle.standardError.write(Data("scanning \(table): \(rows) rows (\(Int(rate)) rows/s)\n".utf8))
     }
 
+}
+
+extension ReconcilerCommand {
+    struct Check: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check the configuration and what serve needs: Postgres and Qdrant answer, the schema and mapped tables.",
+            discussion: """
+                Prints one line per store: Postgres and Qdrant, and Redis when reconciler.alert_redis_channel is set (the \
+                reconciler uses Redis for nothing else). Exit 0 when all answer and the outbox schema is this binary's \
+                with every mapped table and column present, 2 otherwise (each failure naming the key to change).
+                """)
+
+        @OptionGroup var options: GlobalOptions
+
+        func run() async throws {
+            let logger = CommandSupport.bootstrapLogging(label: "outbox-reconciler.check")
+            let config = await CommandSupport.loadConfiguration(path: options.config)
+            await CommandSupport.runCheck(config, redis: config.reconciler.redisChannel != nil, logger: logger)
+        }
+    }
 }

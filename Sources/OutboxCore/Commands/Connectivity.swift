@@ -20,11 +20,13 @@ public enum Connectivity {
         }
     }
 
-    public static func probe(_ config: OutboxConfiguration, logger: Logger) async -> [Probe] {
+    /// Postgres and Qdrant, and Redis when `redis` (the relay; the reconciler when it publishes alerts there).
+    public static func probe(_ config: OutboxConfiguration, redis: Bool = true, logger: Logger) async -> [Probe] {
         async let postgres = probePostgres(config, logger: logger)
-        async let redis = probeRedis(config.redis, logger: logger)
         async let qdrant = probeQdrant(config.qdrant, logger: logger)
-        return await [postgres, redis, qdrant]
+        guard redis else { return await [postgres, qdrant] }
+        async let redisProbe = probeRedis(config.redis, logger: logger)
+        return await [postgres, redisProbe, qdrant]
     }
 
     static func probePostgres(_ configuration: OutboxConfiguration, logger: Logger) async -> Probe {
