@@ -60,8 +60,9 @@ extension ReconcilerCommand {
             abstract: "One scan: report drift, repair what can be repaired. For ops and cron.",
             discussion: """
                 Categories: unembedded (NULL embedding past the grace period, no live event: enqueue an upsert), \
-                stuck (old or much-retried live events: report), dead (dead-lettered upserts: report, or requeue with \
-                --requeue-dead), missing_point (embedding set, point absent: clear and enqueue an upsert), \
+                stuck (old or much-retried live events: report), dead (dead-lettered upserts: report; requeue them as \
+                they are with --requeue-dead, or replace them with upserts built from the rows as they are now with \
+                --reembed-dead), missing_point (embedding set, point absent: clear and enqueue an upsert), \
                 orphan_point (point without a row: enqueue a delete). Exit 0 consistent, 1 drift found, 2 error.
                 """)
 
@@ -79,8 +80,11 @@ extension ReconcilerCommand {
         @Option(name: .long, help: "Sample ids kept per category.")
         var limit = 20
 
-        @Flag(name: .long, help: "Requeue dead-lettered upserts of tracked rows.")
+        @Flag(name: .long, help: "Requeue dead-lettered upserts of tracked rows, as they are.")
         var requeueDead = false
+
+        @Flag(name: .long, help: "Replace dead-lettered upserts of tracked rows with upserts built from the rows (purge, then enqueue).")
+        var reembedDead = false
 
         func validate() throws {
             for name in category where ReconcileReport.Category(rawValue: name) == nil {
@@ -88,6 +92,7 @@ extension ReconcilerCommand {
                     "unknown category \"\(name)\"; categories: \(ReconcileReport.Category.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             guard limit >= 0 else { throw ValidationError("--limit must be 0 or more") }
+            guard !(requeueDead && reembedDead) else { throw ValidationError("choose one of --requeue-dead and --reembed-dead") }
         }
 
         func run() async throws {
@@ -98,6 +103,7 @@ extension ReconcilerCommand {
             runOptions.dryRun = dryRun
             runOptions.sampleLimit = limit
             runOptions.requeueDead = requeueDead
+            runOptions.reembedDead = reembedDead
             let report: ReconcileReport
             do {
                 let db = await CommandSupport.connect(config, name: "outbox-reconciler-cli", logger: logger)

@@ -288,6 +288,45 @@ import OutboxTestSupport
         }
     }
 
+    /// `--reembed-dead` replaces a dead upsert with one built from the row as it is now, which lands;
+    /// `--requeue-dead` would resend the payload that died. (Before, requeueing was the only way.)
+    @Test func reembedDeadRebuildsTheUpsertFromTheRow() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let collection = TestEnvironment.uniqueName("reembed")
+            #expect(try await qdrant.call(.PUT, "/collections/\(collection)", ["vectors": ["size": 384, "distance": "Cosine"]]).status == 200)
+            let config = try writeConfig(databaseURL: url, collection: collection)
+            let row = UUID().uuidString.lowercased()
+            try await db.query(
+                "INSERT INTO extractions (id, source_id, content, created_at) VALUES ($1::uuid, 'doc', 'a sentence to embed', now() - interval '1 hour')",
+                [.text(row)])
+            try await db.query(
+                """
+                INSERT INTO outbox.dead_letters (id, destination, operation, key, payload, created_at, attempts, error)
+                VALUES (9100000, 'qdrant', 'upsert', $1, $2::jsonb, now() - interval '1 hour', 1, 'qdrant answered 400: wrong vector size')
+                """,
+                [.text(row), .jsonb(#"{"collection": "\#(collection)", "id": "\#(row)", "vector": [1, 2, 3], "source": {"table": "extractions", "id": "\#(row)"}}"#)])
+            let rebuilt = try await reconcile(config, url: url, ["--reembed-dead", "--category", "dead"])
+            #expect(rebuilt.status == 1, "\(rebuilt.stderr)")
+            #expect(rebuilt.report["tables"]?["extractions"]?["dead"]?["repaired"] == 1, "\(rebuilt.report.jsonText)")
+            #expect(try await db.count("outbox.dead_letters") == 0)
+            let payload = try JSONValue.parse(try await db.query("SELECT payload::text AS p FROM outbox.events").first!.decode("p", as: String.self))
+            #expect(payload["text"] == "a sentence to embed" && payload["vector"] == nil, "\(payload.jsonText)")
+
+            let relay = try DaemonProcess.relay(databaseURL: url, config: config)
+            try await eventually("the rebuilt upsert lands", timeout: .seconds(30)) { try await db.count("outbox.events") == 0 }
+            #expect(try await db.count("outbox.dead_letters") == 0)
+            #expect(try await db.count("extractions WHERE embedding_id = id") == 1)
+            let final = try await reconcile(config, url: url)
+            #expect(final.status == 0, "still drifting: \(final.report.jsonText)")
+            let both = try await reconcile(config, url: url, ["--reembed-dead", "--requeue-dead"])
+            #expect(both.status == 64, "\(both.stderr)")
+            _ = relay
+            try? FileManager.default.removeItem(atPath: config)
+            _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
+        }
+    }
+
     @Test func scanOf200000RowsRunsInBoundedMemory() async throws {
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
             let collection = TestEnvironment.uniqueName("scan")

@@ -55,6 +55,9 @@ public struct Reconciler: Sendable {
         public var dryRun = false
         public var sampleLimit = 20
         public var requeueDead = false
+        /// Replace dead-lettered upserts of tracked rows with fresh ones built from the rows (the
+        /// same payload requeued would die again).
+        public var reembedDead = false
         public init() {}
     }
 
@@ -170,22 +173,35 @@ struct TableScan {
         return finding
     }
 
-    /// Dead-lettered upserts for rows of this table; requeued with `--requeue-dead`.
+    /// Dead-lettered upserts for rows of this table; requeued with `--requeue-dead`, or replaced by
+    /// upserts built from the rows with `--reembed-dead`.
     func dead() async throws -> ReconcileReport.Finding {
         var finding = ReconcileReport.Finding()
         let rows = try await db.query(
-            "SELECT id, error FROM outbox.dead_letters WHERE destination = 'qdrant' AND payload #>> '{source,table}' = $1 ORDER BY id",
+            """
+            SELECT id, error, payload #>> '{source,id}' AS row_id FROM outbox.dead_letters
+            WHERE destination = 'qdrant' AND payload #>> '{source,table}' = $1 ORDER BY id
+            """,
             [.text(name)])
         var ids: [Int64] = []
+        var rowIDs: [String] = []
         for row in rows.rows {
             let id: Int64 = try row.decode("id")
             ids.append(id)
+            // A source id that is no valid row id (as dead-lettered) names no row to rebuild.
+            if let rowID = try row.decode("row_id", as: String?.self), SourceColumnTypes.fits(rowID, idType) { rowIDs.append(rowID) }
             add(String(id), to: &finding)
             if finding.details.count < options.sampleLimit {
                 finding.details.append("event \(id): \(try row.decode("error", as: String.self))")
             }
         }
-        if options.requeueDead, !options.dryRun, !ids.isEmpty {
+        if options.reembedDead, !options.dryRun, !ids.isEmpty {
+            // The row as it is now, not the payload that died: purge, then enqueue from the row, in
+            // one transaction, so the row is never left with neither.
+            finding.repaired = try await enqueueUpserts(rowIDs, clearEmbedding: false) { tx in
+                _ = try await DeadLetters.purge(tx, selection: .ids(ids))
+            }
+        } else if options.requeueDead, !options.dryRun, !ids.isEmpty {
             finding.repaired = try await DeadLetters.requeue(db, selection: .ids(ids))
         }
         return finding
@@ -357,9 +373,12 @@ struct TableScan {
     /// as the point's payload, and `source`, for each row id; with `clearEmbedding` first sets the
     /// embedding column to NULL. One transaction. Column names are bound as the payload's keys;
     /// only the validated, quoted identifiers are spliced in.
-    private func enqueueUpserts(_ rowIDs: [String], clearEmbedding: Bool) async throws -> Int {
+    private func enqueueUpserts(
+        _ rowIDs: [String], clearEmbedding: Bool, first: (PostgresConnection) async throws -> Void = { _ in }
+    ) async throws -> Int {
         let t = table
         return try await db.transaction { tx in
+            try await first(tx)
             if clearEmbedding {
                 try await tx.query(
                     "UPDATE \(t.table.quoted) SET \(t.embeddingColumn.quoted) = NULL WHERE \(t.idColumn.quoted) = ANY(\(castArray("$1", to: idType)))",
