@@ -96,22 +96,35 @@ import OutboxTestSupport
             #expect(unknown.stderr == "no dead letter with id 424242 (see `outbox-relay dead-letters list`)\n", "\(unknown.stderr)")
 
             // A table mapped in config that the database does not have.
-            let config = FileManager.default.temporaryDirectory.appendingPathComponent("check-\(UUID().uuidString).yaml").path
-            try (try String(contentsOfFile: "\(TestEnvironment.repositoryRoot.path)/config/outbox.yaml", encoding: .utf8))
-                .replacingOccurrences(of: "../.local/", with: "\(TestEnvironment.repositoryRoot.path)/.local/")
-                .replacingOccurrences(of: "directory: ../schema", with: "directory: \(TestEnvironment.schemaDirectory)")
-                .replacingOccurrences(of: "    collection: extractions\n", with: """
+            let config = try TestEnvironment.configCopy {
+                $0.replacingOccurrences(of: "    collection: extractions\n", with: """
                         collection: extractions
                       documents:
                         table: public.no_such_documents
                         collection: extractions
 
                     """)
-                .write(toFile: config, atomically: true, encoding: .utf8)
+            }
             defer { try? FileManager.default.removeItem(atPath: config) }
             let unmapped = try await runProcess(relay, ["check", "--config", config], environment: env)
             #expect(unmapped.status == 2, "\(unmapped.stdout) \(unmapped.stderr)")
             #expect(unmapped.stdout.contains("tables.documents: public.no_such_documents has no column"), "\(unmapped.stdout) \(unmapped.stderr)")
+
+            // A configured collection whose vectors in Qdrant have another size: check and serve refuse it.
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let sized = TestEnvironment.uniqueName("sized")
+            #expect(try await qdrant.call(.PUT, "/collections/\(sized)", ["vectors": ["size": 4, "distance": "Dot"]]).status == 200)
+            let mismatched = try TestEnvironment.configCopy {
+                $0.replacingOccurrences(of: "    extractions: {size: 384, distance: Cosine}\n", with: "    extractions: {size: 384, distance: Cosine}\n    \(sized): {size: 8}\n")
+            }
+            defer { try? FileManager.default.removeItem(atPath: mismatched) }
+            let sizes = try await runProcess(relay, ["check", "--config", mismatched], environment: env)
+            #expect(sizes.status == 2)
+            #expect(sizes.stdout.contains("qdrant.collections.\(sized).size: is 8, but Qdrant's collection \(sized) holds vectors of size 4"), "\(sizes.stdout)")
+            let refused = try DaemonProcess.relay(databaseURL: url, config: mismatched)
+            #expect(await refused.waitForExit(timeout: .seconds(20)) == 2, "\(refused.log.suffix(1000))")
+            #expect(refused.log.contains("qdrant.collections.\(sized).size: is 8"), "\(refused.log.suffix(1000))")
+            _ = try await qdrant.call(.DELETE, "/collections/\(sized)")
 
             // A newer release applied migration 999: this binary's migrate, check and serve refuse it.
             try await db.query("INSERT INTO outbox.schema_migrations (version, name, checksum) VALUES (999, '999_future.sql', 'x')")

@@ -239,7 +239,9 @@ extension HostileInput {
                           'collection', $2::text, 'id', $4::text, 'vector', '[1, 0, 0, 0]'::jsonb, 'payload', jsonb_build_object('big', repeat($3::text, 4))))
                         """, [.text(name + "-huge"), .text(collection), .text(big), .text(UUID().uuidString)])
                 }
-                let relay = try DaemonProcess.relay(databaseURL: url, environment: ["OUTBOX_EMBEDDING_DIMENSIONS": "4"])
+                let config = try TestEnvironment.configWithoutCollections()
+                defer { try? FileManager.default.removeItem(atPath: config) }
+                let relay = try DaemonProcess.relay(databaseURL: url, environment: ["OUTBOX_EMBEDDING_DIMENSIONS": "4"], config: config)
                 try await eventually("drain", timeout: .seconds(120)) {
                     try await db.count("outbox.events") == 0
                 }

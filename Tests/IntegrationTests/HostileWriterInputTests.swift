@@ -146,10 +146,12 @@ extension HostileInput {
                 #expect(rejectedEvents == 0, "a rejected enqueue left an event")
 
                 // Acceptances: delivered intact or dead-lettered with a reason, by a relay that stays up.
+                let config = try TestEnvironment.configWithoutCollections()
+                defer { try? FileManager.default.removeItem(atPath: config) }
                 let relay = try DaemonProcess.relay(databaseURL: url, environment: [
                     "OUTBOX_EMBEDDING_DIMENSIONS": "4", "OUTBOX_RELAY_MAX_ATTEMPTS": "2", "OUTBOX_RELAY_BACKOFF_INITIAL": "100ms",
                     "OUTBOX_RELAY_BACKOFF_MAX": "300ms",
-                ])
+                ], config: config)
                 try await eventually("drain (log: \(relay.log.suffix(1500)))", timeout: .seconds(120)) {
                     try await db.count("outbox.events") == 0
                 }

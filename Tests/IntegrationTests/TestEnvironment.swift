@@ -38,6 +38,23 @@ enum TestEnvironment {
 
     static var schemaDirectory: String { repositoryRoot.appendingPathComponent("schema").path }
 
+    /// A copy of `config/outbox.yaml` in a temporary file, its relative paths made absolute, with
+    /// `edit` applied to its text; the caller removes it.
+    static func configCopy(_ edit: (String) -> String) throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-\(UUID().uuidString).yaml").path
+        let shipped = try String(contentsOfFile: repositoryRoot.appendingPathComponent("config/outbox.yaml").path, encoding: .utf8)
+            .replacingOccurrences(of: "../.local/", with: repositoryRoot.path + "/.local/")
+            .replacingOccurrences(of: "directory: ../schema", with: "directory: \(schemaDirectory)")
+        try edit(shipped).write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// The shipped configuration without `qdrant.collections`: for relays that embed with other
+    /// dimensions than the shipped collection's (a collection of another size would refuse them).
+    static func configWithoutCollections() throws -> String {
+        try configCopy { $0.replacingOccurrences(of: "  collections:\n    extractions: {size: 384, distance: Cosine}\n", with: "") }
+    }
+
     static func connect() async throws -> PostgresConnection {
         try await PostgresConnection.connect(try postgresConfiguration(), logger: logger)
     }

@@ -28,6 +28,28 @@ import Testing
         }
     }
 
+    /// Embedding dimensions that contradict the collection a mapped table embeds into refuse to load
+    /// (before: ready, and every text upsert dead-lettered); a collection no table embeds into may differ.
+    @Test func embeddingDimensionsMustFitTheCollectionsTablesEmbedInto() async {
+        let contradiction = await problem("""
+            embedding: {dimensions: 128}
+            qdrant:
+              collections:
+                extractions: {size: 384}
+            """)
+        #expect(contradiction?.key == "embedding.dimensions")
+        #expect(contradiction?.problem == "is 128, but qdrant.collections.extractions.size is 384 (tables.extractions embeds its text into it): make them agree")
+        let fromEnvironment = await problem("qdrant:\n  collections:\n    extractions: {size: 384}\n", environment: ["OUTBOX_EMBEDDING_DIMENSIONS": "4"])
+        #expect(fromEnvironment?.key == "OUTBOX_EMBEDDING_DIMENSIONS (embedding.dimensions)")
+        #expect(await problem("""
+            embedding: {dimensions: 128}
+            qdrant:
+              collections:
+                extractions: {size: 128}
+                images: {size: 512}
+            """) == nil)
+    }
+
     @Test func defaultsMatchTheLocalServices() async throws {
         let config = try await load("{}")
         #expect(config.postgres.url == "postgresql://outbox@127.0.0.1:55432/outbox")

@@ -23,7 +23,7 @@ public enum Connectivity {
     /// Postgres and Qdrant, and Redis when `redis` (the relay; the reconciler when it publishes alerts there).
     public static func probe(_ config: OutboxConfiguration, redis: Bool = true, logger: Logger) async -> [Probe] {
         async let postgres = probePostgres(config, logger: logger)
-        async let qdrant = probeQdrant(config.qdrant, logger: logger)
+        async let qdrant = probeQdrant(config, logger: logger)
         guard redis else { return await [postgres, qdrant] }
         async let redisProbe = probeRedis(config.redis, logger: logger)
         return await [postgres, redisProbe, qdrant]
@@ -75,13 +75,18 @@ public enum Connectivity {
         }
     }
 
-    static func probeQdrant(_ config: QdrantConfiguration, logger: Logger) async -> Probe {
-        var quick = config
+    static func probeQdrant(_ configuration: OutboxConfiguration, logger: Logger) async -> Probe {
+        var quick = configuration.qdrant
         quick.timeout = .seconds(5)
+        let config = configuration.qdrant
         do {
-            let reply = try await QdrantClient(configuration: quick, logger: logger).call(.listCollections)
+            let client = QdrantClient(configuration: quick, logger: logger)
+            let reply = try await client.call(.listCollections)
             guard reply.status == 200 else {
                 return Probe(store: "qdrant", address: config.redactedURL, problem: "GET /collections answered \(reply.status)", detail: "")
+            }
+            if let problem = try await client.collectionProblem(configuration.collections) {
+                return Probe(store: "qdrant", key: problem.key, address: config.redactedURL, problem: problem.problem, detail: "")
             }
             let count = reply.result?["collections"]?.arrayValue?.count ?? 0
             return Probe(store: "qdrant", address: config.redactedURL, problem: nil, detail: "\(count) collection(s)")

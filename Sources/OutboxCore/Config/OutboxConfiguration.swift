@@ -148,6 +148,16 @@ public struct OutboxConfiguration: Sendable {
         relay = try RelaySettings(c)
         reconciler = try ReconcilerSettings(c)
         embedding = try EmbeddingSettings(c)
+        // A mapped table's repairs send its text to be embedded into its collection: a collection
+        // configured with another size would refuse every one of them.
+        for mapping in tables.values.sorted(by: { $0.name < $1.name }) {
+            if let spec = collections[mapping.collection], spec.size != embedding.dimensions {
+                throw ConfigurationError(
+                    key: "embedding.dimensions",
+                    problem: "is \(embedding.dimensions), but qdrant.collections.\(spec.name).size is \(spec.size) "
+                        + "(tables.\(mapping.name) embeds its text into it): make them agree")
+            }
+        }
     }
 }
 

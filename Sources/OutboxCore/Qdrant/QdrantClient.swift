@@ -27,6 +27,7 @@ public struct QdrantClient: Sendable {
     public enum Endpoint: Sendable, Equatable {
         case listCollections
         case collectionExists(String)
+        case getCollection(String)
         case createCollection(String)
         case deleteCollection(String)
         case upsertPoints(collection: String)
@@ -38,7 +39,7 @@ public struct QdrantClient: Sendable {
 
         public var method: HTTPRequest.Method {
             switch self {
-            case .listCollections, .collectionExists: .GET
+            case .listCollections, .collectionExists, .getCollection: .GET
             case .createCollection, .upsertPoints: .PUT
             case .deleteCollection: .DELETE
             case .deletePoints, .setPayload, .retrievePoints, .scrollPoints, .countPoints: .POST
@@ -50,7 +51,7 @@ public struct QdrantClient: Sendable {
             return switch self {
             case .listCollections: "/collections"
             case .collectionExists(let name): "/collections/\(escape(name))/exists"
-            case .createCollection(let name), .deleteCollection(let name): "/collections/\(escape(name))"
+            case .createCollection(let name), .deleteCollection(let name), .getCollection(let name): "/collections/\(escape(name))"
             case .upsertPoints(let name): "/collections/\(escape(name))/points" + write
             case .deletePoints(let name): "/collections/\(escape(name))/points/delete" + write
             case .setPayload(let name): "/collections/\(escape(name))/points/payload" + write
@@ -76,6 +77,27 @@ public struct QdrantClient: Sendable {
         let error = json?["status"]?["error"]?.stringValue
             ?? (response.status >= 400 ? String(response.bodyText.prefix(300)) : nil)
         return Reply(status: response.status, result: json?["result"], error: error, retryAfter: response.headers["retry-after"])
+    }
+
+    /// The size of the (single, unnamed) dense vector of collection `name`, or nil when the
+    /// collection does not exist or has named vectors.
+    public func vectorSize(of name: String) async throws -> Int? {
+        let reply = try await call(.getCollection(name))
+        guard reply.status == 200 else { return nil }
+        return reply.result?["config"]?["params"]?["vectors"]?["size"]?.numberValue.flatMap { Int(exactly: $0) }
+    }
+
+    /// Why the collections in `qdrant.collections` cannot be used as configured, or nil: one that
+    /// exists in Qdrant with vectors of another size would refuse every upsert.
+    public func collectionProblem(_ collections: [String: CollectionSpec]) async throws -> ConfigurationError? {
+        for spec in collections.values.sorted(by: { $0.name < $1.name }) {
+            if let size = try await vectorSize(of: spec.name), size != spec.size {
+                return ConfigurationError(
+                    key: "qdrant.collections.\(spec.name).size",
+                    problem: "is \(spec.size), but Qdrant's collection \(spec.name) holds vectors of size \(size): make them agree")
+            }
+        }
+        return nil
     }
 
     /// Creates `spec` unless it exists; 409 (created meanwhile by someone else) counts as success.

@@ -36,7 +36,9 @@ public final class RelayService: Service {
                     group.addTask { try await self.runWorker(destination, stopping: stopping) }
                 }
                 defer { listener.cancel() }  // ends its LISTEN wait at once instead of at the next poll
-                try await group.waitForAll()
+                // Not waitForAll(), which rethrows a worker's error only once every worker has ended:
+                // a configuration problem found by one worker must stop the relay, the other included.
+                while try await group.next() != nil {}
             }
         } onGracefulShutdown: {
             stopping.set()
@@ -64,6 +66,8 @@ public final class RelayService: Service {
                 return
             } catch let error as SourceColumnTypes.Problem {
                 throw error  // a configuration problem: retrying cannot fix it
+            } catch let error as ConfigurationError {
+                throw error
             } catch is CancellationError {
                 return
             } catch {
