@@ -33,6 +33,29 @@ import OutboxTestSupport
         return path
     }
 
+    /// Runs `body` in a fresh database with a collection of 384-dimension vectors in the stand-in
+    /// and a config file for both (`writeConfig`), `edit` applied to its text; removes both after.
+    func withCollectionAndConfig(
+        _ prefix: String, edit: (String) -> String = { $0 },
+        _ body: (_ url: String, _ db: PostgresConnection, _ qdrant: QdrantCalls, _ collection: String, _ config: String) async throws -> Void
+    ) async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
+            let collection = TestEnvironment.uniqueName(prefix)
+            #expect(try await qdrant.call(.PUT, "/collections/\(collection)", ["vectors": ["size": 384, "distance": "Cosine"]]).status == 200)
+            let config = try writeConfig(databaseURL: url, collection: collection)
+            try edit(try String(contentsOfFile: config, encoding: .utf8)).write(toFile: config, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(atPath: config) }
+            do {
+                try await body(url, db, qdrant, collection, config)
+            } catch {
+                _ = try? await qdrant.call(.DELETE, "/collections/\(collection)")
+                throw error
+            }
+            _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
+        }
+    }
+
     /// The environment overrides the config file, so the test's database goes there too.
     func reconcile(_ config: String, url: String, _ arguments: [String] = []) async throws
         -> (status: Int32, report: JSONValue, stderr: String)
@@ -202,21 +225,15 @@ import OutboxTestSupport
     /// and delivered once the webhook is back. (Before: three attempts within the scan, then dropped;
     /// later scans found the same drift and sent nothing.)
     @Test func anAlertIsKeptUntilTheWebhookTakesIt() async throws {
-        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
-            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
-            let collection = TestEnvironment.uniqueName("alerts")
-            #expect(try await qdrant.call(.PUT, "/collections/\(collection)", ["vectors": ["size": 384, "distance": "Cosine"]]).status == 200)
-            let port = try freePort()
-            let record = FileManager.default.temporaryDirectory.appendingPathComponent("alerts-\(UUID().uuidString).jsonl").path
-            let config = try writeConfig(databaseURL: url, collection: collection)
-            try (try String(contentsOfFile: config, encoding: .utf8))
-                .replacingOccurrences(of: "  page_size: 100", with: """
-                      page_size: 100
-                      repair: false
-                      interval: 500ms
-                      alert_webhook_url: http://127.0.0.1:\(port)/alerts
-                    """)
-                .write(toFile: config, atomically: true, encoding: .utf8)
+        let port = try freePort()
+        let record = FileManager.default.temporaryDirectory.appendingPathComponent("alerts-\(UUID().uuidString).jsonl").path
+        let settings = """
+              page_size: 100
+              repair: false
+              interval: 500ms
+              alert_webhook_url: http://127.0.0.1:\(port)/alerts
+            """
+        try await withCollectionAndConfig("alerts", edit: { $0.replacingOccurrences(of: "  page_size: 100", with: settings) }) { url, db, _, _, config in
             let daemon = try DaemonProcess(
                 executable: try TestEnvironment.executable("outbox-reconciler"), config: config, directory: TestEnvironment.repositoryRoot,
                 port: try freePort(), environment: ["OUTBOX_POSTGRES_URL": url], logger: TestEnvironment.logger)
@@ -241,22 +258,15 @@ import OutboxTestSupport
             let status = try JSONValue.parse(await daemon.get("/status")?.body ?? "{}")
             #expect(status["pending_alerts"] == [], "\(status["pending_alerts"]?.jsonText ?? "")")
             expectEveryMetricHasHelp(await daemon.get("/metrics")?.body ?? "")
-            try? FileManager.default.removeItem(atPath: config)
-            _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
         }
     }
 
     /// A repair rebuilds the point's payload from the table's `payload_columns`, as the writer made
     /// it. (Before, a repaired point's payload came back as `{}`.)
     @Test func repairsCarryThePayloadColumns() async throws {
-        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
-            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
-            let collection = TestEnvironment.uniqueName("payload")
-            #expect(try await qdrant.call(.PUT, "/collections/\(collection)", ["vectors": ["size": 384, "distance": "Cosine"]]).status == 200)
-            let config = try writeConfig(databaseURL: url, collection: collection)
-            try (try String(contentsOfFile: config, encoding: .utf8))
-                .replacingOccurrences(of: "collection: \(collection)}", with: "collection: \(collection), payload_columns: [source_id, created_at]}")
-                .write(toFile: config, atomically: true, encoding: .utf8)
+        try await withCollectionAndConfig("payload", edit: {
+            $0.replacingOccurrences(of: "public.extractions, collection: ", with: "public.extractions, payload_columns: [source_id, created_at], collection: ")
+        }) { url, db, _, _, config in
             // Two rows whose points are missing, one never embedded.
             try await db.query(
                 """
@@ -283,19 +293,13 @@ import OutboxTestSupport
             let refused = try await reconcile(config, url: url, ["--dry-run"])
             #expect(refused.status == 2)
             #expect(refused.stderr.hasPrefix("config: tables.extractions.payload_columns: invalid SQL identifier \"source id\""), "\(refused.stderr)")
-            try? FileManager.default.removeItem(atPath: config)
-            _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
         }
     }
 
     /// `--reembed-dead` replaces a dead upsert with one built from the row as it is now, which lands;
     /// `--requeue-dead` would resend the payload that died. (Before, requeueing was the only way.)
     @Test func reembedDeadRebuildsTheUpsertFromTheRow() async throws {
-        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
-            let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())
-            let collection = TestEnvironment.uniqueName("reembed")
-            #expect(try await qdrant.call(.PUT, "/collections/\(collection)", ["vectors": ["size": 384, "distance": "Cosine"]]).status == 200)
-            let config = try writeConfig(databaseURL: url, collection: collection)
+        try await withCollectionAndConfig("reembed") { url, db, _, collection, config in
             let row = UUID().uuidString.lowercased()
             try await db.query(
                 "INSERT INTO extractions (id, source_id, content, created_at) VALUES ($1::uuid, 'doc', 'a sentence to embed', now() - interval '1 hour')",
@@ -322,8 +326,6 @@ import OutboxTestSupport
             let both = try await reconcile(config, url: url, ["--reembed-dead", "--requeue-dead"])
             #expect(both.status == 64, "\(both.stderr)")
             _ = relay
-            try? FileManager.default.removeItem(atPath: config)
-            _ = try await qdrant.call(.DELETE, "/collections/\(collection)")
         }
     }
 
