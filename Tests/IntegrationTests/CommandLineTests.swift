@@ -49,6 +49,7 @@ import OutboxTestSupport
     }
 
     @Test func checkReportsEveryStoreWithoutShowingSecrets() async throws {
+        _ = try await TestEnvironment.migratedConnection()  // check fails on a database not (yet) migrated
         for binary in ["outbox-relay", "outbox-reconciler"] {
             let result = try await runProcess(try TestEnvironment.executable(binary), ["check", "--config", "config/outbox.yaml"])
             #expect(result.status == 0, "\(binary): \(result.stdout) \(result.stderr)")
@@ -190,6 +191,7 @@ import OutboxTestSupport
                 #expect(!help.stdout.contains("\\\n") && !help.stdout.contains("\\ "), "\(binary) \(command): \(help.stdout)")
             }
         }
+        _ = try await TestEnvironment.migratedConnection()  // check fails on a database not (yet) migrated
         let reconciler = try await runProcess(try TestEnvironment.executable("outbox-reconciler"), ["check", "--config", "config/outbox.yaml"])
         #expect(reconciler.status == 0, "\(reconciler.stdout)")
         #expect(reconciler.stdout.contains("ok   postgres") && reconciler.stdout.contains("ok   qdrant"), "\(reconciler.stdout)")
