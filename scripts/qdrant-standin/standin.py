@@ -34,6 +34,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -1602,7 +1603,12 @@ def main(argv=None) -> int:
     keys.add_argument("--api-key", help="require this key (header api-key or Bearer token)")
     keys.add_argument("--api-key-file", help="read the API key from this file")
     ap.add_argument("--verbose", action="store_true", help="log one line per request to stderr")
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM; needs --tls-key)")
+    ap.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+    ap.add_argument("--tls-client-ca", help="with --tls-cert: require a client certificate signed by this CA")
     args = ap.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        ap.error("--tls-cert and --tls-key go together; --tls-client-ca needs them")
 
     api_key = args.api_key
     if args.api_key_file:
@@ -1614,6 +1620,15 @@ def main(argv=None) -> int:
     data_lock = lock_data_dir(args.data)
     store = Store(args.data)
     server = make_server(args.host, args.port, store, api_key, args.verbose)
+    scheme = "http"
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(args.tls_client_ca)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -1622,7 +1637,7 @@ def main(argv=None) -> int:
                               name="http", daemon=True)
     thread.start()
     host, port = server.server_address[:2]
-    print(f"qdrant-standin listening on http://{host}:{port}", flush=True)
+    print(f"qdrant-standin listening on {scheme}://{host}:{port}", flush=True)
 
     stop.wait()
     server.shutdown()

@@ -27,6 +27,8 @@ public struct QdrantConfiguration: Sendable {
     public var url: String
     public var apiKey: String?
     public var timeout: Duration
+    /// For an `https://` url: a CA to verify Qdrant with, a client certificate and key.
+    public var tls = HTTPConnection.TLSFiles()
 
     public init(url: String, apiKey: String? = nil, timeout: Duration = .seconds(30)) {
         self.url = url
@@ -144,6 +146,12 @@ public struct OutboxConfiguration: Sendable {
         guard qdrant.url.hasPrefix("http://") || qdrant.url.hasPrefix("https://") else {
             throw ConfigurationError(key: "qdrant.url", problem: "must start with http:// or https://")
         }
+        qdrant.tls = HTTPConnection.TLSFiles(
+            caFile: try c.file("qdrant.ca_file"), clientCertificateFile: try c.file("qdrant.client_cert_file"),
+            clientKeyFile: try c.file("qdrant.client_key_file"))
+        guard (qdrant.tls.clientCertificateFile == nil) == (qdrant.tls.clientKeyFile == nil) else {
+            throw ConfigurationError(key: "qdrant.client_key_file", problem: "qdrant.client_cert_file and qdrant.client_key_file go together")
+        }
         schemaDirectory = c.path(try c.string("schema.directory", default: "../schema"))
         relay = try RelaySettings(c)
         reconciler = try ReconcilerSettings(c)
@@ -225,6 +233,16 @@ struct ConfigValues {
         let value = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         guard !value.isEmpty else { throw ConfigurationError(key: key + "_file", problem: "\(path) is empty") }
         return value
+    }
+
+    /// A file the configuration names (relative to the config file's folder), which must be readable.
+    func file(_ key: String) throws -> String? {
+        guard let text = raw(key) else { return nil }
+        let path = self.path(text)
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw ConfigurationError(key: key, problem: "cannot read \(path)")
+        }
+        return path
     }
 
     func path(_ text: String) -> String {

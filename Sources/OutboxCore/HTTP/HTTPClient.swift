@@ -79,14 +79,29 @@ public actor HTTPConnection {
     private let handle: UnsafeMutableRawPointer
     private let redactor: Redactor
     private let logger: Logger
+    private let tls: TLSFiles
+
+    /// Files for HTTPS beyond the system's trust store: a CA to verify the server with (a private
+    /// CA), and a client certificate and key for servers that require one. Paths, PEM.
+    public struct TLSFiles: Sendable, Equatable {
+        public var caFile: String?
+        public var clientCertificateFile: String?
+        public var clientKeyFile: String?
+
+        public init(caFile: String? = nil, clientCertificateFile: String? = nil, clientKeyFile: String? = nil) {
+            (self.caFile, self.clientCertificateFile, self.clientKeyFile) = (caFile, clientCertificateFile, clientKeyFile)
+        }
+    }
 
     /// - Parameter secrets: values (api keys, tokens) to scrub from every error message.
-    public init(logger: Logger, secrets: [String] = []) {
+    /// - Parameter tls: CA and client certificate files for HTTPS; the server is always verified.
+    public init(logger: Logger, secrets: [String] = [], tls: TLSFiles = TLSFiles()) {
         CurlGlobal.initialize()
         self.executor = BlockingExecutor(label: "outbox.http")
         self.handle = curl_easy_init()!
         self.redactor = Redactor(secrets: secrets)
         self.logger = logger
+        self.tls = tls
     }
 
     isolated deinit {
@@ -121,6 +136,9 @@ public actor HTTPConnection {
         headerList = curl_slist_append(headerList, "Expect:")
 
         ccurl_easy_setopt_cstr(h, CURLOPT_URL, request.url)
+        if let ca = tls.caFile { ccurl_easy_setopt_cstr(h, CURLOPT_CAINFO, ca) }
+        if let certificate = tls.clientCertificateFile { ccurl_easy_setopt_cstr(h, CURLOPT_SSLCERT, certificate) }
+        if let key = tls.clientKeyFile { ccurl_easy_setopt_cstr(h, CURLOPT_SSLKEY, key) }
         ccurl_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
         ccurl_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, Int(max(1, request.timeout.milliseconds)))
         ccurl_easy_setopt_long(h, CURLOPT_CONNECTTIMEOUT_MS, Int(min(10_000, max(1, request.timeout.milliseconds))))

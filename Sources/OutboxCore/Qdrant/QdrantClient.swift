@@ -8,7 +8,7 @@ public struct QdrantClient: Sendable {
 
     public init(configuration: QdrantConfiguration, logger: Logger) {
         self.configuration = configuration
-        self.http = HTTPConnection(logger: logger, secrets: configuration.secrets)
+        self.http = HTTPConnection(logger: logger, secrets: configuration.secrets, tls: configuration.tls)
     }
 
     /// One Qdrant reply: status, the envelope's `result`, and its error text when it failed.
