@@ -13,7 +13,6 @@ package struct SourceColumnTypes: Sendable {
     package struct Problem: Error, CustomStringConvertible {
         package let key: String
         package let message: String
-        package init(key: String, message: String) { (self.key, self.message) = (key, message) }
         package var description: String { "config: \(key): \(message)" }
     }
 
