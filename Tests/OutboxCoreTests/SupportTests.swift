@@ -30,10 +30,10 @@ import Testing
     }
 
     @Test func redactsPasswordsInURLs() {
-        #expect(URLParts.redacted("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db")
-        #expect(URLParts.redacted("redis://:secret@h/0") == "redis://:***@h/0")
-        #expect(URLParts.redacted("postgresql://u@h/db") == "postgresql://u@h/db")
-        #expect(URLParts.redacted("host=h dbname=x") == "host=h dbname=x")
+        #expect(SecretAddress.redacted("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db")
+        #expect(SecretAddress.redacted("redis://:secret@h/0") == "redis://:***@h/0")
+        #expect(SecretAddress.redacted("postgresql://u@h/db") == "postgresql://u@h/db")
+        #expect(SecretAddress.redacted("host=h dbname=x") == "host=h dbname=x")
     }
 
     @Test func redactorRemovesEverySecretOccurrence() {

@@ -48,7 +48,7 @@ public enum Connectivity {
         do {
             let migrator = try Migrator(directory: configuration.schemaDirectory, logger: logger)
             if let problem = try await migrator.standing(of: connection).problem {
-                return failed(problem.hasPrefix("the database") ? "schema.directory" : "postgres.url", problem)
+                return failed(problem.key, problem.problem)
             }
             _ = try await SourceColumnTypes.resolve(configuration.tables, on: connection)
         } catch let problem as SourceColumnTypes.Problem {

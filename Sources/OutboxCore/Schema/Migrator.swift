@@ -56,31 +56,33 @@ public struct Migrator: Sendable {
     }
 
     /// Where a database's outbox schema stands against these migrations.
-    public struct Standing: Sendable, Equatable {
+    public struct Standing: Sendable {
         /// `outbox.schema_migrations` exists (`outbox-relay migrate` ran at least once).
         public var migrated = false
         /// Migrations of this binary not applied yet.
         public var pending: [String] = []
-        /// Versions applied by a newer binary: this one does not know them.
+        /// Versions applied by a newer binary, oldest first: this one does not know them.
         public var newer: [(version: Int, name: String)] = []
-
-        public static func == (a: Standing, b: Standing) -> Bool {
-            a.migrated == b.migrated && a.pending == b.pending && a.newer.elementsEqual(b.newer) { $0 == $1 }
-        }
 
         /// Why a daemon of this binary cannot work on the database, or nil: a database migrated by a
         /// newer binary may hold what this one would misread.
-        public var newerProblem: String? {
-            guard let newest = newer.max(by: { $0.version < $1.version }) else { return nil }
-            return "the database's outbox schema is at version \(newest.version) (\(newest.name)), newer than this binary knows; "
-                + "run the release that applied it (or point schema.directory at its schema/)"
+        public var newerProblem: ConfigurationError? {
+            guard let newest = newer.last else { return nil }
+            return ConfigurationError(
+                key: "schema.directory",
+                problem: "the database's outbox schema is at version \(newest.version) (\(newest.name)), newer than this binary knows; "
+                    + "run the release that applied it (or point schema.directory at its schema/)")
         }
 
-        /// What `check` reports, or nil when the schema is exactly this binary's.
-        public var problem: String? {
-            if !migrated { return "outbox schema missing: run `outbox-relay migrate`" }
+        /// What `check` reports, naming the key to change, or nil when the schema is exactly this binary's.
+        public var problem: ConfigurationError? {
+            if !migrated { return ConfigurationError(key: "postgres.url", problem: "outbox schema missing: run `outbox-relay migrate`") }
             if let newerProblem { return newerProblem }
-            if !pending.isEmpty { return "\(pending.count) migration(s) not applied (\(pending.joined(separator: ", "))): run `outbox-relay migrate`" }
+            guard pending.isEmpty else {
+                return ConfigurationError(
+                    key: "postgres.url",
+                    problem: "\(pending.count) migration(s) not applied (\(pending.joined(separator: ", "))): run `outbox-relay migrate`")
+            }
             return nil
         }
     }
@@ -98,10 +100,9 @@ public struct Migrator: Sendable {
         for row in try await connection.query("SELECT version, name FROM outbox.schema_migrations").rows {
             applied[try row.decode("version")] = try row.decode("name")
         }
-        let known = Set(migrations.map(\.version))
+        let newest = migrations.last?.version ?? 0
         standing.pending = migrations.filter { applied[$0.version] == nil }.map(\.name)
-        standing.newer = applied.filter { !known.contains($0.key) && $0.key > (known.max() ?? 0) }
-            .map { (version: $0.key, name: $0.value) }.sorted { $0.version < $1.version }
+        standing.newer = applied.filter { $0.key > newest }.map { (version: $0.key, name: $0.value) }.sorted { $0.version < $1.version }
         return standing
     }
 

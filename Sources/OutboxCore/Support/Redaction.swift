@@ -102,9 +102,6 @@ public struct URLParts: Sendable, Equatable {
         }
         return String(decoding: bytes, as: UTF8.self)
     }
-
-    /// The URL with every secret in it replaced by `***`, for logs and `/status` (see ``SecretAddress``).
-    public static func redacted(_ text: String) -> String { SecretAddress.redacted(text) }
 }
 
 /// Where secrets hide in the address forms the configuration accepts, and the address with them

@@ -99,7 +99,7 @@ final class DestinationWorker: Sendable {
         if let migrator = try? Migrator(directory: configuration.schemaDirectory, logger: logger),
             let newer = try await migrator.standing(of: db).newerProblem
         {
-            throw ConfigurationError(key: "schema.directory", problem: newer)
+            throw newer
         }
         let sourceTypes = try await SourceColumnTypes.resolve(configuration.tables, on: db)
         let deliverer: any Deliverer
