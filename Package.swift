@@ -28,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
+        .plugin(name: "BuildRevision", capability: .buildTool()),
         .systemLibrary(
             name: "CLibPQ",
             pkgConfig: "libpq",
@@ -58,7 +59,8 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Yams", package: "Yams"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings,
+            plugins: ["BuildRevision"]
         ),
         .target(
             name: "OutboxCLI",

@@ -39,7 +39,7 @@ struct OutboxBench: AsyncParsableCommand {
             and a release build (swift build -c release). Prints a table; --json writes the figures. Timings depend \
             on what else the machine runs: compare runs made back to back.
             """,
-        version: BuildInfo.version)
+        version: BuildInfo.versionLine)
 
     @Argument(help: "Scenarios to run.")
     var scenarios: [String] = []

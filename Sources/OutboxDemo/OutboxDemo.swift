@@ -16,7 +16,7 @@ struct OutboxDemo: AsyncParsableCommand {
             relay, with source tracking so the relay sets embedding_id) and a redis.xadd to the stream \
             extractions:events carrying a per-document sequence number.
             """,
-        version: BuildInfo.version)
+        version: BuildInfo.versionLine)
 
     @Option(name: .long, help: ArgumentHelp("Configuration file.", valueName: "path"))
     var config: String?

@@ -17,7 +17,7 @@ struct OutboxRelayCommand: AsyncParsableCommand {
 
             Exit status: 0 success, 1 failure, 2 bad configuration or unreachable service.
             """,
-        version: BuildInfo.version,
+        version: BuildInfo.versionLine,
         subcommands: [Serve.self, Migrate.self, Status.self, DeadLettersCommand.self, CheckCommand.self],
         defaultSubcommand: Serve.self
     )

@@ -17,7 +17,7 @@ struct ReconcilerCommand: AsyncParsableCommand {
 
             Exit status of reconcile: 0 consistent, 1 drift found, 2 error (bad configuration, unreachable service).
             """,
-        version: BuildInfo.version,
+        version: BuildInfo.versionLine,
         subcommands: [Serve.self, Reconcile.self, Check.self],
         defaultSubcommand: Serve.self
     )

@@ -170,11 +170,15 @@ import OutboxTestSupport
         }
     }
 
-    @Test func everyBinaryTellsItsVersion() async throws {
+    @Test func everyBinaryTellsItsVersionAndTheCommitItWasBuiltFrom() async throws {
+        let head = try await runProcess(URL(fileURLWithPath: "/usr/bin/git"), ["-C", TestEnvironment.repositoryRoot.path, "rev-parse", "--short=12", "HEAD"])
+        #expect(head.status == 0, "git rev-parse: \(head.stderr)")
+        let revision = head.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(BuildInfo.revision == revision)
         for binary in ["outbox-relay", "outbox-reconciler", "outbox-demo"] {
             let result = try await runProcess(try TestEnvironment.executable(binary), ["--version"])
             #expect(result.status == 0, "\(binary)")
-            #expect(result.stdout == BuildInfo.version + "\n", "\(binary): \(result.stdout)")
+            #expect(result.stdout == "\(BuildInfo.version) (revision \(revision))\n", "\(binary): \(result.stdout)")
         }
     }
 

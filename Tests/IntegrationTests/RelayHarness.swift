@@ -145,6 +145,6 @@ func expectEveryMetricHasHelp(_ metrics: String, sourceLocation: SourceLocation 
         #expect(index > 0 && lines[index - 1].hasPrefix("# HELP \(name) "), "\(name) has no # HELP line", sourceLocation: sourceLocation)
     }
     let buildInfo = lines.first { $0.hasPrefix("outbox_build_info{") }
-    #expect(buildInfo.map { $0 == "outbox_build_info{version=\"\(BuildInfo.version)\"} 1.0" } == true, "\(buildInfo ?? "no outbox_build_info")",
+    #expect(buildInfo.map { $0 == "outbox_build_info{version=\"\(BuildInfo.version)\",revision=\"\(BuildInfo.revision)\"} 1.0" } == true, "\(buildInfo ?? "no outbox_build_info")",
             sourceLocation: sourceLocation)
 }

@@ -108,6 +108,82 @@ import OutboxTestSupport
         }
     }
 
+    /// An idle relay probes its destinations each `relay.poll_interval`: Qdrant stopped, or
+    /// restarted with a rotated api key, shows on `/readyz` with no event to fail, and clears
+    /// when Qdrant answers the relay again. (Before, an idle relay stayed ready through both.)
+    @Test func anIdleRelayNoticesQdrantGoneOrItsKeyRotatedAndRecovers() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-probe-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let port = try freePort()
+        let key = try TestEnvironment.qdrantAPIKey()
+        func startQdrant(apiKey: String) async throws -> Process {
+            let python = URL(fileURLWithPath: try TestEnvironment.variable("OUTBOX_VENV")).appendingPathComponent("bin/python")
+            return try await startProcess(python, [
+                TestEnvironment.repositoryRoot.appendingPathComponent("scripts/qdrant-standin/standin.py").path,
+                "--host", "127.0.0.1", "--port", String(port), "--data", directory, "--api-key", apiKey,
+            ], readyLine: "listening on http://")
+        }
+        var qdrant = try await startQdrant(apiKey: key)
+        defer { kill(qdrant.processIdentifier, SIGKILL) }
+        func stopQdrant() async throws {
+            kill(qdrant.processIdentifier, SIGKILL)
+            try await eventually("stand-in stopped", timeout: .seconds(10)) { !qdrant.isRunning }
+        }
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, _ in
+            let relay = try DaemonProcess.relay(
+                databaseURL: url, environment: ["OUTBOX_QDRANT_URL": "http://127.0.0.1:\(port)", "OUTBOX_RELAY_POLL_INTERVAL": "300ms"])
+            try await relay.waitUntilReady()
+            func readyz(_ what: String, status: Int, containing text: String) async throws {
+                var last = ""
+                try await eventually("\(what) (last: \(last))", timeout: .seconds(15)) {
+                    guard let ready = await relay.get("/readyz") else { return false }
+                    last = "\(ready.status) \(ready.body)"
+                    return ready.status == status && ready.body.contains(text)
+                }
+            }
+
+            try await stopQdrant()
+            try await readyz("503 while Qdrant is stopped", status: 503, containing: "qdrant failing")
+            let status = try JSONValue.parse(await relay.get("/status")?.body ?? "{}")
+            #expect(status["destinations"]?["qdrant"]?["failing"]?["error"]?.stringValue?.hasPrefix("unreachable: ") == true, "\(status.jsonText)")
+
+            qdrant = try await startQdrant(apiKey: "rotated-\(UUID().uuidString)")
+            try await readyz("503 naming the refused key", status: 503, containing: "qdrant refused the relay: qdrant answered 401")
+            #expect(await relay.get("/readyz")?.body.contains("rotated-") == false)
+
+            try await stopQdrant()
+            qdrant = try await startQdrant(apiKey: key)
+            try await readyz("200 once Qdrant answers the relay again", status: 200, containing: "ready")
+        }
+    }
+
+    /// The same for Redis: the relay's ACL user loses its permissions while the relay is idle.
+    @Test func anIdleRelayNoticesItsRedisUserRevokedAndRecovers() async throws {
+        let redis = try await TestEnvironment.redis()
+        let user = "outbox-probe-\(UUID().uuidString.prefix(8))"
+        let server = try #require(URLParts(try TestEnvironment.redisConfiguration().url))
+        // The shipped config reads the password from the project's file, which this user shares.
+        let password = try #require(server.password)
+        #expect(try await redis.command("ACL", "SETUSER", user, "on", ">\(password)", "~*", "&*", "+@all") == .status("OK"))
+        defer { Task { _ = try? await redis.command("ACL", "DELUSER", user) } }
+        let port = try #require(server.port)
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, _ in
+            let relay = try DaemonProcess.relay(
+                databaseURL: url,
+                environment: ["OUTBOX_REDIS_URL": "redis://\(user):\(password)@127.0.0.1:\(port)/0", "OUTBOX_RELAY_POLL_INTERVAL": "300ms"])
+            try await relay.waitUntilReady()
+            _ = try await redis.command("ACL", "SETUSER", user, "-@all")
+            try await eventually("readyz 503 naming the refused permission", timeout: .seconds(15)) {
+                guard let ready = await relay.get("/readyz"), ready.status == 503 else { return false }
+                return ready.body.contains("redis refused the relay: NOPERM")
+            }
+            #expect(await relay.get("/readyz")?.body.contains(password) == false)
+            _ = try await redis.command("ACL", "SETUSER", user, "+@all")
+            try await eventually("readyz 200 again", timeout: .seconds(15)) { await relay.get("/readyz")?.status == 200 }
+        }
+    }
+
     @Test func readyzIs503WhilePostgresIsUnreachableAndTheRelayRecoversByItself() async throws {
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
             let qdrant = try QdrantCalls(baseURL: try TestEnvironment.qdrantURL())

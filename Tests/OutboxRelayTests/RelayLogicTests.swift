@@ -289,3 +289,20 @@ struct RedisDelivererCommands {
         RedisDeliverer.buildCommand(for: event).map(\.strings)
     }
 }
+
+@Suite struct WakeupTests {
+    /// Lane 0 probes its destination when its wait ends at the deadline, and claims when signalled.
+    @Test func aWaitTellsASignalFromItsDeadline() async {
+        let wakeup = Wakeup()
+        #expect(await wakeup.wait(until: .now + .milliseconds(20)) == false)
+        await wakeup.signal()
+        #expect(await wakeup.wait(until: .now + .seconds(30)) == true)  // a pending signal, at once
+        Task {
+            try? await Task.sleep(for: .milliseconds(20))
+            await wakeup.signal()
+        }
+        #expect(await wakeup.wait(until: nil) == true)
+        // A wait whose deadline has passed while it was being set up still ends, as a timeout.
+        #expect(await wakeup.wait(until: .now - .seconds(1)) == false)
+    }
+}

@@ -66,6 +66,10 @@ extension SourceColumnTypes {
 /// Applies claimed events to one destination. Never throws: every event gets an outcome.
 protocol Deliverer: Sendable {
     func deliver(_ events: [ClaimedEvent]) async -> [Int64: DeliveryOutcome]
+    /// Asks the destination something cheap that needs the relay's credentials (Redis `PING`, a
+    /// Qdrant collection `GET`): nil when it answers, otherwise why not. Run while the relay is
+    /// idle, so an outage or a rotated key shows on `/readyz` before the next event meets it.
+    func probe() async -> String?
 }
 
 /// Marks, in event order, every event of a key after the key's first failure as `.skipped`, so a

@@ -95,6 +95,19 @@ struct QdrantDeliverer: Deliverer {
     }
 
     /// Sends one request for `group`; on a permanent rejection of several events, bisects.
+    func probe() async -> String? {
+        // A configured collection that does not exist yet (404) is created by the first upsert.
+        let endpoint = collections.keys.min().map(QdrantClient.Endpoint.getCollection) ?? .listCollections
+        do {
+            let reply = try await client.call(endpoint)
+            guard reply.status != 200, reply.status != 404 else { return nil }
+            let text = "qdrant answered \(reply.status): \(reply.error ?? "no error text")"
+            return FailureClass.http(status: reply.status, retryAfterHeader: nil) == .destination ? "qdrant refused the relay: \(text)" : text
+        } catch {
+            return "unreachable: \(error)"
+        }
+    }
+
     private func send(_ group: [Item], createdCollection: Bool = false) async -> [(Int64, DeliveryOutcome)] {
         let collection = group[0].operation.collection
         let body: [UInt8]

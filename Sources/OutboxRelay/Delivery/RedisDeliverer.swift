@@ -151,6 +151,19 @@ struct RedisDeliverer: Deliverer {
         return outcomes
     }
 
+    func probe() async -> String? {
+        do {
+            switch try await redis.pipeline([RedisCommand(["PING"])])[0] {
+            case .error(let message) where FailureClass.redis(errorReply: message) == .destination:
+                return "redis refused the relay: \(message)"
+            case .error(let message): return "redis: \(message)"
+            default: return nil
+            }
+        } catch {
+            return "unreachable: \(error)"
+        }
+    }
+
     /// Splits `items` (in id order) into chunks of about `size`, keeping every ordering key's
     /// events together and in order: a key joins the chunk that is open when its first event comes.
     static func chunked<T>(_ items: [(event: ClaimedEvent, arguments: T)], size: Int) -> [[(event: ClaimedEvent, arguments: T)]] {

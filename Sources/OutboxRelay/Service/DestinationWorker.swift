@@ -156,9 +156,12 @@ final class DestinationWorker: Sendable {
     private func runLane(_ index: Int, wakeups: [Wakeup], stopping: StopFlag, component: String) async throws {
         let lane = lanes[index]
         var nextRetry: ContinuousClock.Instant?
+        /// When this lane last heard from the destination (a claim it delivered, or a probe).
+        var lastContact = ContinuousClock.now
         while !stopping.isSet, !Task.isCancelled {
             let result = try await drainBatch(lane)
             await health.postgresOK(component)
+            if result.claimed > 0 { lastContact = .now }
             if result.full {
                 for (i, other) in wakeups.enumerated() where i != index { await other.signal() }
             }
@@ -166,11 +169,23 @@ final class DestinationWorker: Sendable {
                 let at = ContinuousClock.now + retry
                 nextRetry = min(nextRetry ?? at, at)
             }
-            if !result.more {
-                // Lanes other than 0 wait for a full claim; lane 0 also polls and retries.
-                await wakeups[index].wait(until: index > 0 ? nil : nextRetry.map { min($0, .now + settings.pollInterval) })
-                if let due = nextRetry, due <= .now { nextRetry = nil }
+            guard !result.more else { continue }
+            guard index == 0 else {
+                // Lanes other than 0 wait for a full claim.
+                await wakeups[index].wait(until: nil)
+                continue
             }
+            // Lane 0 answers the listener's wake-ups, and retries when they fall due (checking at
+            // least every `relay.poll_interval`). With no retry pending, an idle lane 0 probes the
+            // destination each `relay.poll_interval` instead of claiming: a stopped destination or
+            // a refused key shows on /readyz with no event to fail, and costs Postgres nothing.
+            while !stopping.isSet, !Task.isCancelled {
+                let deadline = nextRetry.map { min($0, .now + settings.pollInterval) } ?? lastContact + settings.pollInterval
+                if await wakeups[index].wait(until: deadline) || nextRetry != nil { break }
+                await health.probed(destination, failure: await deliverer.probe())
+                lastContact = .now
+            }
+            if let due = nextRetry, due <= .now { nextRetry = nil }
         }
         // Lane 0 is the one the shutdown signal wakes: pass it on.
         if index == 0 { for other in wakeups.dropFirst() { await other.signal() } }

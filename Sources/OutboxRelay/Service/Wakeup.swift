@@ -6,6 +6,9 @@ import Synchronization
 actor Wakeup {
     private var signalled = false
     private var waiter: CheckedContinuation<Void, Never>?
+    /// Counts waits, so that a timer from an earlier wait cannot end a later one.
+    private var generation = 0
+    private var expired = false
 
     func signal() {
         signalled = true
@@ -13,22 +16,33 @@ actor Wakeup {
         waiter = nil
     }
 
-    /// Returns when signalled (at once if a signal is pending), at `deadline`, or on cancellation.
-    func wait(until deadline: ContinuousClock.Instant?) async {
+    private func expire(_ wait: Int) {
+        guard wait == generation else { return }
+        expired = true
+        waiter?.resume()
+        waiter = nil
+    }
+
+    /// Returns when signalled (at once if a signal is pending), at `deadline`, or on cancellation:
+    /// true when it was signalled (or cancelled), false when the deadline came first.
+    @discardableResult
+    func wait(until deadline: ContinuousClock.Instant?) async -> Bool {
         if signalled {
             signalled = false
-            return
+            return true
         }
-        let timer = deadline.map { deadline in
+        generation += 1
+        expired = false
+        let timer = deadline.map { [generation] deadline in
             Task { [weak self] in
-                // A cancelled timer must not signal: that would wake the next wait for nothing.
+                // A cancelled timer must not end the wait.
                 guard (try? await Task.sleep(until: deadline, clock: .continuous)) != nil else { return }
-                await self?.signal()
+                await self?.expire(generation)
             }
         }
         await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                if signalled || Task.isCancelled {
+                if signalled || expired || Task.isCancelled {
                     continuation.resume()
                 } else {
                     waiter = continuation
@@ -37,8 +51,9 @@ actor Wakeup {
         } onCancel: {
             Task { await self.signal() }
         }
-        signalled = false
         timer?.cancel()
+        defer { signalled = false }
+        return signalled || !expired
     }
 }
 

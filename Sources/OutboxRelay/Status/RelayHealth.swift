@@ -17,6 +17,8 @@ public actor RelayHealth {
     /// Components that have not completed start-up yet.
     private(set) var starting: Set<String> = ["listener", "redis worker", "qdrant worker"]
     private(set) var destinationFailures: [OutboxEvent.Destination: Failure] = [:]
+    /// Destinations whose last idle probe failed (see ``Deliverer/probe()``).
+    private(set) var probeFailures: [OutboxEvent.Destination: Failure] = [:]
     private(set) var totals: [OutboxEvent.Destination: Settlement.Counts] = [:]
     private(set) var lastDelivery: [OutboxEvent.Destination: Date] = [:]
     public let startedAt = Date()
@@ -45,10 +47,22 @@ public actor RelayHealth {
         totals[destination] = total
         if ack.delivered > 0 {
             destinationFailures[destination] = nil
+            probeFailures[destination] = nil
             lastDelivery[destination] = Date()
         } else if ack.retried > 0, let reason = lastRetryReason, destinationFailures[destination] == nil {
             destinationFailures[destination] = Failure(message: reason, since: Date())
         }
+    }
+
+    /// The result of an idle probe: a failure marks the destination failing until a probe or a
+    /// delivery succeeds.
+    func probed(_ destination: OutboxEvent.Destination, failure: String?) {
+        probeFailures[destination] = failure.map { Failure(message: $0, since: probeFailures[destination]?.since ?? Date()) }
+    }
+
+    /// Delivery and probe failures by destination, the older one where there are both.
+    private var failingDestinations: [OutboxEvent.Destination: Failure] {
+        destinationFailures.merging(probeFailures) { $0.since <= $1.since ? $0 : $1 }
     }
 
     /// Reasons the relay is not ready; empty when ready.
@@ -61,7 +75,7 @@ public actor RelayHealth {
                 reasons.append("\(store) unreachable: \(oldest.failure.message)")
             }
         }
-        for (destination, failure) in destinationFailures.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+        for (destination, failure) in failingDestinations.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
             reasons.append("\(destination.rawValue) failing since \(ISO8601DateFormatter().string(from: failure.since)): \(failure.message)")
         }
         return reasons
@@ -72,7 +86,7 @@ public actor RelayHealth {
     func snapshot() -> (totals: [OutboxEvent.Destination: Settlement.Counts], failures: [OutboxEvent.Destination: Failure],
                         lastDelivery: [OutboxEvent.Destination: Date])
     {
-        var failures = destinationFailures
+        var failures = failingDestinations
         for (store, failure) in connectionFailures.values {
             guard let destination = OutboxEvent.Destination(rawValue: store) else { continue }
             if let known = failures[destination], known.since <= failure.since { continue }
