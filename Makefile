@@ -17,7 +17,7 @@ services-up:
 services-down:
 	scripts/services down
 
-## demo: start services, migrate, run the relay and a writer, show what landed in each store.
+## demo: start services, migrate, run the relay and a writer, show what landed in each store, end with a search.
 demo: services-up build
 	scripts/demo
 

@@ -537,6 +537,102 @@ def parse_ids_or_filter(b: dict):
     raise format_error("Either list of point ids or filter must be provided")
 
 
+def parse_limit(value, where: str, default: int | None) -> int:
+    """A `limit`: an unsigned integer, at least 1; `default` when absent (None: required)."""
+    if value is None:
+        if default is None:
+            raise format_error(f"missing field `{where}`")
+        return default
+    limit = need_uint(value, where)
+    if limit < 1:
+        raise validation_error(where, f"value {limit} invalid, must be 1 or larger")
+    return limit
+
+
+def parse_search_params(value, where: str = "params"):
+    """SearchParams: hnsw_ef, exact, indexed_only, quantization, acorn."""
+    if value is None:
+        return None
+    p = need_object(value, where)
+    kwargs = {}
+    if p.get("hnsw_ef") is not None:
+        kwargs["hnsw_ef"] = need_uint(p["hnsw_ef"], sub(where, "hnsw_ef"))
+    for flag in ("exact", "indexed_only"):
+        if p.get(flag) is not None:
+            kwargs[flag] = need_bool(p[flag], sub(where, flag))
+    if p.get("quantization") is not None:
+        w = sub(where, "quantization")
+        q = need_object(p["quantization"], w)
+        kwargs["quantization"] = qe.QuantizationSearchParams(
+            ignore=need_bool(q.get("ignore", False), sub(w, "ignore")),
+            rescore=None if q.get("rescore") is None else need_bool(q["rescore"], sub(w, "rescore")),
+            oversampling=None if q.get("oversampling") is None
+            else need_number(q["oversampling"], sub(w, "oversampling")))
+    if p.get("acorn") is not None:
+        w = sub(where, "acorn")
+        a = need_object(p["acorn"], w)
+        kwargs["acorn"] = qe.AcornSearchParams(
+            enable=need_bool(a.get("enable", False), sub(w, "enable")),
+            max_selectivity=None if a.get("max_selectivity") is None
+            else need_number(a["max_selectivity"], sub(w, "max_selectivity")))
+    return qe.SearchParams(**kwargs)
+
+
+def parse_dense_query(value, where: str) -> list:
+    """A query vector: a plain list of numbers (the engine checks its dimension)."""
+    if value and isinstance(value[0], list):
+        raise bad_request(f"{where}: multivectors are not supported by qdrant-standin")
+    _check_numbers(value, where)
+    return value
+
+
+def parse_named_vector(value, where: str = "vector"):
+    """NamedVectorStruct of a search: [f32] or {"name", "vector": [f32]} -> (vector, name | None)."""
+    if isinstance(value, list):
+        return parse_dense_query(value, where), None
+    if isinstance(value, dict) and "name" in value and "vector" in value:
+        name = need_str(value["name"], sub(where, "name"))
+        vector = value["vector"]
+        if isinstance(vector, dict):
+            raise bad_request(f"{sub(where, 'vector')}: sparse vectors are not supported by qdrant-standin")
+        return parse_dense_query(need_list(vector, sub(where, "vector")), sub(where, "vector")), name
+    raise format_error(f"{where}: data did not match any variant of untagged enum NamedVectorStruct")
+
+
+_UNSUPPORTED_QUERIES = ("recommend", "discover", "context", "order_by", "fusion", "rrf", "formula",
+                        "sample", "relevance_feedback")
+
+
+def parse_query_input(value, where: str = "query"):
+    """QueryInterface of a query -> ("vector", [f32]) | ("id", point id) | None (no query).
+
+    Supported: a vector, a point id (that point's vector) and {"nearest": either}."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and "nearest" in value:
+        if value.get("mmr") is not None:
+            raise bad_request(f"{sub(where, 'mmr')}: MMR is not supported by qdrant-standin")
+        return parse_query_input(value["nearest"], sub(where, "nearest"))
+    if isinstance(value, list):
+        return "vector", parse_dense_query(value, where)
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return "id", parse_point_id(value, where)
+        except ApiError:
+            pass
+    if isinstance(value, dict):
+        if "indices" in value and "values" in value:
+            raise bad_request(f"{where}: sparse vectors are not supported by qdrant-standin")
+        if "model" in value:
+            raise bad_request(f"{where}: inference objects (Document/Image/InferenceObject) "
+                              "are not supported by qdrant-standin")
+        for key in _UNSUPPORTED_QUERIES:
+            if key in value:
+                raise bad_request(f"{sub(where, key)}: {key} queries are not supported by "
+                                  "qdrant-standin (only nearest)")
+    raise format_error(f"{where}: data did not match any variant of untagged enum QueryInterface")
+
+
 # --------------------------------------------------------------------------------------------
 # Collections on disk
 # --------------------------------------------------------------------------------------------
@@ -1240,12 +1336,7 @@ class Api:
     def scroll_points(self, req):
         name = self.collection(req)
         body = need_object(req.json(), "")
-        limit = body.get("limit")
-        if limit is None:
-            limit = 10
-        limit = need_uint(limit, "limit")
-        if limit < 1:
-            raise validation_error("limit", f"value {limit} invalid, must be 1 or larger")
+        limit = parse_limit(body.get("limit"), "limit", 10)
         offset = body.get("offset")
         offset = parse_point_id(offset, "offset") if offset is not None else None
         with converting():
@@ -1274,6 +1365,96 @@ class Api:
                     "next_page_offset": None if next_offset is None else point_id_json(next_offset)}
 
         return self._read(req, name, read)
+
+    # -- search ---------------------------------------------------------------------------------
+    # Scoring, filtering and ordering are the engine's own (EdgeShard.search / EdgeShard.query).
+
+    @staticmethod
+    def scored(p) -> dict:
+        """A ScoredPoint; like Qdrant, payload and vector only when asked for."""
+        out = {"id": point_id_json(p.id), "version": p.version, "score": p.score}
+        if p.payload is not None:
+            out["payload"] = p.payload
+        if p.vector is not None:
+            out["vector"] = p.vector
+        if p.order_value is not None:
+            out["order_value"] = p.order_value
+        return out
+
+    @staticmethod
+    def search_options(body: dict) -> dict:
+        """The fields search and query share, as qdrant_edge keyword arguments."""
+        threshold = body.get("score_threshold")
+        return {
+            "offset": need_uint(body["offset"], "offset") if body.get("offset") is not None else 0,
+            "filter": parse_filter(body.get("filter")),
+            "params": parse_search_params(body.get("params")),
+            # Qdrant's search and query defaults: no payload, no vector.
+            "with_payload": parse_with_payload(body.get("with_payload"), "with_payload", False),
+            "with_vector": parse_with_vector(body.get("with_vector", body.get("with_vectors")),
+                                             "with_vector", False),
+            "score_threshold": None if threshold is None else need_number(threshold, "score_threshold"),
+        }
+
+    def search_points(self, req):
+        """POST /points/search (deprecated in Qdrant, still served by 1.19; not in its spec)."""
+        name = self.collection(req)
+        body = need_object(req.json(), "")
+        with converting():
+            vector, using = parse_named_vector(field(body, "vector", ""))
+            limit = parse_limit(body.get("limit", body.get("top")), "limit", None)
+            request = qe.SearchRequest(qe.Query.Nearest(vector, using=using), limit,
+                                       **self.search_options(body))
+        return self._read(req, name, lambda shard: [self.scored(p) for p in shard.search(request)])
+
+    def query_points(self, req):
+        """POST /points/query: nearest to a vector or to a stored point, or no query (by id)."""
+        name = self.collection(req)
+        body = need_object(req.json(), "")
+        for unsupported in ("prefetch", "lookup_from", "shard_key"):
+            if body.get(unsupported) is not None:
+                raise bad_request(f"{unsupported} is not supported by qdrant-standin")
+        with converting():
+            query = parse_query_input(body.get("query"))
+            using = need_str(body["using"], "using") if body.get("using") is not None else None
+            limit = parse_limit(body.get("limit"), "limit", 10)
+            options = self.search_options(body)
+
+        def read(shard):
+            nearest = None
+            if query is not None:
+                kind, value = query
+                if kind == "id":
+                    vector = self.stored_vector(shard, value, using, self.store.get(name))
+                    # Like Qdrant, the point the query refers to is not among the results.
+                    options["filter"] = qe.Filter(
+                        must=[options["filter"]] if options["filter"] is not None else None,
+                        must_not=[qe.HasIdCondition({value})])
+                else:
+                    vector = value
+                nearest = qe.Query.Nearest(vector, using=using)
+            points = shard.query(qe.QueryRequest(limit, query=nearest, **options))
+            return {"points": [self.scored(p) for p in points]}
+
+        return self._read(req, name, read)
+
+    @staticmethod
+    def stored_vector(shard, pid, using: str | None, col: Collection) -> list:
+        """The vector `using` (default: the unnamed one) of point `pid`, for a query by id."""
+        vectors = col.meta["config"]["params"]["vectors"]
+        names = {""} if "size" in vectors and not isinstance(vectors["size"], dict) else set(vectors)
+        vector_name = using or ""
+        if vector_name not in names:
+            raise bad_input(f"Not existing vector name error: {vector_name}")
+        found = shard.retrieve([pid], False, True)
+        if not found:
+            raise not_found(f"No point with id {point_id_json(pid)} found")
+        vector = found[0].vector
+        if isinstance(vector, dict):
+            vector = vector.get(vector_name)
+        if not isinstance(vector, list):
+            raise not_found(f"Vector with name {json.dumps(vector_name)} for point")
+        return vector
 
     # -- test-only admin endpoints ----------------------------------------------------------
 
@@ -1312,6 +1493,8 @@ ROUTES = [
     ("POST", "/collections/{collection_name}/points/payload/clear", "clear_payload", True),
     ("POST", "/collections/{collection_name}/points/count", "count_points", False),
     ("POST", "/collections/{collection_name}/points/scroll", "scroll_points", False),
+    ("POST", "/collections/{collection_name}/points/search", "search_points", False),
+    ("POST", "/collections/{collection_name}/points/query", "query_points", False),
     ("GET", "/collections/{collection_name}/points/{id}", "get_point", False),
     ("GET", "/__standin/faults", "admin_faults", False),
     ("POST", "/__standin/faults", "admin_faults", False),

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 
 import pytest
 
@@ -135,6 +136,45 @@ def server(tmp_path_factory):
 def base(server):
     yield server.url
     call(server.url, "DELETE", "/__standin/faults")  # never leak a fault into the next test
+
+
+class ContractProxy:
+    """/work/shared/qdrant/contract-proxy in front of a stand-in: it validates every exchange
+    against Qdrant's OpenAPI spec and lists what broke it."""
+
+    def __init__(self, upstream, log):
+        import openapi_schema_validator  # noqa: F401  (the proxy needs it; CI installs it)
+
+        assert os.path.exists(CONTRACT_PROXY), f"contract proxy not found at {CONTRACT_PROXY}"
+        port = free_port()
+        self.proc = subprocess.Popen([sys.executable, CONTRACT_PROXY, "--listen", f"127.0.0.1:{port}",
+                                      "--upstream", upstream, "--log", str(log)])
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                call(self.url, "GET", "/__contract/violations", timeout=2)
+                return
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline and self.proc.poll() is None, "proxy did not start"
+                time.sleep(0.1)
+
+    def report(self):
+        return call(self.url, "GET", "/__contract/violations").json
+
+    def violations(self):
+        return self.report()["violations"]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def proxy(server, tmp_path_factory):
+    p = ContractProxy(server.url, tmp_path_factory.mktemp("contract") / "violations.jsonl")
+    yield p
+    p.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -637,100 +677,291 @@ def test_restart_persistence(tmp_path):
 # contract: every exchange validates against Qdrant's OpenAPI spec
 # --------------------------------------------------------------------------------------------
 
-def test_contract_proxy(server, base, tmp_path):
-    import openapi_schema_validator  # noqa: F401  (the proxy needs it; CI installs it)
+def test_contract_proxy(proxy, base):
+    px = proxy.url
+    before = proxy.report()
+    name = f"contract_{uuid.uuid4().hex[:8]}"
+    named = f"contract_named_{uuid.uuid4().hex[:8]}"
+    u = str(uuid.uuid4())
+    exchanges = [
+        ("GET", "/", None, 200),
+        ("GET", "/healthz", None, 200),
+        ("GET", "/livez", None, 200),
+        ("GET", "/readyz", None, 200),
+        ("PUT", f"/collections/{name}?timeout=10", {"vectors": {"size": 4, "distance": "Cosine"}}, 200),
+        ("PUT", f"/collections/{name}", {"vectors": {"size": 4, "distance": "Cosine"}}, 409),
+        ("PUT", f"/collections/{named}", {"vectors": {"a": {"size": 2, "distance": "Dot"}},
+                                          "hnsw_config": {"m": 8}, "metadata": {"owner": "t"}}, 200),
+        ("GET", f"/collections/{name}", None, 200),
+        ("GET", f"/collections/{named}", None, 200),
+        ("GET", "/collections/nope", None, 404),
+        ("GET", f"/collections/{name}/exists", None, 200),
+        ("GET", "/collections", None, 200),
+        ("PUT", f"/collections/{name}/points?wait=true&ordering=medium",
+         {"points": [{"id": 1, "vector": vec(1), "payload": {"k": "a", "n": 1}},
+                     {"id": u, "vector": vec(2), "payload": {"k": "b", "n": 2}}]}, 200),
+        ("PUT", f"/collections/{name}/points",
+         {"batch": {"ids": [2, 3], "vectors": [vec(3), vec(4)], "payloads": [{"k": "c"}, None]}}, 200),
+        ("PUT", f"/collections/{named}/points?wait=true",
+         {"points": [{"id": 1, "vector": {"a": [1, 2]}}]}, 200),
+        ("PUT", f"/collections/{name}/points?wait=true",
+         {"points": [{"id": 9, "vector": [1, 2, 3]}]}, 400),
+        ("PUT", "/collections/nope/points?wait=true", {"points": []}, 404),
+        ("GET", f"/collections/{name}/points/1", None, 200),
+        ("GET", f"/collections/{name}/points/{u}", None, 200),
+        ("GET", f"/collections/{named}/points/1", None, 200),
+        ("GET", f"/collections/{name}/points/77", None, 404),
+        ("GET", f"/collections/{name}/points/xyz", None, 400),
+        ("POST", f"/collections/{name}/points", {"ids": [1, u, 5], "with_payload": True,
+                                                 "with_vector": True}, 200),
+        ("POST", f"/collections/{name}/points", {"ids": [1], "with_payload": {"include": ["k"]}}, 200),
+        ("POST", f"/collections/{name}/points/count", {"exact": True}, 200),
+        ("POST", f"/collections/{name}/points/count",
+         {"filter": {"must": [{"key": "k", "match": {"value": "a"}}]}}, 200),
+        ("POST", f"/collections/{name}/points/scroll", {"limit": 2, "with_vector": True}, 200),
+        ("POST", f"/collections/{name}/points/scroll", {"limit": 2, "offset": 3}, 200),
+        ("POST", f"/collections/{name}/points/scroll",
+         {"filter": {"should": [{"has_id": [1, 2]}], "must_not": [{"is_empty": {"key": "k"}}]}}, 200),
+        ("POST", f"/collections/{name}/points/payload?wait=true", {"payload": {"x": 1}, "points": [1]}, 200),
+        ("POST", f"/collections/{name}/points/payload?wait=true", {"payload": {"x": 1}, "points": [404]}, 404),
+        ("POST", f"/collections/{name}/points/payload",
+         {"payload": {"y": 2}, "filter": {"must": [{"key": "n", "range": {"gte": 1}}]}}, 200),
+        ("PUT", f"/collections/{name}/points/payload?wait=true", {"payload": {"z": 3}, "points": [2]}, 200),
+        ("POST", f"/collections/{name}/points/payload/delete?wait=true", {"keys": ["x"], "points": [1]}, 200),
+        ("POST", f"/collections/{name}/points/payload/clear?wait=true", {"points": [3]}, 200),
+        ("PUT", f"/collections/{name}/index?wait=true", {"field_name": "n", "field_schema": "integer"}, 200),
+        ("GET", f"/collections/{name}", None, 200),
+        ("DELETE", f"/collections/{name}/index/n?wait=true", None, 200),
+        ("POST", f"/collections/{name}/points/delete?wait=true", {"points": [1, 12345]}, 200),
+        ("POST", f"/collections/{name}/points/delete?wait=true",
+         {"filter": {"must": [{"key": "k", "match": {"value": "c"}}]}}, 200),
+        ("DELETE", f"/collections/{named}?timeout=5", None, 200),
+        ("DELETE", f"/collections/{named}", None, 200),
+    ]
+    for method, path, body, status in exchanges:
+        r = call(px, method, path, body)
+        assert r.status == status, (method, path, r.raw)
 
-    assert os.path.exists(CONTRACT_PROXY), f"contract proxy not found at {CONTRACT_PROXY}"
-    port = free_port()
-    log = str(tmp_path / "violations.jsonl")
-    proxy = subprocess.Popen([sys.executable, CONTRACT_PROXY, "--listen", f"127.0.0.1:{port}",
-                              "--upstream", server.url, "--log", log])
-    px = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                call(px, "GET", "/__contract/violations", timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline and proxy.poll() is None, "proxy did not start"
-                time.sleep(0.1)
+    # injected faults are error envelopes too (503, 500, 429 with Retry-After, wait_timeout)
+    for spec, status in (({"status": 503, "count": 1}, 503), ({"status": 500, "count": 1}, 500),
+                         ({"status": 429, "retry_after": 1, "count": 1}, 429)):
+        set_faults(base, spec)
+        assert call(px, "POST", f"/collections/{name}/points/count", {}).status == status
+    set_faults(base, {"wait_timeout": True, "count": 1})
+    r = call(px, "PUT", f"/collections/{name}/points?wait=true", {"points": [{"id": 5, "vector": vec(5)}]})
+    assert r.result["status"] == "wait_timeout"
+    assert call(px, "DELETE", f"/collections/{name}", None).status == 200
 
-        name = f"contract_{uuid.uuid4().hex[:8]}"
-        named = f"contract_named_{uuid.uuid4().hex[:8]}"
-        u = str(uuid.uuid4())
-        exchanges = [
-            ("GET", "/", None, 200),
-            ("GET", "/healthz", None, 200),
-            ("GET", "/livez", None, 200),
-            ("GET", "/readyz", None, 200),
-            ("PUT", f"/collections/{name}?timeout=10", {"vectors": {"size": 4, "distance": "Cosine"}}, 200),
-            ("PUT", f"/collections/{name}", {"vectors": {"size": 4, "distance": "Cosine"}}, 409),
-            ("PUT", f"/collections/{named}", {"vectors": {"a": {"size": 2, "distance": "Dot"}},
-                                              "hnsw_config": {"m": 8}, "metadata": {"owner": "t"}}, 200),
-            ("GET", f"/collections/{name}", None, 200),
-            ("GET", f"/collections/{named}", None, 200),
-            ("GET", "/collections/nope", None, 404),
-            ("GET", f"/collections/{name}/exists", None, 200),
-            ("GET", "/collections", None, 200),
-            ("PUT", f"/collections/{name}/points?wait=true&ordering=medium",
-             {"points": [{"id": 1, "vector": vec(1), "payload": {"k": "a", "n": 1}},
-                         {"id": u, "vector": vec(2), "payload": {"k": "b", "n": 2}}]}, 200),
-            ("PUT", f"/collections/{name}/points",
-             {"batch": {"ids": [2, 3], "vectors": [vec(3), vec(4)], "payloads": [{"k": "c"}, None]}}, 200),
-            ("PUT", f"/collections/{named}/points?wait=true",
-             {"points": [{"id": 1, "vector": {"a": [1, 2]}}]}, 200),
-            ("PUT", f"/collections/{name}/points?wait=true",
-             {"points": [{"id": 9, "vector": [1, 2, 3]}]}, 400),
-            ("PUT", "/collections/nope/points?wait=true", {"points": []}, 404),
-            ("GET", f"/collections/{name}/points/1", None, 200),
-            ("GET", f"/collections/{name}/points/{u}", None, 200),
-            ("GET", f"/collections/{named}/points/1", None, 200),
-            ("GET", f"/collections/{name}/points/77", None, 404),
-            ("GET", f"/collections/{name}/points/xyz", None, 400),
-            ("POST", f"/collections/{name}/points", {"ids": [1, u, 5], "with_payload": True,
-                                                     "with_vector": True}, 200),
-            ("POST", f"/collections/{name}/points", {"ids": [1], "with_payload": {"include": ["k"]}}, 200),
-            ("POST", f"/collections/{name}/points/count", {"exact": True}, 200),
-            ("POST", f"/collections/{name}/points/count",
-             {"filter": {"must": [{"key": "k", "match": {"value": "a"}}]}}, 200),
-            ("POST", f"/collections/{name}/points/scroll", {"limit": 2, "with_vector": True}, 200),
-            ("POST", f"/collections/{name}/points/scroll", {"limit": 2, "offset": 3}, 200),
-            ("POST", f"/collections/{name}/points/scroll",
-             {"filter": {"should": [{"has_id": [1, 2]}], "must_not": [{"is_empty": {"key": "k"}}]}}, 200),
-            ("POST", f"/collections/{name}/points/payload?wait=true", {"payload": {"x": 1}, "points": [1]}, 200),
-            ("POST", f"/collections/{name}/points/payload?wait=true", {"payload": {"x": 1}, "points": [404]}, 404),
-            ("POST", f"/collections/{name}/points/payload",
-             {"payload": {"y": 2}, "filter": {"must": [{"key": "n", "range": {"gte": 1}}]}}, 200),
-            ("PUT", f"/collections/{name}/points/payload?wait=true", {"payload": {"z": 3}, "points": [2]}, 200),
-            ("POST", f"/collections/{name}/points/payload/delete?wait=true", {"keys": ["x"], "points": [1]}, 200),
-            ("POST", f"/collections/{name}/points/payload/clear?wait=true", {"points": [3]}, 200),
-            ("PUT", f"/collections/{name}/index?wait=true", {"field_name": "n", "field_schema": "integer"}, 200),
-            ("GET", f"/collections/{name}", None, 200),
-            ("DELETE", f"/collections/{name}/index/n?wait=true", None, 200),
-            ("POST", f"/collections/{name}/points/delete?wait=true", {"points": [1, 12345]}, 200),
-            ("POST", f"/collections/{name}/points/delete?wait=true",
-             {"filter": {"must": [{"key": "k", "match": {"value": "c"}}]}}, 200),
-            ("DELETE", f"/collections/{named}?timeout=5", None, 200),
-            ("DELETE", f"/collections/{named}", None, 200),
-        ]
-        for method, path, body, status in exchanges:
-            r = call(px, method, path, body)
-            assert r.status == status, (method, path, r.raw)
+    report = proxy.report()
+    assert report["exchanges"] - before["exchanges"] >= len(exchanges)
+    assert report["violations"][len(before["violations"]):] == []
 
-        # injected faults are error envelopes too (503, 500, 429 with Retry-After, wait_timeout)
-        for spec, status in (({"status": 503, "count": 1}, 503), ({"status": 500, "count": 1}, 500),
-                             ({"status": 429, "retry_after": 1, "count": 1}, 429)):
-            set_faults(base, spec)
-            assert call(px, "POST", f"/collections/{name}/points/count", {}).status == status
-        set_faults(base, {"wait_timeout": True, "count": 1})
-        r = call(px, "PUT", f"/collections/{name}/points?wait=true", {"points": [{"id": 5, "vector": vec(5)}]})
-        assert r.result["status"] == "wait_timeout"
-        assert call(px, "DELETE", f"/collections/{name}", None).status == 200
 
-        report = call(px, "GET", "/__contract/violations").json
-        assert report["exchanges"] >= len(exchanges)
-        assert report["violations"] == []
-    finally:
-        proxy.send_signal(signal.SIGTERM)
-        proxy.wait(timeout=10)
+# --------------------------------------------------------------------------------------------
+# search and query: scores come from the engine; the tests check order, filters and replies
+# --------------------------------------------------------------------------------------------
+
+OPENAPI = os.path.join(os.path.dirname(CONTRACT_PROXY), "openapi.json")
+_spec = {}
+
+
+def spec_problems(schema, data):
+    """What in `data` breaks components/schemas/<schema> of Qdrant's OpenAPI spec."""
+    from openapi_schema_validator import OAS30Validator, oas30_format_checker
+
+    if not _spec:
+        with open(OPENAPI) as f:
+            _spec.update(json.load(f))
+    validator = OAS30Validator({"$ref": f"#/components/schemas/{schema}",
+                                "components": _spec["components"]},
+                               format_checker=oas30_format_checker)
+    return [e.message for e in validator.iter_errors(data)]
+
+
+def cosine(a, b):
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+
+SEARCH_UUID = "6a4e4b8e-3f0c-4d52-9a43-2f1d2b8e0c11"
+SEARCH_POINTS = [  # cosine to [1, 0, 0, 0]: 1 > 2 > 3 > 4 > SEARCH_UUID
+    {"id": 1, "vector": [1, 0, 0, 0], "payload": {"city": "Berlin", "n": 1}},
+    {"id": 2, "vector": [0.9, 0.1, 0, 0], "payload": {"city": "Oslo", "n": 2}},
+    {"id": 3, "vector": [0.5, 0.5, 0, 0], "payload": {"city": "Berlin", "n": 3}},
+    {"id": 4, "vector": [0.1, 1, 0, 0], "payload": {"city": "Oslo", "n": 4}},
+    {"id": SEARCH_UUID, "vector": [-1, 0, 0.1, 0], "payload": {"city": "Rome", "n": 5}},
+]
+PAYLOADS = {p["id"]: p["payload"] for p in SEARCH_POINTS}
+Q = [1, 0, 0, 0]
+
+
+def search_collection(base, distance="Cosine"):
+    name = new_collection(base, distance=distance)
+    upsert(base, name, SEARCH_POINTS)
+    return name
+
+
+def test_search(base):
+    name = search_collection(base)
+    search = lambda body: call(base, "POST", f"/collections/{name}/points/search", body).result
+
+    hits = search({"vector": Q, "limit": 5})
+    assert [h["id"] for h in hits] == [1, 2, 3, 4, SEARCH_UUID]
+    vectors = {p["id"]: p["vector"] for p in SEARCH_POINTS}
+    for h in hits:
+        assert h["score"] == pytest.approx(cosine(Q, vectors[h["id"]]), abs=1e-6)
+        assert set(h) == {"id", "version", "score"}  # no payload, no vector unless asked
+        assert spec_problems("ScoredPoint", h) == []
+
+    assert [h["id"] for h in search({"vector": Q, "limit": 2})] == [1, 2]
+    assert [h["id"] for h in search({"vector": Q, "top": 2})] == [1, 2]  # Qdrant's old name
+    assert [h["id"] for h in search({"vector": Q, "limit": 2, "offset": 1})] == [2, 3]
+    assert [h["id"] for h in search({"vector": Q, "limit": 5, "score_threshold": 0.5})] == [1, 2, 3]
+
+    oslo = {"must": [{"key": "city", "match": {"value": "Oslo"}}]}
+    hits = search({"vector": Q, "limit": 5, "filter": oslo, "with_payload": True})
+    assert [(h["id"], h["payload"]) for h in hits] == [(2, PAYLOADS[2]), (4, PAYLOADS[4])]
+    hits = search({"vector": Q, "limit": 1, "with_payload": ["n"], "with_vector": True})
+    assert hits[0]["payload"] == {"n": 1} and hits[0]["vector"] == [1.0, 0.0, 0.0, 0.0]
+    assert spec_problems("ScoredPoint", hits[0]) == []
+
+
+def test_search_distances(base):
+    # Euclid: the distance is the score, nearest (smallest) first; Dot: largest product first
+    name = search_collection(base, "Euclid")
+    hits = call(base, "POST", f"/collections/{name}/points/search", {"vector": [0.5, 0.5, 0, 0], "limit": 2}).result
+    assert [h["id"] for h in hits] == [3, 2] and hits[0]["score"] == pytest.approx(0.0, abs=1e-6)
+    assert hits[1]["score"] == pytest.approx(((0.4 ** 2) + (0.4 ** 2)) ** 0.5, abs=1e-6)
+    name = search_collection(base, "Dot")
+    hits = call(base, "POST", f"/collections/{name}/points/search", {"vector": [0, 2, 0, 0], "limit": 2}).result
+    assert [(h["id"], h["score"]) for h in hits] == [(4, pytest.approx(2.0)), (3, pytest.approx(1.0))]
+
+
+def test_search_errors(base):
+    name = search_collection(base)
+    path = f"/collections/{name}/points/search"
+    r = call(base, "POST", path, {"vector": [1, 0, 0], "limit": 3})
+    assert r.status == 400 and r.error == "Wrong input: Vector dimension error: expected dim: 4, got 3"
+    assert spec_problems("ErrorResponse", r.json) == []
+    r = call(base, "POST", "/collections/missing/points/search", {"vector": Q, "limit": 3})
+    assert r.status == 404 and r.error == "Not found: Collection `missing` doesn't exist!"
+    r = call(base, "POST", path, {"limit": 3})
+    assert r.status == 400 and r.error == "Format error in JSON body: missing field `vector`"
+    r = call(base, "POST", path, {"vector": Q})
+    assert r.status == 400 and r.error == "Format error in JSON body: missing field `limit`"
+    r = call(base, "POST", path, {"vector": Q, "limit": 0})
+    assert r.status == 422 and r.error == "Validation error in JSON body: [limit: value 0 invalid, must be 1 or larger]"
+    r = call(base, "POST", path, {"vector": [1, "a", 0, 0], "limit": 3})
+    assert r.status == 400 and r.error.startswith("Format error in JSON body: vector[1]: invalid type")
+    r = call(base, "POST", path, {"vector": {"name": "nope", "vector": Q}, "limit": 3})
+    assert r.status == 400 and r.error == "Wrong input: Not existing vector name error: nope"
+
+
+def test_query_through_contract_proxy(proxy, base):
+    name = search_collection(base)
+    before = len(proxy.violations())
+    query = lambda body, c=name: call(proxy.url, "POST", f"/collections/{c}/points/query", body)
+    ids = lambda r: [p["id"] for p in r.result["points"]]
+
+    r = query({"query": Q, "limit": 5})
+    assert ids(r) == [1, 2, 3, 4, SEARCH_UUID]
+    scores = [p["score"] for p in r.result["points"]]
+    assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(1.0)
+    assert all(set(p) == {"id", "version", "score"} for p in r.result["points"])
+    assert ids(query({"query": {"nearest": Q}})) == [1, 2, 3, 4, SEARCH_UUID]  # limit defaults to 10
+    assert ids(query({"query": Q, "limit": 2, "offset": 1})) == [2, 3]
+    assert ids(query({"query": Q, "score_threshold": 0.5})) == [1, 2, 3]
+    assert ids(query({"query": Q, "limit": 2, "params": {"hnsw_ef": 32, "exact": True}})) == [1, 2]
+
+    berlin = {"must": [{"key": "city", "match": {"value": "Berlin"}}]}
+    r = query({"query": Q, "filter": berlin, "with_payload": True, "with_vector": True})
+    assert [(p["id"], p["payload"]) for p in r.result["points"]] == [(1, PAYLOADS[1]), (3, PAYLOADS[3])]
+    assert r.result["points"][0]["vector"] == [1.0, 0.0, 0.0, 0.0]
+    r = query({"query": Q, "limit": 1, "with_payload": {"exclude": ["city"]}})
+    assert r.result["points"][0]["payload"] == {"n": 1}
+
+    # a point id: that point's vector, and the point itself is not among the results
+    assert ids(query({"query": 2, "limit": 2})) == [1, 3]
+    assert ids(query({"query": {"nearest": SEARCH_UUID}, "limit": 1, "filter": berlin})) == [3]
+    # no query: points in id order
+    assert sorted(map(str, ids(query({"limit": 10})))) == sorted(str(p["id"]) for p in SEARCH_POINTS)
+
+    named = f"named_{uuid.uuid4().hex[:8]}"
+    assert call(proxy.url, "PUT", f"/collections/{named}", {"vectors": {
+        "text": {"size": 2, "distance": "Cosine"}, "image": {"size": 3, "distance": "Dot"}}}).status == 200
+    upsert(proxy.url, named, [{"id": 1, "vector": {"text": [1, 0], "image": [1, 2, 3]}},
+                              {"id": 2, "vector": {"text": [0, 1], "image": [3, 2, 1]}}])
+    r = query({"query": [0, 0, 1], "using": "image", "with_vector": ["image"]}, named)
+    assert [(p["id"], p["score"]) for p in r.result["points"]] == [(1, 3.0), (2, 1.0)]
+    assert r.result["points"][0]["vector"] == {"image": [1.0, 2.0, 3.0]}
+    assert ids(query({"query": 1, "using": "text"}, named)) == [2]
+
+    r = query({"query": [1, 0, 0]})
+    assert r.status == 400 and r.error == "Wrong input: Vector dimension error: expected dim: 4, got 3"
+    r = query({"query": Q}, "missing")
+    assert r.status == 404 and r.error == "Not found: Collection `missing` doesn't exist!"
+    r = query({"query": 77})
+    assert r.status == 404 and r.error == "Not found: No point with id 77 found"
+    # (a request the spec itself forbids goes around the proxy, which would flag it)
+    r = call(base, "POST", f"/collections/{name}/points/query", {"query": Q, "limit": 0})
+    assert r.status == 422 and r.error == "Validation error in JSON body: [limit: value 0 invalid, must be 1 or larger]"
+    r = query({"query": [0, 1], "using": "nope"}, named)
+    assert r.status == 400 and r.error == "Wrong input: Not existing vector name error: nope"
+    r = query({"query": [0, 1]}, named)  # the unnamed vector does not exist here
+    assert r.status == 400 and r.error == "Wrong input: Not existing vector name error: "
+    r = query({"query": {"fusion": "rrf"}})
+    assert r.status == 400 and "not supported by qdrant-standin" in r.error
+
+    assert proxy.violations()[before:] == []
+
+
+def test_official_qdrant_client(proxy):
+    """PyPI's qdrant-client, as a user would drive it, through the contract proxy."""
+    from qdrant_client import QdrantClient, models
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    before = len(proxy.violations())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        client = QdrantClient(url=proxy.url, timeout=10)  # checks the server's version (GET /)
+        name = f"client_{uuid.uuid4().hex[:8]}"
+        assert client.create_collection(name, vectors_config=models.VectorParams(
+            size=4, distance=models.Distance.COSINE)) is True
+    assert not [w for w in caught if "compatib" in str(w.message)], [str(w.message) for w in caught]
+    assert client.collection_exists(name)
+
+    result = client.upsert(name, points=[models.PointStruct(**p) for p in SEARCH_POINTS])
+    assert result.status == models.UpdateStatus.COMPLETED
+    assert client.get_collection(name).points_count == 5
+
+    records = client.retrieve(name, ids=[1, SEARCH_UUID], with_payload=True)
+    assert {r.id: r.payload for r in records} == {1: PAYLOADS[1], SEARCH_UUID: PAYLOADS[SEARCH_UUID]}
+    assert all(r.vector is None for r in records)
+
+    seen, offset = [], None
+    while True:
+        page, offset = client.scroll(name, limit=2, offset=offset, with_payload=True)
+        seen += [(r.id, r.payload) for r in page]
+        if offset is None:
+            break
+    assert sorted(seen, key=lambda t: str(t[0])) == sorted(PAYLOADS.items(), key=lambda t: str(t[0]))
+
+    assert client.count(name, exact=True).count == 5
+    oslo = models.Filter(must=[models.FieldCondition(key="city", match=models.MatchValue(value="Oslo"))])
+    assert client.count(name, count_filter=oslo).count == 2
+
+    hits = client.query_points(name, query=Q, limit=3, with_payload=True).points
+    assert [(h.id, h.payload["city"]) for h in hits] == [(1, "Berlin"), (2, "Oslo"), (3, "Berlin")]
+    assert hits[0].score == pytest.approx(1.0) and hits[0].score > hits[1].score > hits[2].score
+    hits = client.query_points(name, query=Q, query_filter=oslo, with_vectors=True).points
+    assert [h.id for h in hits] == [2, 4] and len(hits[0].vector) == 4
+    hits = client.query_points(name, query=models.NearestQuery(nearest=2), limit=2).points
+    assert [h.id for h in hits] == [1, 3]
+    with pytest.raises(UnexpectedResponse) as wrong:
+        client.query_points(name, query=[1, 0, 0])
+    assert wrong.value.status_code == 400 and b"Vector dimension error: expected dim: 4, got 3" in wrong.value.content
+
+    assert client.delete_collection(name) is True
+    assert not client.collection_exists(name)
+    client.close()
+    assert proxy.violations()[before:] == []

@@ -36,13 +36,14 @@ public struct QdrantClient: Sendable {
         case retrievePoints(collection: String)
         case scrollPoints(collection: String)
         case countPoints(collection: String)
+        case queryPoints(collection: String)
 
         public var method: HTTPRequest.Method {
             switch self {
             case .listCollections, .collectionExists, .getCollection: .GET
             case .createCollection, .upsertPoints: .PUT
             case .deleteCollection: .DELETE
-            case .deletePoints, .setPayload, .retrievePoints, .scrollPoints, .countPoints: .POST
+            case .deletePoints, .setPayload, .retrievePoints, .scrollPoints, .countPoints, .queryPoints: .POST
             }
         }
 
@@ -58,6 +59,7 @@ public struct QdrantClient: Sendable {
             case .retrievePoints(let name): "/collections/\(escape(name))/points"
             case .scrollPoints(let name): "/collections/\(escape(name))/points/scroll"
             case .countPoints(let name): "/collections/\(escape(name))/points/count"
+            case .queryPoints(let name): "/collections/\(escape(name))/points/query"
             }
         }
     }
@@ -107,6 +109,45 @@ public struct QdrantClient: Sendable {
         let body: JSONValue = ["vectors": ["size": .number(Double(spec.size)), "distance": .string(spec.distance)]]
         let created = try await call(.createCollection(spec.name), body: body)
         return created.status == 409 ? Reply(status: 200, result: .bool(true), error: nil, retryAfter: nil) : created
+    }
+
+    /// One hit of ``nearest(to:in:limit:)``: a point's id (a UUID, or an unsigned integer, as text),
+    /// its score (for Cosine the similarity, 1 for the same direction) and its payload.
+    public struct ScoredPoint: Sendable, Equatable {
+        public let id: String
+        public let score: Double
+        public let payload: JSONValue?
+    }
+
+    /// A query Qdrant refused (an unknown collection, a vector of the wrong size), or answered
+    /// with something other than `{"result": {"points": [...]}}`.
+    public struct QueryError: Error, CustomStringConvertible, Sendable {
+        public let collection: String
+        public let status: Int
+        public let message: String
+        public var description: String { "query of Qdrant collection \(collection) failed (HTTP \(status)): \(message)" }
+    }
+
+    /// The `limit` points of `collection` nearest to `vector`, best first, with their payloads:
+    /// `POST /collections/{collection}/points/query`, scored by the collection's distance.
+    public func nearest(to vector: [Float], in collection: String, limit: Int) async throws -> [ScoredPoint] {
+        let body: JSONValue = ["query": .array(vector.map { .number(Double($0)) }), "limit": .number(Double(limit)), "with_payload": true]
+        let reply = try await call(.queryPoints(collection: collection), body: body)
+        guard reply.status == 200, let points = reply.result?["points"]?.arrayValue else {
+            throw QueryError(collection: collection, status: reply.status, message: reply.error ?? "the reply has no result.points")
+        }
+        return try points.map { point in
+            let id: String? = switch point["id"] {
+            case .string(let uuid): uuid
+            case .number(let n): UInt64(exactly: n).map(String.init)
+            default: nil
+            }
+            guard let id, let score = point["score"]?.numberValue else {
+                throw QueryError(
+                    collection: collection, status: reply.status, message: "a point without an id or a score: \(point.jsonText)")
+            }
+            return ScoredPoint(id: id, score: score, payload: point["payload"])
+        }
     }
 
     /// Percent-escapes a collection name for a URL path segment. `.` and `..` are escaped whole:

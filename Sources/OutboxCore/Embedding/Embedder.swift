@@ -1,8 +1,8 @@
 import Foundation
-import OutboxCore
 import Logging
 
-/// Turns texts into vectors for `qdrant.upsert` events that carry `text` and no `vector`.
+/// Turns texts into vectors: for the relay, `qdrant.upsert` events that carry `text` and no
+/// `vector`; for searches (`outbox-demo --query`), the query text, so both land in one space.
 public protocol Embedder: Sendable {
     var dimensions: Int { get }
     /// One vector per text, in order. Throws ``EmbeddingError``.
@@ -13,7 +13,7 @@ public struct EmbeddingError: Error, CustomStringConvertible, Sendable {
     public let message: String
     /// Whether a later attempt may succeed (transport error, 429, 5xx), the endpoint refuses the
     /// relay's key (401, 403), or the texts themselves are the problem.
-    let failure: FailureClass
+    package let failure: FailureClass
     /// A later attempt may succeed (transport error, 429, 5xx).
     public var isTransient: Bool { if case .transient = failure { true } else { false } }
     public var retryAfter: Duration? { if case .transient(let after) = failure { after } else { nil } }
