@@ -198,7 +198,7 @@ import OutboxTestSupport
             #expect(alerts().isEmpty)
             try await db.query(
                 "INSERT INTO extractions (source_id, content, created_at) SELECT 'doc', 'x' || g, now() - interval '1 hour' FROM generate_series(1, 3) g")
-            try await eventually("firing alert", timeout: .seconds(10)) { !alerts().isEmpty }
+            try await eventually("firing alert", timeout: .seconds(30)) { !alerts().isEmpty }
             try await Task.sleep(for: .seconds(2))  // four more scans find the same drift
             #expect(alerts().count == 1, "\(alerts().map(\.jsonText))")
             #expect(alerts().first?["state"] == "firing")

@@ -255,6 +255,25 @@ import Testing
         #expect(RedisDeliverer.chunked(items, size: 500).map(\.count) == [9])
     }
 
+    /// Large values: a chunk closes at a byte size too, and chunks go out in round trips of about
+    /// `bytes` each (a chunk larger than that alone), in order.
+    @Test func redisChunksAndRoundTripsAreBoundedByBytes() {
+        let sizes = [3, 1, 1, 9, 1, 1, 1]
+        let items = sizes.enumerated().map { i, size in
+            var arguments = RedisArguments()
+            arguments.append(bytes: [UInt8](repeating: 120, count: size * 100))
+            return (event: ClaimedEvent(id: Int64(i + 1), destination: .redis, operation: "set", key: "k\(i)", payload: [:], createdAt: Date(), attempts: 0),
+                    arguments: arguments)
+        }
+        let chunks = RedisDeliverer.chunked(items, size: 500, bytes: 250)
+        #expect(chunks.map { $0.map(\.event.id) } == [[1], [2, 3, 4], [5, 6, 7]])
+        let rounds = RedisDeliverer.rounds(chunks, bytes: 400)
+        #expect(rounds.map { $0.map { $0.map(\.event.id) } } == [[[1]], [[2, 3, 4]], [[5, 6, 7]]])
+        let small = RedisDeliverer.rounds(RedisDeliverer.chunked(items, size: 1, bytes: .max), bytes: 400)
+        #expect(small.map { $0.flatMap { $0.map(\.event.id) } } == [[1], [2, 3], [4], [5, 6, 7]])
+        #expect(items[3].arguments.longest == 900)
+    }
+
     @Test func redisCommandsAreEncodedInTheWireProtocolOnce() {
         var arguments = RedisArguments(["SET", "é", ""])
         arguments.append(Int64(42))

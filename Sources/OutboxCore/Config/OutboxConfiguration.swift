@@ -27,6 +27,9 @@ public struct QdrantConfiguration: Sendable {
     public var url: String
     public var apiKey: String?
     public var timeout: Duration
+    /// The largest request body Qdrant accepts (its `service.max_request_size_mb`, 32 MiB unless
+    /// raised): a point larger than this is dead-lettered instead of sent.
+    public var maxRequestBytes = 32 * 1024 * 1024
     /// For an `https://` url: a CA to verify Qdrant with, a client certificate and key.
     public var tls = HTTPConnection.TLSFiles()
 
@@ -59,6 +62,7 @@ public struct QdrantConfiguration: Sendable {
 /// | `qdrant.url` (`OUTBOX_QDRANT_URL`) | URL | `http://127.0.0.1:56333` | |
 /// | `qdrant.api_key` / `qdrant.api_key_file` | string / path | none | yes |
 /// | `qdrant.timeout` | duration | `30s` | |
+/// | `qdrant.max_request_bytes` | int | `33554432` | |
 /// | `schema.directory` | path | `../schema` | |
 ///
 /// Durations are a number with a unit: `250ms`, `5s`, `2m`, `1h`, `7d` (a bare number means seconds).
@@ -143,6 +147,7 @@ public struct OutboxConfiguration: Sendable {
             url: try c.string("qdrant.url", default: "http://127.0.0.1:56333", secret: true),
             apiKey: try c.secret("qdrant.api_key"),
             timeout: try c.duration("qdrant.timeout", default: .seconds(30)))
+        qdrant.maxRequestBytes = try c.int("qdrant.max_request_bytes", default: qdrant.maxRequestBytes, range: 65_536...(1 << 40))
         guard qdrant.url.hasPrefix("http://") || qdrant.url.hasPrefix("https://") else {
             throw ConfigurationError(key: "qdrant.url", problem: "must start with http:// or https://")
         }

@@ -9,6 +9,7 @@ import Yams
 /// | `relay.batch_size` | int, keys per claim | `500` |
 /// | `relay.batch_events` | int, events per claim | `5000` |
 /// | `relay.max_per_key` | int, events of one key per claim | `100` |
+/// | `relay.batch_bytes` | int, payload bytes the relay's claims hold at once | `67108864` |
 /// | `relay.poll_interval` | duration, fallback poll | `5s` |
 /// | `relay.claim_idle_timeout` | duration | `2m` |
 /// | `relay.max_attempts` | int | `25` |
@@ -24,6 +25,10 @@ public struct RelaySettings: Sendable {
     public var batchSize = 500
     public var batchEvents = 5000
     public var maxPerKey = 100
+    /// Payload bytes (as written, before TOAST compression) that the relay's open claims hold at
+    /// once, all lanes of both destinations together: each lane claims at most its share
+    /// (``claimBytes(lanes:)``). An event larger than a share is still claimed, alone.
+    public var batchBytes = 64 * 1024 * 1024
     public var pollInterval: Duration = .seconds(5)
     /// Postgres ends a relay session idle this long inside a claim (e.g. a process frozen by
     /// SIGSTOP), releasing its claims to other relays.
@@ -38,12 +43,16 @@ public struct RelaySettings: Sendable {
 
     public init() {}
 
+    /// The payload bytes one claim may take when `lanes` lanes claim at once.
+    public func claimBytes(lanes: Int) -> Int { max(1, batchBytes / max(1, lanes)) }
+
     init(_ c: ConfigValues) throws {
         httpHost = try c.string("relay.http.host", default: httpHost)
         httpPort = try c.int("relay.http.port", default: httpPort, range: 0...65535)
         batchSize = try c.int("relay.batch_size", default: batchSize, range: 1...10_000)
         batchEvents = try c.int("relay.batch_events", default: batchEvents, range: 1...100_000)
         maxPerKey = try c.int("relay.max_per_key", default: maxPerKey, range: 1...10_000)
+        batchBytes = try c.int("relay.batch_bytes", default: batchBytes, range: (1024 * 1024)...(1 << 40))
         pollInterval = try c.duration("relay.poll_interval", default: pollInterval)
         claimIdleTimeout = try c.duration("relay.claim_idle_timeout", default: claimIdleTimeout)
         // Postgres' idle_in_transaction_session_timeout is an int of milliseconds: a longer value

@@ -4,7 +4,7 @@
 /// (`HealthRoutesTests`, and the daemons' `/metrics` in `RelayTests` and `ReconcilerTests`).
 public enum MetricHelp {
     public static let texts: [String: String] = [
-        "outbox_build_info": "The running release (label version); always 1.",
+        "outbox_build_info": "The running release (label version) and the git commit it was built from (label revision); always 1.",
         "outbox_backlog_events": "Events waiting in outbox.events, by destination.",
         "outbox_oldest_pending_seconds": "Age of the oldest event waiting in outbox.events, by destination.",
         "outbox_dead_letters": "Events in outbox.dead_letters, by destination.",
@@ -14,6 +14,7 @@ public enum MetricHelp {
         "outbox_delivery_latency_seconds": "Time from an event's commit to its acknowledgement, by destination.",
         "outbox_relay_claims_total": "Claims by destination and whether they found events (result=events) or nothing (result=empty).",
         "outbox_relay_ready": "1 when /readyz answers 200, else 0.",
+        "outbox_destination_failing_seconds": "Seconds since the destination began failing (nothing delivered while deliveries or idle probes fail); 0 while it works.",
         "reconciler_findings": "Rows or points found by the last scan, by table and category.",
         "reconciler_repairs_total": "Repairs enqueued, by table and category.",
         "reconciler_alerts_total": "Alerts raised, by category and state (firing, resolved).",

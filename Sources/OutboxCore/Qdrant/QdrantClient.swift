@@ -4,7 +4,7 @@ import Logging
 /// The Qdrant REST calls the relay and reconciler make, over one keep-alive libcurl handle.
 public struct QdrantClient: Sendable {
     let http: HTTPConnection
-    let configuration: QdrantConfiguration
+    public let configuration: QdrantConfiguration
 
     public init(configuration: QdrantConfiguration, logger: Logger) {
         self.configuration = configuration

@@ -95,6 +95,8 @@ public struct RedisArguments: Sendable, Hashable {
     /// `$<length>\r\n<bytes>\r\n` for each argument, in order.
     public private(set) var encoded: [UInt8] = []
     public private(set) var count = 0
+    /// The length of the longest argument: Redis refuses a bulk string over `proto-max-bulk-len`.
+    public private(set) var longest = 0
 
     public init(reservingCapacity bytes: Int = 0) {
         encoded.reserveCapacity(bytes)
@@ -127,10 +129,12 @@ public struct RedisArguments: Sendable, Hashable {
     public mutating func append(contentsOf other: RedisArguments) {
         encoded.append(contentsOf: other.encoded)
         count += other.count
+        longest = max(longest, other.longest)
     }
 
     private mutating func appendHeader(length: Int) {
         count += 1
+        longest = max(longest, length)
         encoded.append(UInt8(ascii: "$"))
         encoded.append(contentsOf: String(length).utf8)
         appendCRLF()

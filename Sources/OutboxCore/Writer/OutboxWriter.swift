@@ -5,7 +5,7 @@ import Foundation
 /// The static constructors build payloads of the contract's shapes (DESIGN §3); `outbox.enqueue`
 /// validates them again in the database, so writers in any language get the same checks.
 public struct OutboxEvent: Sendable, Equatable {
-    public enum Destination: String, Sendable, Codable { case qdrant, redis }
+    public enum Destination: String, Sendable, Codable, CaseIterable { case qdrant, redis }
 
     public var destination: Destination
     public var operation: String

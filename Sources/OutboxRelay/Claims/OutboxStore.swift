@@ -17,6 +17,9 @@ enum OutboxStore {
         /// Every key took its whole share: the keys have more events than a claim of this many
         /// heads takes of each (see `DestinationWorker.nextHeadsLimit`).
         var saturated = false
+        /// `relay.batch_bytes` left events that the claim would otherwise have taken (they stay
+        /// for the next claim).
+        var capped = false
     }
 
     /// Claims up to `maxHeads` (by default `batchSize`) keys' worth of events for `destination`, in
@@ -40,7 +43,7 @@ enum OutboxStore {
     /// of other keys instead of ending among rows that cannot be claimed.
     static func claim(
         _ tx: PostgresConnection, destination: OutboxEvent.Destination, batchSize: Int, batchEvents: Int, maxPerKey: Int,
-        after: Int64 = 0, excludingKeys: [String] = [], maxHeads: Int? = nil
+        maxBytes: Int = .max, after: Int64 = 0, excludingKeys: [String] = [], maxHeads: Int? = nil
     ) async throws -> Claim {
         let maxHeads = maxHeads ?? batchSize
         // The head test looks for the key's previous event backwards from the candidate, so a
@@ -50,51 +53,79 @@ enum OutboxStore {
         // column but the index's (no key test that would read every row).
         var parameters: [PostgresValue] = [
             .text(destination.rawValue), .int(Int64(maxHeads)), .int(after), .int(Int64(ClaimPlanning.window(batchSize: batchSize))),
+            .int(Int64(maxBytes)),
         ]
         var notHeld = (window: "", candidate: "")
         if !excludingKeys.isEmpty {
             parameters.append(.textArray(excludingKeys))
-            notHeld = (" AND key <> ALL($5::text[])", " AND e.key <> ALL($5::text[])")
+            notHeld = (" AND key <> ALL($6::text[])", " AND e.key <> ALL($6::text[])")
         }
+        // The byte cap takes heads in id order while their payloads add up to at most `maxBytes`
+        // (the first one whatever its size, so an event over the cap is delivered alone). Heads
+        // past the cap come back without their payload, which is never read: they stay locked,
+        // undelivered, until the transaction ends, and the next claim takes them.
         let heads = try await tx.query(
             """
             SELECT w.window_end, h.*
             FROM (SELECT (SELECT id FROM outbox.events WHERE destination = $1 AND id > $3\(notHeld.window)
                           ORDER BY id OFFSET $4 - 1 LIMIT 1) AS window_end OFFSET 0) w
             LEFT JOIN LATERAL (
-              SELECT e.id, e.operation, e.key, e.payload::text AS payload, e.created_at, e.attempts, e.requeued_at IS NOT NULL AS requeued
-              FROM outbox.events e
-              WHERE e.destination = $1 AND e.id > $3 AND e.id <= coalesce(w.window_end, 9223372036854775807)
-                AND e.available_at <= now()\(notHeld.candidate)
-                AND (SELECT p.id FROM outbox.events p WHERE p.destination = $1 AND p.key = e.key AND p.id < e.id
-                     ORDER BY p.id DESC LIMIT 1) IS NULL
-              ORDER BY e.id
-              LIMIT $2
-              FOR UPDATE OF e SKIP LOCKED
+              SELECT c.id, c.operation, c.key, c.payload_bytes, c.created_at, c.attempts, c.requeued,
+                     CASE WHEN c.running_bytes <= $5 OR c.running_bytes = c.payload_bytes THEN c.payload::text END AS payload
+              FROM (
+                SELECT l.*, sum(l.payload_bytes) OVER (ORDER BY l.id) AS running_bytes
+                FROM (
+                  SELECT e.id, e.operation, e.key, e.payload, e.payload_bytes, e.created_at, e.attempts, e.requeued_at IS NOT NULL AS requeued
+                  FROM outbox.events e
+                  WHERE e.destination = $1 AND e.id > $3 AND e.id <= coalesce(w.window_end, 9223372036854775807)
+                    AND e.available_at <= now()\(notHeld.candidate)
+                    AND (SELECT p.id FROM outbox.events p WHERE p.destination = $1 AND p.key = e.key AND p.id < e.id
+                         ORDER BY p.id DESC LIMIT 1) IS NULL
+                  ORDER BY e.id
+                  LIMIT $2
+                  FOR UPDATE OF e SKIP LOCKED
+                ) l
+              ) c
             ) h ON true
             """, parameters)
         let windowEnd = try heads.first?.decode("window_end", as: Int64?.self) ?? nil
         var claim = Claim()
         let columns = try Columns(heads)
-        claim.events = try heads.rows.filter { !$0.values[columns.id].isNull }.map { try decode($0, columns, destination) }
+        let headRows = heads.rows.filter { !$0.values[columns.id].isNull }
+        let takenHeads = headRows.filter { !$0.values[columns.payload].isNull }
+        claim.capped = takenHeads.count < headRows.count
+        claim.events = try takenHeads.map { try decode($0, columns, destination) }
         claim.heads = claim.events.count
         let headIDs = claim.events.map(\.id)
         let perKey = min(maxPerKey, batchEvents / max(1, claim.heads))
+        let headBytes = try takenHeads.reduce(0) { $0 + (try $1.decode(at: columns.payloadBytes) as Int) }
         var fullKeysLast: [Int64] = []
-        if perKey > 1, !claim.events.isEmpty {
+        if perKey > 1, !claim.events.isEmpty, headBytes < maxBytes {
+            // Followers in id order while they fit in what the heads left of the cap: each key's
+            // followers taken are the first ones after its head, so its order holds.
             let followers = try await tx.query(
                 """
-                SELECT x.id, x.operation, x.key, x.payload::text AS payload, x.created_at, x.attempts, x.requeued_at IS NOT NULL AS requeued
-                FROM unnest($2::text[], $3::bigint[]) AS h(key, head_id)
-                CROSS JOIN LATERAL (
-                  SELECT * FROM outbox.events x
-                  WHERE x.destination = $1 AND x.key = h.key AND x.id > h.head_id
-                  ORDER BY x.id LIMIT $4
-                ) x
+                SELECT f.id, f.operation, f.key, f.payload_bytes, f.created_at, f.attempts, f.requeued,
+                       CASE WHEN f.running_bytes <= $5 THEN f.payload::text END AS payload
+                FROM (
+                  SELECT x.id, x.operation, x.key, x.payload, x.payload_bytes, x.created_at, x.requeued_at IS NOT NULL AS requeued,
+                         x.attempts, sum(x.payload_bytes) OVER (ORDER BY x.id) AS running_bytes
+                  FROM unnest($2::text[], $3::bigint[]) AS h(key, head_id)
+                  CROSS JOIN LATERAL (
+                    SELECT * FROM outbox.events x
+                    WHERE x.destination = $1 AND x.key = h.key AND x.id > h.head_id
+                    ORDER BY x.id LIMIT $4
+                  ) x
+                ) f
                 """,
-                [.text(destination.rawValue), .textArray(claim.events.map(\.key)), .intArray(headIDs), .int(Int64(perKey - 1))])
+                [
+                    .text(destination.rawValue), .textArray(claim.events.map(\.key)), .intArray(headIDs), .int(Int64(perKey - 1)),
+                    .int(Int64(maxBytes - headBytes)),
+                ])
             let columns = try Columns(followers)
-            claim.events += try followers.rows.map { try decode($0, columns, destination) }
+            let takenFollowers = followers.rows.filter { !$0.values[columns.payload].isNull }
+            claim.capped = claim.capped || takenFollowers.count < followers.rows.count
+            claim.events += try takenFollowers.map { try decode($0, columns, destination) }
             claim.events.sort { $0.id < $1.id }
             // A key that took its whole share of this claim may have more events just after it.
             var share: [String: (events: Int, last: Int64)] = [:]
@@ -102,22 +133,26 @@ enum OutboxStore {
                 share[event.key, default: (0, 0)].events += 1
                 share[event.key]?.last = event.id
             }
-            fullKeysLast = share.values.filter { $0.events >= perKey }.map(\.last)
+            // So may every key when the byte cap cut the followers short.
+            fullKeysLast = share.values.filter { claim.capped || $0.events >= perKey }.map(\.last)
             claim.saturated = fullKeysLast.count == claim.heads
         }
         claim.resume = fullKeysLast.min()
+        // A claim the byte cap cut short goes on where it stopped, like a full one.
         claim.next = ClaimPlanning.nextScan(
-            from: after, heads: headIDs, batchSize: maxHeads, windowEnd: windowEnd, fullKeysLast: fullKeysLast)
+            from: after, heads: headIDs, batchSize: claim.capped ? min(maxHeads, headIDs.count) : maxHeads, windowEnd: windowEnd,
+            fullKeysLast: fullKeysLast)
         return claim
     }
 
     /// Where a claim's columns are in its result, looked up once rather than per row and column
     /// (string hashing was ~5 % of the relay's time in drain-redis).
     private struct Columns {
-        let id, operation, key, payload, createdAt, attempts, requeued: Int
+        let id, operation, key, payload, payloadBytes, createdAt, attempts, requeued: Int
 
         init(_ result: PostgresResult) throws {
             (id, operation, key, payload) = (try result.index(of: "id"), try result.index(of: "operation"), try result.index(of: "key"), try result.index(of: "payload"))
+            payloadBytes = try result.index(of: "payload_bytes")
             (createdAt, attempts, requeued) = (try result.index(of: "created_at"), try result.index(of: "attempts"), try result.index(of: "requeued"))
         }
     }

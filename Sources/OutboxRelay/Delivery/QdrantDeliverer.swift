@@ -51,8 +51,15 @@ struct QdrantDeliverer: Deliverer {
             if case .upsert(_, let point, _, _) = items[index].operation {
                 items[index].point = point.jsonBytes
                 items[index].bytes = items[index].point.count + 1
+                if items[index].bytes > client.configuration.maxRequestBytes {
+                    // Qdrant would refuse it every time.
+                    outcomes[items[index].event.id] = .dead(
+                        reason: "qdrant.upsert's point is \(items[index].bytes) bytes, over Qdrant's request limit of "
+                            + "\(client.configuration.maxRequestBytes) bytes (qdrant.max_request_bytes; Qdrant's service.max_request_size_mb)")
+                }
             }
         }
+        items.removeAll { outcomes[$0.event.id] != nil }
 
         var blocker = KeyBlocker()
         // Keys that failed during embedding are blocked for the rest of the batch.
@@ -94,7 +101,6 @@ struct QdrantDeliverer: Deliverer {
         }
     }
 
-    /// Sends one request for `group`; on a permanent rejection of several events, bisects.
     func probe() async -> String? {
         // A configured collection that does not exist yet (404) is created by the first upsert.
         let endpoint = collections.keys.min().map(QdrantClient.Endpoint.getCollection) ?? .listCollections
@@ -108,6 +114,7 @@ struct QdrantDeliverer: Deliverer {
         }
     }
 
+    /// Sends one request for `group`; on a permanent rejection of several events, bisects.
     private func send(_ group: [Item], createdCollection: Bool = false) async -> [(Int64, DeliveryOutcome)] {
         let collection = group[0].operation.collection
         let body: [UInt8]

@@ -31,8 +31,20 @@ struct RedisDeliverer: Deliverer {
     let dedupeNamespace: String
     let dedupeTTL: Duration
     let logger: Logger
+    /// Redis' `proto-max-bulk-len` (`CONFIG GET` at start; 512 MiB, Redis' default, where CONFIG
+    /// is not allowed): an event with a longer value is dead-lettered instead of sent.
+    var maxBulkLength = Self.defaultMaxBulkLength
+    static let defaultMaxBulkLength = 512 * 1024 * 1024
     /// Events per Lua call; a call blocks other Redis clients while it runs (~6 µs per event).
     static let chunkEvents = 500
+    /// Bytes per Lua call, for the same reason (a key's events stay in one call, whatever their size).
+    static let chunkBytes = 4 << 20
+    /// Bytes per round trip. hiredis buffers a pipeline whole (a copy of it) and Redis answers it
+    /// whole, so large values go out in round trips of about this size, one after the other: a
+    /// backlog of 4 MB values costs neither a pipeline of gigabytes nor a reply that takes longer
+    /// than `redis.command_timeout` (which bounds each read and write on the socket, not a round
+    /// trip). One event larger than this goes alone.
+    static let roundBytes = 16 << 20
 
     /// How the script deduplicates an event.
     enum Dedupe: String {
@@ -106,49 +118,74 @@ struct RedisDeliverer: Deliverer {
         commands.reserveCapacity(events.count)
         for event in events {
             switch Self.buildCommand(for: event) {
+            case .success(let arguments) where arguments.longest > maxBulkLength:
+                // Redis would refuse it every time, and close the connection doing so.
+                outcomes[event.id] = .dead(
+                    reason: "redis.\(event.operation) has a value of \(arguments.longest) bytes, over Redis' limit of \(maxBulkLength) "
+                        + "bytes (proto-max-bulk-len)")
             case .success(let arguments): commands.append((event, arguments))
             case .failure(let problem): outcomes[event.id] = .dead(reason: problem.message)
             }
         }
-        let chunks = Self.chunked(commands, size: Self.chunkEvents)
-        guard !chunks.isEmpty else { return outcomes }
-        let ttl = String(max(1, Int(dedupeTTL.seconds)))
-        for attempt in 0..<2 {
+        let chunks = Self.chunked(commands, size: Self.chunkEvents, bytes: Self.chunkBytes)
+        let rounds = Self.rounds(chunks, bytes: Self.roundBytes)
+        for (index, round) in rounds.enumerated() {
             do {
-                let sha = try await redis.scriptSHA(Self.apply, reload: attempt > 0)
-                let replies = try await redis.pipeline(chunks.map { chunk in
-                    var call = RedisArguments(
-                        ["EVALSHA", sha, "0", ttl, dedupeNamespace], reservingCapacity: 256 + chunk.reduce(0) { $0 + $1.arguments.encoded.count })
-                    for (_, arguments) in chunk { call.append(contentsOf: arguments) }
-                    return RedisCommand(call)
-                })
-                if attempt == 0, replies.contains(where: { if case .error(let m) = $0 { m.hasPrefix("NOSCRIPT") } else { false } }) {
-                    continue  // scripts flushed (server restart): reload, then resend; dedupe keeps it safe
-                }
-                for (chunk, reply) in zip(chunks, replies) {
-                    guard case .array(let results) = reply, results.count == chunk.count else {
-                        // Refused as a whole (or not understood): nothing of it was applied this time.
-                        if case .error(let message) = reply, FailureClass.redis(errorReply: message) == .destination {
-                            // The credentials or ACL user refused, not the events: they wait for an operator.
-                            for (event, _) in chunk { outcomes[event.id] = .destinationFault(reason: "redis refused the relay: \(message)") }
-                            continue
-                        }
-                        let reason = if case .error(let message) = reply { "redis: \(message)" } else { "redis: unexpected reply \(reply)" }
-                        for (event, _) in chunk { outcomes[event.id] = Self.unanswered(event, reason: reason) }
-                        continue
-                    }
-                    for ((event, _), result) in zip(chunk, results) {
-                        outcomes[event.id] = Self.outcome(of: event, result)
-                    }
-                }
-                return outcomes
+                try await send(round, outcomes: &outcomes)
             } catch {
                 let reason = "\(error)"
-                for event in events where outcomes[event.id] == nil { outcomes[event.id] = Self.unanswered(event, reason: reason) }
-                return outcomes
+                for (event, _) in round.joined() { outcomes[event.id] = Self.unanswered(event, reason: reason) }
+                // Later rounds were not sent: tried again after the backoff like any retry.
+                for (event, _) in rounds[(index + 1)...].joined().joined() {
+                    outcomes[event.id] = .retry(reason: "not sent: \(reason)", retryAfter: nil)
+                }
+                break
             }
         }
         return outcomes
+    }
+
+    /// Sends one round trip's chunks (one script call each) and records each event's outcome.
+    private func send(_ chunks: [[(event: ClaimedEvent, arguments: RedisArguments)]], outcomes: inout [Int64: DeliveryOutcome]) async throws {
+        let ttl = String(max(1, Int(dedupeTTL.seconds)))
+        for attempt in 0..<2 {
+            let sha = try await redis.scriptSHA(Self.apply, reload: attempt > 0)
+            let replies = try await redis.pipeline(chunks.map { chunk in
+                var call = RedisArguments(
+                    ["EVALSHA", sha, "0", ttl, dedupeNamespace], reservingCapacity: 256 + chunk.reduce(0) { $0 + $1.arguments.encoded.count })
+                for (_, arguments) in chunk { call.append(contentsOf: arguments) }
+                return RedisCommand(call)
+            })
+            if attempt == 0, replies.contains(where: { if case .error(let m) = $0 { m.hasPrefix("NOSCRIPT") } else { false } }) {
+                continue  // scripts flushed (server restart): reload, then resend; dedupe keeps it safe
+            }
+            for (chunk, reply) in zip(chunks, replies) {
+                guard case .array(let results) = reply, results.count == chunk.count else {
+                    // Refused as a whole (or not understood): nothing of it was applied this time.
+                    if case .error(let message) = reply, FailureClass.redis(errorReply: message) == .destination {
+                        // The credentials or ACL user refused, not the events: they wait for an operator.
+                        for (event, _) in chunk { outcomes[event.id] = .destinationFault(reason: "redis refused the relay: \(message)") }
+                        continue
+                    }
+                    let reason = if case .error(let message) = reply { "redis: \(message)" } else { "redis: unexpected reply \(reply)" }
+                    for (event, _) in chunk { outcomes[event.id] = Self.unanswered(event, reason: reason) }
+                    continue
+                }
+                for ((event, _), result) in zip(chunk, results) {
+                    outcomes[event.id] = Self.outcome(of: event, result)
+                }
+            }
+            return
+        }
+    }
+
+    /// The server's `proto-max-bulk-len`, or Redis' default where `CONFIG GET` is not allowed
+    /// (managed services often refuse it).
+    static func maxBulkLength(of redis: RedisConnection) async -> Int {
+        guard let reply = try? await redis.command("CONFIG", "GET", "proto-max-bulk-len"), let pair = reply.array, pair.count == 2,
+            let value = pair[1].string.flatMap(Int.init)
+        else { return defaultMaxBulkLength }
+        return value
     }
 
     func probe() async -> String? {
@@ -164,20 +201,52 @@ struct RedisDeliverer: Deliverer {
         }
     }
 
-    /// Splits `items` (in id order) into chunks of about `size`, keeping every ordering key's
-    /// events together and in order: a key joins the chunk that is open when its first event comes.
-    static func chunked<T>(_ items: [(event: ClaimedEvent, arguments: T)], size: Int) -> [[(event: ClaimedEvent, arguments: T)]] {
+    /// Splits `items` (in id order) into chunks of about `size` events and `bytes` bytes, keeping
+    /// every ordering key's events together and in order: a key joins the chunk that is open when
+    /// its first event comes.
+    static func chunked<T>(
+        _ items: [(event: ClaimedEvent, arguments: T)], size: Int, bytes: Int = .max, length: (T) -> Int = { _ in 0 }
+    ) -> [[(event: ClaimedEvent, arguments: T)]] {
         var chunks: [[(event: ClaimedEvent, arguments: T)]] = []
+        var chunkBytes: [Int] = []
         var chunkOfKey: [String: Int] = [:]
         for item in items {
             let chunk = chunkOfKey[item.event.key] ?? {
-                if chunks.isEmpty || chunks[chunks.count - 1].count >= size { chunks.append([]) }
+                if chunks.isEmpty || chunks[chunks.count - 1].count >= size || chunkBytes[chunks.count - 1] >= bytes {
+                    chunks.append([])
+                    chunkBytes.append(0)
+                }
                 chunkOfKey[item.event.key] = chunks.count - 1
                 return chunks.count - 1
             }()
             chunks[chunk].append(item)
+            chunkBytes[chunk] += length(item.arguments)
         }
         return chunks
+    }
+
+    static func chunked(
+        _ items: [(event: ClaimedEvent, arguments: RedisArguments)], size: Int, bytes: Int
+    ) -> [[(event: ClaimedEvent, arguments: RedisArguments)]] {
+        chunked(items, size: size, bytes: bytes) { $0.encoded.count }
+    }
+
+    /// Groups `chunks` into round trips of about `bytes` each; a chunk larger than that goes alone.
+    static func rounds(
+        _ chunks: [[(event: ClaimedEvent, arguments: RedisArguments)]], bytes: Int
+    ) -> [[[(event: ClaimedEvent, arguments: RedisArguments)]]] {
+        var rounds: [[[(event: ClaimedEvent, arguments: RedisArguments)]]] = []
+        var roundBytes = Int.max
+        for chunk in chunks {
+            let size = chunk.reduce(0) { $0 + $1.arguments.encoded.count }
+            if roundBytes >= bytes || roundBytes + size > bytes && !rounds[rounds.count - 1].isEmpty {
+                rounds.append([])
+                roundBytes = 0
+            }
+            rounds[rounds.count - 1].append(chunk)
+            roundBytes += size
+        }
+        return rounds
     }
 
     static func outcome(of event: ClaimedEvent, _ result: RedisReply) -> DeliveryOutcome {

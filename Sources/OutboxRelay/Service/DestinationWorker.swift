@@ -88,18 +88,25 @@ final class DestinationWorker: Sendable {
             "enable_sort": "off",
             "enable_bitmapscan": "off",
             "enable_seqscan": "off",
+            // A plan that needs a disabled node anyway (the byte cap's window sorts its ≤ batch_size
+            // rows) carries the 10^10 cost that marks it, far over jit_above_cost: Postgres then
+            // JIT-compiled the claim, 230 ms of compiling for a 1 ms query, every claim. The
+            // relay's statements are all short: JIT never pays for itself here.
+            "jit": "off",
         ]
         var lanes: [Lane] = []
         for _ in 0..<laneCount {
             lanes.append(Lane(db: try await PostgresConnection.connect(postgres, logger: logger), headsLimit: configuration.relay.batchSize))
         }
         let db = lanes[0].db
-        // A database migrated by a newer binary may hold what this one would misread: refuse it.
-        // (Without the schema files at hand — a binary deployed alone — there is nothing to compare.)
+        // The schema must be this binary's: a database migrated by a newer binary may hold what this
+        // one would misread, and one with migrations pending lacks what its claims read (e.g.
+        // `payload_bytes`, schema/011). Apply migrations before upgrading relays. (Without the
+        // schema files at hand — a binary deployed alone — there is nothing to compare.)
         if let migrator = try? Migrator(directory: configuration.schemaDirectory, logger: logger),
-            let newer = try await migrator.standing(of: db).newerProblem
+            let problem = try await migrator.standing(of: db).problem
         {
-            throw newer
+            throw problem
         }
         let sourceTypes = try await SourceColumnTypes.resolve(configuration.tables, on: db)
         let deliverer: any Deliverer
@@ -109,7 +116,7 @@ final class DestinationWorker: Sendable {
             let instance = try await db.query("SELECT id FROM outbox.instance").first?.decode("id", as: String.self) ?? "default"
             deliverer = RedisDeliverer(
                 redis: redis, dedupeNamespace: "\(configuration.relay.dedupePrefix):\(instance)",
-                dedupeTTL: configuration.relay.dedupeTTL, logger: logger)
+                dedupeTTL: configuration.relay.dedupeTTL, logger: logger, maxBulkLength: await RedisDeliverer.maxBulkLength(of: redis))
         case .qdrant:
             let client = QdrantClient(configuration: configuration.qdrant, logger: logger)
             // Qdrant must answer, as Redis must for the Redis worker: an unreachable Qdrant makes
@@ -211,7 +218,8 @@ final class DestinationWorker: Sendable {
         let settlement = try await lane.db.transaction { tx -> Settlement? in
             let claim = try await OutboxStore.claim(
                 tx, destination: destination, batchSize: settings.batchSize, batchEvents: settings.batchEvents,
-                maxPerKey: settings.maxPerKey, after: lane.cursor, excludingKeys: siblingsKeys, maxHeads: lane.headsLimit)
+                maxPerKey: settings.maxPerKey, maxBytes: settings.claimBytes(lanes: Self.laneCount * OutboxEvent.Destination.allCases.count),
+                after: lane.cursor, excludingKeys: siblingsKeys, maxHeads: lane.headsLimit)
             let events = claim.events
             logger.trace("Claimed", metadata: [
                 "outbox.lane": "\(lanes.firstIndex { $0 === lane } ?? -1)", "outbox.after": "\(lane.cursor)",
@@ -220,7 +228,7 @@ final class DestinationWorker: Sendable {
                 "outbox.claim_ms": "\(Int(Date().timeIntervalSince(started) * 1000))",
             ])
             result.claimed = events.count
-            result.full = claim.heads >= lane.headsLimit
+            result.full = claim.heads >= lane.headsLimit || claim.capped
             lane.headsLimit = ClaimPlanning.nextHeadsLimit(lane.headsLimit, heads: claim.heads, saturated: claim.saturated, settings: settings)
             result.more = ClaimPlanning.claimAgainAtOnce(after: claim.next, heads: claim.heads, passFoundHeads: &lane.passFoundHeads)
             lane.cursor = claim.next.cursor
@@ -251,7 +259,17 @@ final class DestinationWorker: Sendable {
         metrics.delivered(destination).increment(by: counts.delivered)
         metrics.failed(destination).increment(by: counts.retried)
         metrics.deadLettered(destination).increment(by: counts.deadLettered)
-        await health.record(counts, destination: destination, lastRetryReason: settlement.lastRetryReason)
+        switch await health.record(counts, destination: destination, lastRetryReason: settlement.lastRetryReason) {
+        case .stopped:
+            logger.warning("Deliveries failing: nothing delivered until an attempt succeeds", metadata: [
+                "outbox.destination": "\(destination.rawValue)", "outbox.error": "\(settlement.lastRetryReason ?? "")",
+            ])
+        case .resumed(let since):
+            logger.notice("Deliveries resumed", metadata: [
+                "outbox.destination": "\(destination.rawValue)", "outbox.failed_for_s": "\(Int(Date().timeIntervalSince(since)))",
+            ])
+        case nil: break
+        }
         for dead in settlement.deadLetters {
             logger.warning("Event dead-lettered", metadata: [
                 "outbox.event_id": "\(dead.id)", "outbox.key": "\(dead.key)", "outbox.operation": "\(dead.operation)",

@@ -37,21 +37,39 @@ public actor RelayHealth {
         }
     }
 
+    /// What a batch changed about its destination's progress, for the worker to log.
+    enum Progress: Equatable {
+        /// Nothing delivered, something to retry: the destination is failing from now on.
+        case stopped
+        /// Delivered again after failing since `since`.
+        case resumed(since: Date)
+    }
+
     /// A batch where nothing was delivered and something failed transiently marks the destination
     /// failing; any delivery clears it. Dead letters (bad events) say nothing about the destination.
-    func record(_ ack: Settlement.Counts, destination: OutboxEvent.Destination, lastRetryReason: String?) {
+    @discardableResult
+    func record(_ ack: Settlement.Counts, destination: OutboxEvent.Destination, lastRetryReason: String?) -> Progress? {
         var total = totals[destination] ?? .init()
         total.delivered += ack.delivered
         total.retried += ack.retried
         total.deadLettered += ack.deadLettered
         totals[destination] = total
         if ack.delivered > 0 {
+            let failedSince = destinationFailures[destination]?.since
             destinationFailures[destination] = nil
             probeFailures[destination] = nil
             lastDelivery[destination] = Date()
+            return failedSince.map { .resumed(since: $0) }
         } else if ack.retried > 0, let reason = lastRetryReason, destinationFailures[destination] == nil {
             destinationFailures[destination] = Failure(message: reason, since: Date())
+            return .stopped
         }
+        return nil
+    }
+
+    /// Seconds since `destination` began failing (deliveries or probes), 0 when it is not.
+    func failingSeconds(_ destination: OutboxEvent.Destination) -> Double {
+        failingDestinations[destination].map { Date().timeIntervalSince($0.since) } ?? 0
     }
 
     /// The result of an idle probe: a failure marks the destination failing until a probe or a
@@ -140,6 +158,12 @@ public struct RelayMetrics: Sendable {
 
     func backlog(_ destination: OutboxEvent.Destination) -> Metrics.Gauge {
         Metrics.Gauge(label: "outbox_backlog_events", dimensions: [("destination", destination.rawValue)], factory: factory)
+    }
+
+    /// How long the destination has been failing (nothing delivered, deliveries or probes failing);
+    /// 0 while it works. The alert for a relay that makes no progress: `> 300` for five minutes.
+    func failingSeconds(_ destination: OutboxEvent.Destination) -> Metrics.Gauge {
+        Metrics.Gauge(label: "outbox_destination_failing_seconds", dimensions: [("destination", destination.rawValue)], factory: factory)
     }
 
     func oldestPending(_ destination: OutboxEvent.Destination) -> Metrics.Gauge {

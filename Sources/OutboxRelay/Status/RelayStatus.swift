@@ -94,6 +94,9 @@ public actor RelayStatusProvider {
                 metrics.deadLetters(destination).record(figures.deadLetters)
             }
         }
+        for destination in OutboxEvent.Destination.allCases {
+            metrics.failingSeconds(destination).record(await health.failingSeconds(destination))
+        }
         metrics.ready().record(await health.notReadyReasons().isEmpty ? 1 : 0)
         return MetricHelp.annotate(metrics.registry.emitToString())
     }
