@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import OutboxCore
 import OutboxTestSupport
+import Synchronization
 
 /// The harness every scenario shares: its settings, a fresh database per scenario, the relay as a
 /// child process, and readers of CPU time and memory. Each scenario is an extension in a file of its own.
@@ -92,6 +93,87 @@ struct Bench {
         return await relay.metric("outbox_events_delivered_total")
     }
 
+    /// scripts/pg-wire-proxy.py listening on 127.0.0.1:`port` and forwarding to `host`:`target`,
+    /// counting statements into `countFile` when given (Postgres' wire protocol). A destination
+    /// the bench can make unreachable and bring back: SIGKILL resets its open connections and
+    /// refuses new ones, as a stopped server would, and a new one on the same port serves again.
+    /// Returns once it listens.
+    func startForwarder(port: Int, to host: String, _ target: Int, countFile: String? = nil) async throws -> Process {
+        let proxy = Process()
+        proxy.executableURL = URL(fileURLWithPath: ProcessInfo.processInfo.environment["OUTBOX_VENV"].map { $0 + "/bin/python" } ?? "/usr/bin/python3")
+        proxy.arguments = ["scripts/pg-wire-proxy.py", String(port), host, String(target)] + (countFile.map { [$0] } ?? [])
+        let output = Pipe()
+        proxy.standardOutput = output
+        try proxy.run()
+        // "ready\n", or nothing when it exits; the whole line is read before the pipe closes, as
+        // Python may write the newline on its own (and would die of a broken pipe).
+        let reader = output.fileHandleForReading
+        let said = await Task.detached {
+            var said = Data()
+            while !said.contains(UInt8(ascii: "\n")) {
+                let more = reader.availableData
+                if more.isEmpty { break }
+                said += more
+            }
+            return said
+        }.value
+        try? reader.close()
+        guard String(decoding: said, as: UTF8.self).hasPrefix("ready") else {
+            kill(proxy.processIdentifier, SIGKILL)
+            throw BenchError("scripts/pg-wire-proxy.py did not start listening on 127.0.0.1:\(port) (its error is above)")
+        }
+        return proxy
+    }
+
+    // MARK: Writers at a steady rate
+
+    /// Runs `body` while `writers` sessions (each its own connection, synchronous_commit on, as
+    /// writers run) commit one-event transactions, `rate` a second in all, until `body` returns.
+    /// Paced by absolute time: commit k of all (writer k % writers) is due at start + k / rate,
+    /// so a slow commit is made up by the next ones instead of delaying every later one, and a
+    /// writer that is behind commits at once. `stop.check()` throws the first writer's error;
+    /// `body` calls it as it waits, so a failing writer ends the scenario. Each commit's id and
+    /// time (after COMMIT returned) go into `commits`.
+    func withSteadyWriters<T>(
+        _ url: String, writers: Int, rate: Int, commits: CommitLog,
+        event: @escaping @Sendable (_ writer: Int, _ n: Int) -> OutboxEvent, _ body: (WriterStop) async throws -> T
+    ) async throws -> T {
+        var sessions: [PostgresConnection] = []
+        for _ in 0..<writers {
+            let db = try await PostgresConnection.connect(PostgresConfiguration(url: url), logger: logger)
+            try await db.query("SET synchronous_commit = on")
+            sessions.append(db)
+        }
+        let stop = WriterStop()
+        let start = ContinuousClock.now
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            for (w, db) in sessions.enumerated() {
+                group.addTask {
+                    var n = 0
+                    do {
+                        while true {
+                            let due = start + .seconds(Double(n * writers + w) / Double(rate))
+                            let end = stop.end
+                            guard due < end, ContinuousClock.now < end else { break }
+                            if due > .now { try await Task.sleep(until: due) }
+                            let id = try await db.transaction { tx in try await OutboxWriter.enqueue(event(w, n), on: tx) }
+                            await commits.record(id, Date())
+                            n += 1
+                        }
+                    } catch {
+                        stop.fail(BenchError("writer \(w) failed: \(error)"))
+                    }
+                }
+            }
+            let result: Result<T, any Error>
+            do { result = .success(try await body(stop)) } catch { result = .failure(error) }
+            stop.now()
+            try await group.waitForAll()
+            try stop.check()
+            return try result.get()
+        }
+    }
+
     // MARK: CPU and memory
 
     /// A field of /proc/<pid>/status in kB (VmHWM: peak RSS).
@@ -142,6 +224,43 @@ struct Bench {
     func percentile(_ sorted: [Double], _ p: Double) -> Double {
         sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
     }
+
+    /// "p50 / p99 / max (n=…)" of latencies in ms.
+    func latencySummary(_ values: [Double]) -> String {
+        let sorted = values.sorted()
+        return "\(fmt(percentile(sorted, 0.5), 1)) / \(fmt(percentile(sorted, 0.99), 1)) / \(fmt(sorted.last ?? 0, 1)) (n=\(sorted.count))"
+    }
+}
+
+/// The commit time of each event the bench's writers enqueued, by outbox id.
+actor CommitLog {
+    private(set) var times: [Int64: Date] = [:]
+    /// Commits recorded so far (`take` does not lower it).
+    private(set) var count = 0
+    private(set) var maxID: Int64 = 0
+    func record(_ id: Int64, _ at: Date) {
+        times[id] = at
+        count += 1
+        maxID = max(maxID, id)
+    }
+    /// The commit times of `ids` (nil: not recorded, or taken already), forgotten once taken so a
+    /// long run does not hold them all.
+    func take(_ ids: [Int64]) -> [Date?] { ids.map { times.removeValue(forKey: $0) } }
+}
+
+/// When `Bench.withSteadyWriters`' writers stop, and the first error one of them met.
+final class WriterStop: Sendable {
+    private let state = Mutex<(end: ContinuousClock.Instant, failure: BenchError?)>((.now + .seconds(365 * 86_400), nil))
+    var end: ContinuousClock.Instant { state.withLock { $0.end } }
+    func now() { state.withLock { $0.end = min($0.end, .now) } }
+    func fail(_ error: BenchError) {
+        state.withLock {
+            if $0.failure == nil { $0.failure = error }
+            $0.end = min($0.end, .now)
+        }
+    }
+    /// Throws the first writer's error.
+    func check() throws { if let failure = state.withLock({ $0.failure }) { throw failure } }
 }
 
 struct BenchError: Error, CustomStringConvertible {

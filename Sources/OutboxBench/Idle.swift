@@ -9,13 +9,8 @@ extension Bench {
             guard var parts = URLParts(url) else { return [] }
             let port = 18_480
             let countFile = FileManager.default.temporaryDirectory.appendingPathComponent("bench-statements").path
-            let proxy = Process()
-            proxy.executableURL = URL(fileURLWithPath: ProcessInfo.processInfo.environment["OUTBOX_VENV"].map { $0 + "/bin/python" } ?? "/usr/bin/python3")
-            proxy.arguments = ["scripts/pg-wire-proxy.py", String(port), parts.host, String(parts.port ?? 5432), countFile]
-            proxy.standardOutput = FileHandle.nullDevice
-            try proxy.run()
+            let proxy = try await startForwarder(port: port, to: parts.host, parts.port ?? 5432, countFile: countFile)
             defer { kill(proxy.processIdentifier, SIGKILL) }
-            try await Task.sleep(for: .milliseconds(500))
             parts.port = port
             func count() -> Int { Int((try? String(contentsOfFile: countFile, encoding: .utf8)) ?? "") ?? 0 }
             let (q0, c0, q1, c1) = try await withRelay(

@@ -59,10 +59,3 @@ extension Bench {
         return figures
     }
 }
-
-/// The commit time of each event the latency writers enqueued, by outbox id.
-private actor CommitLog {
-    private(set) var times: [Int64: Date] = [:]
-    func record(_ id: Int64, _ at: Date) { times[id] = at }
-    var count: Int { times.count }
-}

@@ -32,6 +32,22 @@ struct OutboxBench: AsyncParsableCommand {
             second domain row, the event's values sent without a row, a bare outbox.events row). Then the reference: \
             the same transactions from libpq's own client (pgbench, all statements prepared), when pgbench is installed.
             - latency: writers commit at 1,000/s and 5,000/s for --seconds each; commit-to-delivered p50 / p90 / p99 / max.
+            - sustained: --writers sessions (synchronous_commit on) commit one redis.xadd per transaction at --rate in all \
+            (5,000/s), paced by absolute time, for --sustained-seconds; every --report-every seconds a line: events written \
+            (and whether the writers kept the rate) and delivered, commit-to-delivered p50 / p99 / max (as latency measures it), \
+            the backlog, the CPU of the relay and of Postgres, the relay's RSS; then the whole run and the last interval's \
+            p99 over the first's. With --find-max: steps of --step-seconds at 1,000/s, 2,000/s, 4,000/s, ... and two \
+            bisections; the highest rate at which the writers kept the rate and, over a step's second half, the backlog did \
+            not grow (slope under 2 % of the rate) and p99 stayed under 100 ms.
+            - catch-up: writers at --rate (1,000/s) throughout; after --warmup-seconds Redis is unreachable for \
+            --outage-seconds (the relay's connection goes through scripts/pg-wire-proxy.py, which the bench kills and starts \
+            again; the shared server is not touched); the backlog at the outage's end, the time to drain it after recovery, \
+            commit-to-acknowledged p50 / p99 / max of the events written during the drain (a trigger the bench adds in its \
+            scratch database logs the relay's acknowledgements).
+            - catch-up-qdrant: the same with the Qdrant stand-in as the destination (qdrant.upsert events, 8-dim vectors).
+            - large-payloads: --large-events redis.set events with values of --large-bytes, committed before the relay \
+            starts; its peak RSS, the drain's time, failed attempts, dead letters, and every value's length (a few byte for \
+            byte) in Redis.
             - reconcile-scan: outbox-reconciler reconcile (database-side categories) over --scan-rows rows, 1 % unembedded.
 
             Each scenario runs in a fresh database (created and dropped on the server of postgres.url); the relay \
@@ -47,25 +63,50 @@ struct OutboxBench: AsyncParsableCommand {
     @OptionGroup var options: GlobalOptions
 
     @Option(help: "Events preloaded for drain-redis.") var drainEvents = 200_000
-    @Option(help: "Keys the drain-redis and memory backlogs are spread over (round robin).") var keys = 1000
+    @Option(help: "Keys the drain-redis, memory and large-payloads backlogs are spread over (round robin).") var keys = 1000
     @Option(help: "qdrant.upsert events preloaded for drain-qdrant.") var qdrantEvents = 50_000
     @Option(help: "Vector dimensions for drain-qdrant.") var vectorSize = 384
     @Option(help: "Backlog for the memory scenario.") var memoryEvents = 1_000_000
     @Option(help: "Rows for reconcile-scan.") var scanRows = 1_000_000
     @Option(help: "Measured transactions per writer-overhead variant.") var writerTransactions = 5_000
     @Option(help: "Seconds per latency rate, and the idle window.") var seconds = 30
+    @Option(help: "Writer sessions of sustained and catch-up, each its own Postgres connection with synchronous_commit on.") var writers = 4
+    @Option(help: ArgumentHelp("Commits per second of all writers together (default: 5,000 for sustained, 1,000 for catch-up).", valueName: "per-second"))
+    var rate: Int?
+    @Option(help: "How long sustained writes.") var sustainedSeconds = 600
+    @Option(help: ArgumentHelp("Seconds between sustained's report lines (default: 60, or 10 for runs shorter than 2 minutes).", valueName: "seconds"))
+    var reportEvery: Int?
+    @Flag(help: "sustained: step the rate up (1,000/s, 2,000/s, 4,000/s, ..., then bisect) to the highest it holds.") var findMax = false
+    @Option(help: "Seconds per --find-max step; its second half is judged.") var stepSeconds = 30
+    @Option(help: "catch-up: seconds of writing before the outage.") var warmupSeconds = 10
+    @Option(help: "catch-up: seconds the destination is unreachable.") var outageSeconds = 300
+    @Option(help: "redis.set events preloaded for large-payloads.") var largeEvents = 400
+    @Option(help: ArgumentHelp(
+        "Bytes of each large-payloads value: base64 text of a seeded PRNG, which TOAST cannot compress (e.g. 65536 with --large-events 20000).",
+        valueName: "bytes"))
+    var largeBytes = 4 << 20
     @Option(help: "Write the figures as JSON to this file.") var json: String?
     @Option(help: ArgumentHelp("The outbox-relay binary to run (default: the one beside outbox-bench), e.g. another build for an A/B comparison.", valueName: "path"))
     var relay: String?
     @Option(help: ArgumentHelp("Log level of the relays the bench starts; trace logs every claim (keys, heads, where the next one starts).", valueName: "level"))
     var relayLogLevel = "warning"
 
-    static let all = ["drain-redis", "drain-qdrant", "idle", "memory", "writer-overhead", "latency", "reconcile-scan"]
+    static let all = [
+        "drain-redis", "drain-qdrant", "idle", "memory", "writer-overhead", "latency", "sustained", "catch-up", "catch-up-qdrant",
+        "large-payloads", "reconcile-scan",
+    ]
 
     func validate() throws {
         for s in scenarios where !Self.all.contains(s) {
             throw ValidationError("unknown scenario \(s); scenarios: \(Self.all.joined(separator: ", "))")
         }
+        for (name, value) in [("--writers", writers), ("--rate", rate ?? 1), ("--sustained-seconds", sustainedSeconds), ("--report-every", reportEvery ?? 1),
+                              ("--step-seconds", stepSeconds), ("--outage-seconds", outageSeconds), ("--large-events", largeEvents), ("--large-bytes", largeBytes)]
+        where value < 1 {
+            throw ValidationError("\(name) must be at least 1")
+        }
+        if warmupSeconds < 1 { throw ValidationError("--warmup-seconds must be at least 1") }
+        if stepSeconds < 4 { throw ValidationError("--step-seconds must be at least 4 (its second half is judged, second by second)") }
     }
 
     func run() async throws {
@@ -85,6 +126,14 @@ struct OutboxBench: AsyncParsableCommand {
             case "memory": figures = try await bench.memory(events: memoryEvents, keys: keys)
             case "writer-overhead": figures = try await bench.writerOverhead(transactions: writerTransactions)
             case "latency": figures = try await bench.latency()
+            case "sustained" where findMax: figures = try await bench.sustainedMaxRate(writers: writers, stepSeconds: stepSeconds)
+            case "sustained":
+                figures = try await bench.sustained(
+                    writers: writers, rate: rate ?? 5000, seconds: sustainedSeconds, reportEvery: reportEvery ?? (sustainedSeconds < 120 ? 10 : 60))
+            case "catch-up", "catch-up-qdrant":
+                figures = try await bench.catchUp(
+                    qdrant: scenario == "catch-up-qdrant", writers: writers, rate: rate ?? 1000, warmup: warmupSeconds, outage: outageSeconds)
+            case "large-payloads": figures = try await bench.largePayloads(events: largeEvents, bytes: largeBytes, keys: keys)
             default: figures = try await bench.reconcileScan(rows: scanRows)
             }
             results.append((scenario, figures))

@@ -46,6 +46,47 @@ import OutboxTestSupport
         }
     }
 
+    /// `relay.batch_bytes`: a claim takes heads, then followers, in id order while their sizes as
+    /// written add up to at most the cap, the first head whatever its size; each key's followers
+    /// taken are the first ones after its head; a capped claim says to claim again at once, no later
+    /// than where it stopped.
+    @Test func aClaimIsCappedByPayloadBytes() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { _, db in
+            // Keys a, b, c: 100 kB values, a few each; then d, one value of 1 MB.
+            try await db.query(
+                """
+                SELECT count(outbox.enqueue('redis', 'set', k, jsonb_build_object('key', k, 'value', repeat('x', 100000))))
+                FROM unnest('{a,b,c,a,b,c,a,b,c}'::text[]) k
+                """)
+            try await db.query("SELECT outbox.enqueue('redis', 'set', 'd', jsonb_build_object('key', 'd', 'value', repeat('y', 1000000)))")
+            let sizes: [Int] = try await db.query("SELECT payload_bytes FROM outbox.events ORDER BY id").rows.map { try $0.decode("payload_bytes") }
+            #expect(sizes.count == 10 && sizes.allSatisfy { $0 >= 100_000 } && sizes[9] >= 1_000_000, "\(sizes)")
+            func claim(maxBytes: Int) async throws -> OutboxStore.Claim {
+                try await db.transaction { tx in
+                    try await OutboxStore.claim(tx, destination: .redis, batchSize: 10, batchEvents: 100, maxPerKey: 10, maxBytes: maxBytes)
+                }
+            }
+            let all = try await claim(maxBytes: 64 << 20)
+            #expect(all.events.count == 10 && !all.capped)
+            // Room for 5 values: the 3 heads, then the first followers in id order (a's and b's second).
+            let five = try await claim(maxBytes: 5 * 100_100)
+            #expect(five.capped)
+            #expect(five.events.map(\.key) == ["a", "b", "c", "a", "b"])
+            #expect(five.events.map(\.payload["value"]?.stringValue?.count) == Array(repeating: 100_000, count: 5))
+            // Room for 2 heads only: c's head and d's wait, untouched, for the next claim.
+            let two = try await claim(maxBytes: 2 * 100_100)
+            #expect(two.events.map(\.key) == ["a", "b"] && two.capped)
+            #expect(two.next.more && two.next.cursor <= two.events.last!.id, "\(two.next) \(two.events.map(\.id))")
+            // Under one value: the first head still goes, alone.
+            let one = try await claim(maxBytes: 1000)
+            #expect(one.events.map(\.key) == ["a"] && one.capped)
+            // An event larger than the cap, once it is the first head, goes alone.
+            try await db.query("DELETE FROM outbox.events WHERE key <> 'd'")
+            let large = try await claim(maxBytes: 1000)
+            #expect(large.events.map(\.key) == ["d"] && !large.capped)
+        }
+    }
+
     /// Two lanes of one relay: a claim that passes over the keys its sibling holds reaches past
     /// their rows to other keys' heads; without them it ends its window among rows it cannot claim.
     @Test func aClaimPassesOverTheKeysASiblingHoldsAndTakesAtMostItsHeads() async throws {
