@@ -1371,15 +1371,9 @@ class Api:
 
     @staticmethod
     def scored(p) -> dict:
-        """A ScoredPoint; like Qdrant, payload and vector only when asked for."""
-        out = {"id": point_id_json(p.id), "version": p.version, "score": p.score}
-        if p.payload is not None:
-            out["payload"] = p.payload
-        if p.vector is not None:
-            out["vector"] = p.vector
-        if p.order_value is not None:
-            out["order_value"] = p.order_value
-        return out
+        """A ScoredPoint: a record with its version and score; like Qdrant, payload and vector only
+        when asked for."""
+        return {"version": p.version, "score": p.score, **Api.record(p)}
 
     @staticmethod
     def search_options(body: dict) -> dict:
