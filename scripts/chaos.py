@@ -6,11 +6,16 @@ runs this file with the project's venv. What one run does:
 
  1. Builds the binaries (unless --no-build), creates a fresh database `chaos` and migrates it,
     empties Redis and the stand-in collection `chaos`.
- 2. Starts two `outbox-relay` processes and one `outbox-reconciler` daemon on a generated config.
+ 2. Starts two `outbox-relay` processes and one `outbox-reconciler` daemon on a generated config
+    (relay.batch_bytes 16 MiB, so that the relays' memory has a small bound to be held to).
  3. Writers commit continuously over --keys keys (default 2,000). Each transaction inserts an
     extraction row with text, enqueues a `qdrant.upsert` with `source` for it, and one `redis.xadd`
     (sometimes three) carrying the key and a per-key sequence number; the same transaction
     records (key, seq, row) in the table chaos_ledger, so the ledger holds exactly what committed.
+    Beside them a large-payload writer commits --large-rate transactions a second (default 3), each
+    a `redis.set` (sometimes two) of a 1–4 MiB value to one of --large-keys keys of its own; the
+    value is a header naming key and seq, then filler, all derived from the seed, and the same
+    transaction records (key, seq, length, sha256) in chaos_large_ledger.
  4. Meanwhile faults hit at seeded random moments: `kill -9` of a relay (restarted), Postgres
     restart (fast shutdown), Redis restart (append-only file), stand-in 503 / 429 + Retry-After /
     slow / dropped-connection windows, and a relay frozen with SIGSTOP for longer than every
@@ -19,7 +24,10 @@ runs this file with the project's venv. What one run does:
     event's effect present exactly once (stream entries unique by outbox_id, points = rows,
     embedding ids set), per-key order in the stream, nothing pending, no dead letter without a
     reason, `outbox-reconciler reconcile` exits 0, the daemons exit 0 on SIGTERM, and no secret
-    appears in any daemon log. Prints a summary and exits 0 only if every check holds.
+    appears in any daemon log; every large key holds the value of its last committed `set` (length
+    and sha256), none of them was dead-lettered, and the relays' peak RSS (VmHWM, read before each
+    stop and restart) stayed under --max-rss-mib. Prints a summary and exits 0 only if every check
+    holds.
 
 The seed fixes the fault schedule, the keys and the texts; the interleaving with real time is
 not reproducible, which is the point.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import json
 import os
 import random
@@ -57,6 +66,12 @@ WORDS = ("invoice contract tensor vector postgres redis qdrant outbox relay ledg
 CLAIM_IDLE_TIMEOUT_S = 6
 CLIENT_TIMEOUT_S = 3
 
+# The large-payload writer: Redis keys LARGE_PREFIX + ordering key, ordering keys "L00", "L01", ...
+LARGE_PREFIX = "chaos:large:"
+LARGE_BLOCK = 256          # the filler repeats a block this long, so TOAST compresses it (< 4 kB)
+LARGE_ALPHABET = b"abcdefghijklmnopqrstuvwxyz0123456789"
+MIB = 1 << 20
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -75,6 +90,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=150.0, help="writer transactions per second, all writers together (default: 150)")
     p.add_argument("--writers", type=int, default=4, help="writer connections (default: 4)")
     p.add_argument("--keys", type=int, default=2000, help="ordering keys of the redis.xadd events (default: 2000)")
+    p.add_argument("--large-rate", type=float, default=3.0,
+                   help="large-payload transactions per second, each a redis.set (sometimes two) of a large value "
+                   "to a key of its own (default: 3; 0: none)")
+    p.add_argument("--large-keys", type=int, default=20, help="keys of the large-payload writer (default: 20)")
+    p.add_argument("--large-bytes", type=int, nargs=2, metavar=("MIN", "MAX"), default=(1 * MIB, 4 * MIB),
+                   help=f"size of each large value, uniform in [MIN, MAX] bytes (default: {MIB} {4 * MIB})")
+    p.add_argument("--batch-bytes", type=int, default=16 * MIB,
+                   help=f"relay.batch_bytes of the relays (default: {16 * MIB}, 16 MiB; the relay's own default is 64 MiB)")
+    p.add_argument("--max-rss-mib", type=float, default=256.0,
+                   help="fail when a relay's peak RSS (VmHWM) exceeds this many MiB (default: 256)")
     p.add_argument("--fault-interval", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="seconds between fault starts (default: 5 9 short, 12 24 long)")
     p.add_argument("--faults", metavar="KIND,...", type=lambda v: tuple(k.strip() for k in v.split(",") if k.strip()),
@@ -107,6 +132,14 @@ def parse_args() -> argparse.Namespace:
     lo, hi = args.fault_interval
     if not 0 < lo <= hi:
         p.error("--fault-interval needs 0 < MIN <= MAX")
+    if args.large_rate < 0 or args.large_keys < 1:
+        p.error("--large-rate must be >= 0 and --large-keys >= 1")
+    if not 128 <= args.large_bytes[0] <= args.large_bytes[1]:
+        p.error("--large-bytes needs 128 <= MIN <= MAX")
+    if not MIB <= args.batch_bytes <= 1 << 40:
+        p.error("--batch-bytes must be between 1 MiB and 1 TiB (relay.batch_bytes' range)")
+    if args.max_rss_mib <= 0:
+        p.error("--max-rss-mib must be positive")
     return args
 
 
@@ -241,7 +274,7 @@ class Qdrant:
 # --------------------------------------------------------------------------------------------
 # Daemons
 
-def write_config(svc: Services, path: Path) -> None:
+def write_config(svc: Services, path: Path, batch_bytes: int = 16 * MIB) -> None:
     secrets = svc.state / "secrets"
     path.write_text(f"""# Generated by scripts/chaos for one run; short timeouts so that faults bite.
 postgres:
@@ -268,6 +301,7 @@ relay:
   backoff_initial: 100ms
   backoff_max: 2s
   shutdown_grace: 5s
+  batch_bytes: {batch_bytes}
 reconciler:
   http: {{host: 127.0.0.1, port: 8571}}
   interval: 15s
@@ -302,6 +336,19 @@ def daemon_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def read_vm_hwm_kib(pid: int, proc_root: Path = Path("/proc")) -> int | None:
+    """VmHWM of /proc/<pid>/status in KiB; None when the process is gone (or a zombie, which has
+    no memory lines)."""
+    try:
+        text = (proc_root / str(pid) / "status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
 class Daemon:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path):
         self.name, self.argv, self.env, self.log = name, argv, env, log
@@ -310,6 +357,7 @@ class Daemon:
         self.starts = 0
         self.lock = threading.Lock()   # the fault injector and the watchdog both start/stop it
         self.down_on_purpose = False
+        self.peak_rss_kib = 0          # the highest VmHWM read, over every process started
 
     def start(self) -> None:
         with self.lock:
@@ -343,9 +391,21 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
 
+    def sample_rss(self) -> None:
+        """Reads the process's VmHWM (its peak RSS so far) into peak_rss_kib. Called every half
+        second and right before every kill and SIGTERM: VmHWM only grows while a process lives, so
+        the reading before it stops is its peak, whatever happened between two samples."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        kib = read_vm_hwm_kib(proc.pid)
+        if kib is not None:
+            self.peak_rss_kib = max(self.peak_rss_kib, kib)
+
     def kill9(self) -> None:
         with self.lock:
             self.down_on_purpose = True
+            self.sample_rss()
             self.signal(signal.SIGKILL)
             if self.proc is not None:
                 self.proc.wait()
@@ -355,6 +415,7 @@ class Daemon:
         if self.proc is None:
             return None
         self.down_on_purpose = True
+        self.sample_rss()
         self.signal(signal.SIGCONT)
         self.signal(signal.SIGTERM)
         try:
@@ -373,6 +434,8 @@ class WriterStats:
     transactions: int = 0
     errors: int = 0
     error_kinds: collections.Counter = field(default_factory=collections.Counter)
+    events: int = 0        # the large-payload writer's: redis.set events and value bytes committed
+    bytes: int = 0
 
 
 class Writer(threading.Thread):
@@ -416,6 +479,88 @@ class Writer(threading.Thread):
                                  (key, row, seqs))
                 with self.stats.lock:
                     self.stats.transactions += 1
+            except psycopg.Error as e:
+                with self.stats.lock:
+                    self.stats.errors += 1
+                    self.stats.error_kinds[type(e).__name__] += 1
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except psycopg.Error:
+                        pass
+                    conn = None
+                time.sleep(0.2)
+        if conn is not None:
+            conn.close()
+
+
+def large_value(seed: int, key: str, seq: int, sizes: tuple[int, int]) -> bytes:
+    """The value of the large-payload writer's `set` number `seq` of `key`: its size uniform in
+    `sizes`, a header line naming the event, then a block of 256 seeded characters repeated (so the
+    value identifies its event, and Postgres compresses it: the soak tests the relay's memory, not
+    the disk). ASCII, so the JSON string, the payload and the Redis value are the same bytes."""
+    rng = random.Random(f"{seed}/{key}/{seq}")
+    size = rng.randint(*sizes)
+    header = f"chaos large value: key {key} seq {seq} bytes {size} seed {seed}\n".encode()
+    block = bytes(rng.choice(LARGE_ALPHABET) for _ in range(LARGE_BLOCK))
+    return (header + block * (size // LARGE_BLOCK + 1))[:size]
+
+
+def large_value_seq(value: bytes) -> int | None:
+    """The seq named by a large value's header, None when it has none (see large_value)."""
+    words = value[:200].split(b"\n", 1)[0].split()
+    try:
+        return int(words[words.index(b"seq") + 1])
+    except (ValueError, IndexError):
+        return None
+
+
+def digest(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()
+
+
+class LargeWriter(threading.Thread):
+    """Commits `rate` transactions a second, each one `redis.set` (two of the same key 10 % of
+    the time) of a large value to a key of its own, and records (key, seq, length, sha256) of each
+    in chaos_large_ledger in the same transaction: the ledger holds exactly what committed."""
+
+    def __init__(self, keys: list[str], dsn: str, rate: float, seed: int, sizes: tuple[int, int],
+                 stop: threading.Event, stats: WriterStats):
+        super().__init__(name="large-writer", daemon=True)
+        self.keys, self.dsn, self.interval, self.stop_event, self.stats = keys, dsn, 1.0 / rate, stop, stats
+        self.seed, self.sizes = seed, sizes
+        self.rng = random.Random(seed * 1009 + 999)
+        self.seq = dict.fromkeys(keys, 0)
+
+    def run(self) -> None:
+        import psycopg
+        from psycopg.types.json import Jsonb
+        conn = None
+        next_at = time.monotonic()
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            if now < next_at:
+                time.sleep(min(next_at - now, 0.05))
+                continue
+            next_at = max(next_at + self.interval, now - 1.0)  # no burst after an outage
+            key = self.rng.choice(self.keys)
+            seqs = [self.seq[key] + i + 1 for i in range(2 if self.rng.random() < 0.1 else 1)]
+            self.seq[key] += len(seqs)  # a failed transaction leaves a gap; the ledger says what committed
+            values = [large_value(self.seed, key, s, self.sizes) for s in seqs]
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.dsn, autocommit=True)
+                with conn.transaction():
+                    for value in values:
+                        conn.execute("SELECT outbox.enqueue('redis', 'set', %s, %s)", (key, Jsonb({
+                            "key": LARGE_PREFIX + key, "value": value.decode("ascii")})))
+                    conn.execute("INSERT INTO chaos_large_ledger (key, seq, bytes, sha256) "
+                                 "SELECT %s, s, b, h FROM unnest(%s::int[], %s::int[], %s::text[]) AS t(s, b, h)",
+                                 (key, seqs, [len(v) for v in values], [digest(v) for v in values]))
+                with self.stats.lock:
+                    self.stats.transactions += 1
+                    self.stats.events += len(values)
+                    self.stats.bytes += sum(len(v) for v in values)
             except psycopg.Error as e:
                 with self.stats.lock:
                     self.stats.errors += 1
@@ -550,6 +695,52 @@ def check_stream(redis: Redis, ledger: dict[tuple[str, int], str]) -> dict:
     }
 
 
+def check_large(redis: Redis, ledger: list[tuple[str, int, int, str]], seed: int, sizes: tuple[int, int]) -> dict:
+    """Every large key must hold the value of its last committed `set` (the ledger's highest seq of
+    the key: one writer thread writes a key, so seq follows commit order, and outbox ids follow it).
+    Compared by length and sha256; the expected value is also rebuilt from the seed, so the ledger
+    is checked against the writer's own function. A value that is not the expected one is `stale`
+    when its header names an earlier committed set of the key, else `wrong`; a key under the prefix
+    that no committed set wrote is `unexpected`."""
+    committed = {(k, s) for k, s, _, _ in ledger}
+    last: dict[str, tuple[int, int, str]] = {}
+    for key, seq, length, sha in ledger:
+        if key not in last or seq > last[key][0]:
+            last[key] = (seq, length, sha)
+    intact = missing = stale = wrong = ledger_mismatch = 0
+    bad_sample: list[str] = []
+    for key, (seq, length, sha) in sorted(last.items()):
+        rebuilt = large_value(seed, key, seq, sizes)
+        if (len(rebuilt), digest(rebuilt)) != (length, sha):
+            ledger_mismatch += 1
+        value = redis.call("GET", LARGE_PREFIX + key)
+        if value is None:
+            missing += 1
+            bad_sample.append(f"{key}#{seq}: missing")
+        elif len(value) == length and digest(value) == sha:
+            intact += 1
+        else:
+            got = large_value_seq(value)
+            if got is not None and got < seq and (key, got) in committed:
+                stale += 1
+            else:
+                wrong += 1
+            bad_sample.append(f"{key}#{seq}: {len(value)} bytes, seq {got} (want {length} bytes)")
+    in_redis: set[str] = set()
+    cursor = b"0"
+    while True:
+        cursor, names = redis.call("SCAN", cursor, "MATCH", LARGE_PREFIX + "*", "COUNT", 1000)
+        in_redis.update(n.decode()[len(LARGE_PREFIX):] for n in names)
+        if cursor in (b"0", "0", 0):
+            break
+    return {
+        "committed": len(ledger), "bytes": sum(n for _, _, n, _ in ledger), "keys": len(last),
+        "intact": intact, "missing": missing, "stale": stale, "wrong": wrong,
+        "unexpected": len(in_redis - set(last)), "ledger_mismatch": ledger_mismatch,
+        "bad_sample": bad_sample[:5],
+    }
+
+
 def run_checks(args, svc: Services, qdrant: Qdrant, config: Path, bin_dir: Path) -> dict:
     import psycopg
     with psycopg.connect(svc.dsn("chaos"), autocommit=True) as db:
@@ -562,9 +753,13 @@ def run_checks(args, svc: Services, qdrant: Qdrant, config: Path, bin_dir: Path)
         pending = db.execute("SELECT count(*) FROM outbox.events").fetchone()[0]
         dead = db.execute("SELECT destination || '.' || operation, error, count(*) FROM outbox.dead_letters "
                           "GROUP BY 1, 2 ORDER BY 3 DESC").fetchall()
+        large_ledger = db.execute("SELECT key, seq, bytes, sha256 FROM chaos_large_ledger").fetchall()
+        large_dead = db.execute("SELECT count(*) FROM outbox.dead_letters WHERE destination = 'redis' "
+                                "AND operation = 'set' AND payload->>'key' LIKE %s", (LARGE_PREFIX + "%",)).fetchone()[0]
     redis = Redis(svc.redis_port, svc.redis_password)
     try:
         stream = check_stream(redis, ledger)
+        large = {**check_large(redis, large_ledger, args.seed, tuple(args.large_bytes)), "dead_letters": large_dead}
     finally:
         redis.close()
     points = qdrant.point_ids()
@@ -573,8 +768,9 @@ def run_checks(args, svc: Services, qdrant: Qdrant, config: Path, bin_dir: Path)
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return {
         "transactions": transactions,
-        "events": {"qdrant.upsert": transactions, "redis.xadd": len(ledger)},
+        "events": {"qdrant.upsert": transactions, "redis.xadd": len(ledger), "redis.set": len(large_ledger)},
         "redis": stream,
+        "large": large,
         "qdrant": {"rows": len(rows), "points": len(points), "missing": len(rows - points),
                    "extra": len(points - rows), "unembedded": unembedded, "wrong_embedding": wrong_embedding},
         "pending": pending,
@@ -633,6 +829,8 @@ def prepare(svc: Services, qdrant: Qdrant, config: Path, bin_dir: Path) -> None:
     with psycopg.connect(svc.dsn("chaos"), autocommit=True) as db:
         db.execute("CREATE TABLE chaos_ledger (key text NOT NULL, seq int NOT NULL, row_id uuid NOT NULL, "
                    "PRIMARY KEY (key, seq))")
+        db.execute("CREATE TABLE chaos_large_ledger (key text NOT NULL, seq int NOT NULL, bytes int NOT NULL, "
+                   "sha256 text NOT NULL, PRIMARY KEY (key, seq))")
     redis = Redis(svc.redis_port, svc.redis_password)
     redis.call("FLUSHALL")
     redis.close()
@@ -642,7 +840,7 @@ def prepare(svc: Services, qdrant: Qdrant, config: Path, bin_dir: Path) -> None:
 
 def summarize(args, result: dict, faults: collections.Counter, retries: collections.Counter, writer: WriterStats,
               daemons: list[Daemon], exits: dict, drained: tuple[bool, float], leaks: list[str],
-              injection_failures: list[str]) -> list[str]:
+              injection_failures: list[str], large_writer: WriterStats | None = None) -> list[str]:
     """Print the summary; return the failed checks."""
     r, q = result["redis"], result["qdrant"]
     failed = []
@@ -668,6 +866,30 @@ def summarize(args, result: dict, faults: collections.Counter, retries: collecti
                   and r["duplicated_outbox_ids"] == r["missing_outbox_id"] == 0, "redis stream"))
     if r["lost_sample"]:
         print(f"                lost, e.g.: {' '.join(r['lost_sample'])}")
+    if "large" in result:
+        g = result["large"]
+        lw = large_writer or WriterStats()
+        lo, hi = args.large_bytes
+        print(f"  large values  {g['committed']} redis.set events committed ({g['bytes'] / MIB:,.0f} MiB of values, "
+              f"{lo / MIB:g}-{hi / MIB:g} MiB each) over {g['keys']} keys "
+              f"({lw.transactions} transactions; {lw.errors} failed during faults: "
+              f"{', '.join(f'{k} {n}' for k, n in lw.error_kinds.most_common()) or 'none'})")
+        print(f"                final values: {g['intact']} of {g['keys']} keys equal their last committed set "
+              f"(length, sha256); missing {g['missing']}, stale {g['stale']}, wrong {g['wrong']}, "
+              f"not committed {g['unexpected']}, ledger vs seed {g['ledger_mismatch']}; dead-lettered {g['dead_letters']}  "
+              + check(g["intact"] == g["keys"] and g["missing"] == g["stale"] == g["wrong"] == g["unexpected"]
+                      == g["ledger_mismatch"] == g["dead_letters"] == 0
+                      and (g["committed"] > 0 or args.large_rate == 0), "large values"))
+        if g["bad_sample"]:
+            print(f"                not intact, e.g.: {'; '.join(g['bad_sample'])}")
+    if "relay_peak_rss_kib" in result:
+        peaks = result["relay_peak_rss_kib"]
+        starts = {d.name: d.starts for d in daemons}
+        worst = max(peaks.values(), default=0)
+        print(f"  relay memory  peak RSS (VmHWM) "
+              + ", ".join(f"{name} {kib / 1024:.1f} MiB ({starts.get(name, 0)} starts)" for name, kib in peaks.items())
+              + f"; bound {args.max_rss_mib:g} MiB with relay.batch_bytes {args.batch_bytes / MIB:g} MiB  "
+              + check(0 < worst <= args.max_rss_mib * 1024 and all(peaks.values()), "relay peak RSS"))
     print(f"  qdrant        {q['rows']} rows, {q['points']} points; missing {q['missing']}, extra {q['extra']}, "
           f"embedding_id unset {q['unembedded']}, wrong {q['wrong_embedding']}  "
           + check(q["missing"] == q["extra"] == q["unembedded"] == q["wrong_embedding"] == 0
@@ -713,9 +935,11 @@ def main() -> int:
     try:
         schedule = fault_schedule(rng, args.duration, tuple(args.fault_interval), args.faults)
         say(f"seed {args.seed}: {len(schedule)} faults over {args.duration:.0f} s, "
-            f"{args.writers} writers at {args.rate:g} transactions/s over {args.keys} keys")
+            f"{args.writers} writers at {args.rate:g} transactions/s over {args.keys} keys, "
+            f"{args.large_rate:g} large-value transactions/s over {args.large_keys} keys; "
+            f"relay.batch_bytes {args.batch_bytes / MIB:g} MiB")
         bin_dir = build(args)
-        write_config(svc, config)
+        write_config(svc, config, args.batch_bytes)
         prepare(svc, qdrant, config, bin_dir)
         for log in logs.glob("chaos-*.log"):
             log.unlink()
@@ -735,8 +959,13 @@ def main() -> int:
     stats = WriterStats()
     keys = [f"k{i:04d}" for i in range(args.keys)]
     rng.shuffle(keys)
-    writers = [Writer(i, keys[i::args.writers], svc.dsn("chaos"), args.rate / args.writers, args.seed,
-                      stop_writers, stats) for i in range(args.writers)]
+    writers: list[threading.Thread] = [
+        Writer(i, keys[i::args.writers], svc.dsn("chaos"), args.rate / args.writers, args.seed, stop_writers, stats)
+        for i in range(args.writers)]
+    large_stats = WriterStats()
+    if args.large_rate > 0:
+        writers.append(LargeWriter([f"L{i:02d}" for i in range(args.large_keys)], svc.dsn("chaos"), args.large_rate,
+                                   args.seed, tuple(args.large_bytes), stop_writers, large_stats))
     start = time.monotonic()
     injector = FaultInjector(schedule, rng, svc, qdrant, daemons[:2], stop_faults, start)
     try:
@@ -748,9 +977,12 @@ def main() -> int:
             time.sleep(0.5)
             for d in daemons:
                 d.check_alive()
+                d.sample_rss()
             if time.monotonic() - last_report >= 15:
                 with stats.lock:
-                    say(f"{stats.transactions} transactions committed, {stats.errors} failed")
+                    say(f"{stats.transactions} transactions committed, {stats.errors} failed; "
+                        f"{large_stats.events} large values ({large_stats.bytes / MIB:,.0f} MiB); relay peak RSS "
+                        + ", ".join(f"{d.name} {d.peak_rss_kib / 1024:.0f} MiB" for d in daemons[:2]))
                 last_report = time.monotonic()
         say("writes and faults stop; draining")
         stop_faults.set()
@@ -766,6 +998,7 @@ def main() -> int:
         say("checking")
         result = run_checks(args, svc, qdrant, config, bin_dir)
         exits = {d.name: d.terminate(30) for d in daemons}
+        result["relay_peak_rss_kib"] = {d.name: d.peak_rss_kib for d in daemons[:2]}
         logs_text = {d.name: d.log.read_text(errors="replace") for d in daemons}
         leaks = sorted({name for name, text in logs_text.items() for s in svc.secrets() if s in text})
         retries = collections.Counter(
@@ -786,12 +1019,15 @@ def main() -> int:
             pass
 
     failed = summarize(args, result, injector.done, retries, stats, daemons, exits, drained, leaks,
-                       injector.failures)
+                       injector.failures, large_stats)
     if args.json:
         Path(args.json).write_text(json.dumps({
             "seed": args.seed, "duration_s": args.duration, "rate": args.rate, "writers": args.writers,
             "keys": args.keys, "build": "release" if args.release else "debug",
-            "faults": dict(injector.done), "delivery_retries": dict(retries), "writer_errors": stats.errors, **result,
+            "large_rate": args.large_rate, "large_keys": args.large_keys, "large_bytes": list(args.large_bytes),
+            "batch_bytes": args.batch_bytes, "max_rss_mib": args.max_rss_mib,
+            "faults": dict(injector.done), "delivery_retries": dict(retries), "writer_errors": stats.errors,
+            "large_writer_errors": large_stats.errors, **result,
             "daemon_starts": {d.name: d.starts for d in daemons},
             "unexpected_exits": {d.name: d.unexpected_exits for d in daemons},
             "sigterm_exit": exits, "secret_leaks": leaks, "drained": drained[0], "drain_s": round(drained[1], 1),
