@@ -280,23 +280,46 @@ import Testing
         try await db.query("DELETE FROM extractions WHERE id = $1", [.uuid(kept)])
     }
 
-    @Test func oneTransactionWakesListenersOncePerDestination() async throws {
+    /// A transaction notifies only while a relay sleeps — it holds its destination's wake lock,
+    /// (1869575286, 1 qdrant | 2 redis), schema/012 — and then once per destination however many
+    /// events it enqueues. With every relay awake, writers commit without a notification, which
+    /// Postgres would serialise.
+    @Test func aTransactionWakesASleepingRelayOncePerDestinationAndAnAwakeOneNotAtAll() async throws {
         let db = try await TestEnvironment.migratedConnection()
         let listener = try await TestEnvironment.connect()
         try await listener.listen("outbox_events")
         _ = try await listener.waitForNotifications(timeout: .milliseconds(10))  // drop leftovers from other tests
         let key = TestEnvironment.uniqueName("wake")
-        let events = (0..<50).map { OutboxEvent.redisSet(key: "k\($0)", value: "v", key: "\(key)-\($0)") }
-        try await db.transaction { tx in _ = try await OutboxWriter.enqueue(events, on: tx) }
-
         let writerPID = await db.backendPID()
-        var payloads: [String] = []
-        let deadline = ContinuousClock.now + .milliseconds(500)
-        while ContinuousClock.now < deadline {
-            payloads += try await listener.waitForNotifications(timeout: .milliseconds(100))
-                .filter { $0.backendPID == writerPID }.map(\.payload)
+        func notifications() async throws -> [String] {
+            let events = (0..<50).map { OutboxEvent.redisSet(key: "k\($0)", value: "v", key: "\(key)-\($0)") }
+            try await db.transaction { tx in _ = try await OutboxWriter.enqueue(events, on: tx) }
+            var payloads: [String] = []
+            let deadline = ContinuousClock.now + .milliseconds(300)
+            while ContinuousClock.now < deadline {
+                payloads += try await listener.waitForNotifications(timeout: .milliseconds(100))
+                    .filter { $0.backendPID == writerPID }.map(\.payload)
+            }
+            return payloads
         }
-        #expect(payloads == ["redis"])
+        #expect(try await notifications() == [], "no relay sleeps")
+        // A writer that does not notify keeps relays from arming until it has committed, so the
+        // claim a relay makes after arming sees its event: no wake-up is lost.
+        func tryArm() async throws -> Bool {
+            try await listener.query("SELECT pg_try_advisory_lock(1869575286, 2) AS armed").first!.decode("armed", as: Bool.self)
+        }
+        try await db.transaction { tx in
+            _ = try await OutboxWriter.enqueue([.redisSet(key: "k", value: "v", key: "\(key)-silent")], on: tx)
+            #expect(try await tryArm() == false)
+        }
+        #expect(try await tryArm() == true)
+        try await listener.query("SELECT pg_advisory_unlock_all()")
+        try await listener.query("SELECT pg_advisory_lock(1869575286, 1)")  // a relay sleeps, for qdrant only
+        #expect(try await notifications() == [], "no relay sleeps for redis")
+        try await listener.query("SELECT pg_advisory_lock(1869575286, 2)")
+        #expect(try await notifications() == ["redis"])
+        try await listener.query("SELECT pg_advisory_unlock_all()")
+        #expect(try await notifications() == [], "the relay woke up")
         try await db.query("DELETE FROM outbox.events WHERE key LIKE $1", [.text(key + "-%")])
     }
 

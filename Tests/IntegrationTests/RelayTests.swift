@@ -75,6 +75,48 @@ import OutboxTestSupport
         }
     }
 
+    /// Writers notify only while a relay sleeps (schema/012; `WakeLock`): every arm and disarm of
+    /// the relay races with writers that did not notify. With the fallback poll an hour away, a
+    /// lost wake-up would leave a burst undelivered; 100 bursts of concurrent writers, at random
+    /// sizes, spreads and gaps (so that they meet the relay asleep, arming, lingering and busy), each
+    /// delivered within seconds.
+    @Test func burstsOfConcurrentWritersNeverWaitForTheFallbackPoll() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let relay = try DaemonProcess.relay(databaseURL: url, environment: ["OUTBOX_RELAY_POLL_INTERVAL": "1h"])
+            try await relay.waitUntilReady()
+            var writers: [PostgresConnection] = []
+            for _ in 0..<4 { writers.append(try await PostgresConnection.connect(PostgresConfiguration(url: url), logger: TestEnvironment.logger)) }
+            let stream = TestEnvironment.uniqueName("bursts")
+            var rng = SystemRandomNumberGenerator()
+            var written = 0
+            for burst in 0..<100 {
+                let sizes = writers.map { _ in Int.random(in: 0...6, using: &rng) }
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for (writer, size) in zip(writers, sizes) where size > 0 {
+                        group.addTask {
+                            for _ in 0..<size {
+                                // Spread over a few milliseconds, so that commits land around the relay's arming.
+                                try await Task.sleep(for: .microseconds(Int.random(in: 0...3000)))
+                                try await writer.query(
+                                    "SELECT outbox.enqueue('redis', 'xadd', $1, jsonb_build_object('stream', $2::text, 'fields', '{\"f\":\"v\"}'::jsonb))",
+                                    [.text("k\(Int.random(in: 0..<20))"), .text(stream)])
+                            }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                written += sizes.reduce(0, +)
+                try await eventually("burst \(burst) delivered", timeout: .seconds(10)) {
+                    try await db.count("outbox.events") == 0
+                }
+                try await Task.sleep(for: .milliseconds(Int.random(in: 0...40, using: &rng)))
+            }
+            #expect(written > 100)
+            #expect(await relay.metric("outbox_events_delivered_total") == written)
+            for writer in writers { await writer.close() }
+        }
+    }
+
     /// A destination the relay cannot reach is reported as failing in `/status` like one whose
     /// deliveries fail, and every per-destination series is on `/metrics` from the start, at zero.
     /// (Before, with Redis down, `redis.failing` was null and its failure counter absent; with

@@ -165,10 +165,27 @@ final class DestinationWorker: Sendable {
         var nextRetry: ContinuousClock.Instant?
         /// When this lane last heard from the destination (a claim it delivered, or a probe).
         var lastContact = ContinuousClock.now
+        // Lane 0's side of the wake-up handshake (`WakeLock`): armed while it sleeps, so that
+        // writers notify only then.
+        var armed = false
+        /// Claims in a row that found nothing.
+        var emptyClaims = 0
+        /// How long to wait before claiming again while a writer keeps the lane from arming.
+        var armRetry = Self.linger
         while !stopping.isSet, !Task.isCancelled {
             let result = try await drainBatch(lane)
             await health.postgresOK(component)
-            if result.claimed > 0 { lastContact = .now }
+            if result.claimed > 0 {
+                lastContact = .now
+                emptyClaims = 0
+                armRetry = Self.linger
+                if armed {
+                    try await WakeLock.disarm(lane.db, destination)
+                    armed = false
+                }
+            } else {
+                emptyClaims += 1
+            }
             if result.full {
                 for (i, other) in wakeups.enumerated() where i != index { await other.signal() }
             }
@@ -181,6 +198,25 @@ final class DestinationWorker: Sendable {
                 // Lanes other than 0 wait for a full claim.
                 await wakeups[index].wait(until: nil)
                 continue
+            }
+            if !armed {
+                // Under load the next event is a moment away: look once more before arming, which
+                // would make the writers of that moment notify.
+                if emptyClaims == 0 {
+                    await wakeups[index].wait(until: .now + Self.linger)
+                    continue
+                }
+                switch try await WakeLock.arm(lane.db, destination) {
+                case .armed:
+                    armed = true
+                    continue  // what writers that did not notify committed before the lane armed
+                case .armedElsewhere:
+                    break
+                case .writerCommitting:
+                    await wakeups[index].wait(until: .now + armRetry)
+                    armRetry = min(armRetry * 2, Self.maxArmRetry)
+                    continue
+                }
             }
             // Lane 0 answers the listener's wake-ups, and retries when they fall due (checking at
             // least every `relay.poll_interval`). With no retry pending, an idle lane 0 probes the
@@ -197,6 +233,13 @@ final class DestinationWorker: Sendable {
         // Lane 0 is the one the shutdown signal wakes: pass it on.
         if index == 0 { for other in wakeups.dropFirst() { await other.signal() } }
     }
+
+    /// How long lane 0 waits, unarmed, before its last claim before sleeping.
+    static let linger = Duration.milliseconds(2)
+    /// The longest lane 0 waits between claims while writers keep it from arming (one long
+    /// transaction that enqueued, say): events committed meanwhile by writers that did not notify
+    /// wait at most this long.
+    static let maxArmRetry = Duration.milliseconds(50)
 
     struct BatchResult {
         var claimed = 0
