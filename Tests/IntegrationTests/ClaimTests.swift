@@ -123,6 +123,38 @@ import OutboxTestSupport
         }
     }
 
+    /// Writers of one key never wait for each other (schema/013), so a smaller id can commit after
+    /// a larger one: a claim with the horizon passes over the key's events until the writer that
+    /// held the smaller id has ended, then takes them in id order. Other keys are not held back.
+    @Test func aClaimWaitsForASmallerIdOfTheKeyStillBeingWritten() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            func enqueue(_ on: PostgresConnection, _ key: String, _ value: String) async throws -> Int64 {
+                try await on.query("SELECT outbox.enqueue('redis', 'set', $1, jsonb_build_object('key', $1, 'value', $2::text)) AS id",
+                                   [.text(key), .text(value)]).first!.decode("id")
+            }
+            var horizon = ClaimHorizon()
+            func claim() async throws -> [Int64] {
+                try await db.transaction { tx in
+                    try await horizon.observe(tx, destination: .redis)
+                    return try await OutboxStore.claim(tx, destination: .redis, batchSize: 10, batchEvents: 100, maxPerKey: 10,
+                                                       horizon: horizon.limits).events.map(\.id)
+                }
+            }
+            let slow = try await PostgresConnection.connect(PostgresConfiguration(url: url), logger: TestEnvironment.logger)
+            let (first, second, other) = try await slow.transaction { tx in
+                let first = try await enqueue(tx, "k", "first")  // not committed yet
+                let second = try await enqueue(db, "k", "second")  // committed, same key, a larger id: did not wait
+                let other = try await enqueue(db, "other", "x")
+                #expect(second > first)
+                #expect(try await claim() == [other], "the key's committed event must wait for the smaller id")
+                return (first, second, other)
+            }
+            #expect(other > second)
+            #expect(try await claim() == [first, second, other])
+            await slow.close()
+        }
+    }
+
     /// A relay beside another that holds every key makes one pass over the events per wake-up,
     /// not one pass after another (two relays on three hot keys: 120 empty claims a second).
     @Test func aRelayWhoseKeysAreAllHeldElsewhereWaitsForAWakeUpAfterAPass() async throws {

@@ -26,6 +26,29 @@ import OutboxTestSupport
         }
     }
 
+    /// schema/013 changes what relays rely on (writers no longer wait for each other): it refuses to
+    /// run while a relay session — necessarily from before it — is connected, naming it.
+    @Test func migration013RefusesToRunBesideAnOlderRelay() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: false) { url, db in
+            let before = FileManager.default.temporaryDirectory.appendingPathComponent(TestEnvironment.uniqueName("schema"))
+            try FileManager.default.createDirectory(at: before, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: before) }
+            for file in try FileManager.default.contentsOfDirectory(atPath: TestEnvironment.schemaDirectory) where file < "013" {
+                try FileManager.default.copyItem(atPath: TestEnvironment.schemaDirectory + "/" + file, toPath: before.appendingPathComponent(file).path)
+            }
+            _ = try await Migrator(directory: before.path, logger: TestEnvironment.logger).migrate(db)
+            var relayConfiguration = PostgresConfiguration(url: url)
+            relayConfiguration.applicationName = "outbox-relay"
+            let olderRelay = try await PostgresConnection.connect(relayConfiguration, logger: TestEnvironment.logger)
+            let migrator = try Migrator(directory: TestEnvironment.schemaDirectory, logger: TestEnvironment.logger)
+            let error = try await #require(throws: Migrator.MigrationError.self) { try await migrator.migrate(db) }
+            #expect(error.message.contains("stop every outbox-relay on this database first (connected: "), "\(error.message)")
+            await olderRelay.close()
+            let report = try await migrator.migrate(db)
+            #expect(report.applied.first?.hasPrefix("013_") == true, "\(report.applied)")
+        }
+    }
+
     @Test func migrateRefusesAnEditedAppliedMigration() async throws {
         try await TestEnvironment.withFreshDatabase(migrated: true) { _, db in
             try await db.query("UPDATE outbox.schema_migrations SET checksum = 'edited' WHERE version = 1")

@@ -15,6 +15,33 @@ import Testing
         #expect(backoff.delay(afterAttempt: 30, random: 0) == .seconds(5))
     }
 
+    /// `ClaimHorizon`: ids are settled for a slot once every writer that held it when they had been
+    /// handed out has ended; for a slot no one holds, at once.
+    @Test func theClaimHorizonSettlesASlotOnlyWhenItsWritersOfThatMomentHaveEnded() {
+        var horizon = ClaimHorizon()
+        horizon.observe(lastID: 10, holders: [])
+        #expect(horizon.limits == .init(through: 10, busy: [:]))
+        // T1 (slot 5) and T2 (slot 7) running; ids up to 20 handed out.
+        horizon.observe(lastID: 20, holders: [(5, "3/100"), (7, "4/200")])
+        #expect(horizon.limits == .init(through: 20, busy: [5: 10, 7: 10]))
+        // T1 ended, T3 now holds slot 5 too: what T1 could still have committed up to 20 is settled
+        // for slot 5, not what T3 may hold up to 30. T2 runs on.
+        horizon.observe(lastID: 30, holders: [(5, "5/300"), (7, "4/200")])
+        #expect(horizon.limits == .init(through: 30, busy: [5: 20, 7: 10]))
+        // Everyone ended: every slot is free up to 40.
+        horizon.observe(lastID: 40, holders: [])
+        #expect(horizon.limits == .init(through: 40, busy: [:]))
+        // A slot busy at its first observation waits for its writers from what was settled before.
+        horizon.observe(lastID: 50, holders: [(9, "6/1")])
+        #expect(horizon.limits.busy == [9: 40])
+        // A writer that never ends (a long transaction) keeps its slot's limit, and at most
+        // `maxPendingPerSlot` observations of it; when it ends, the latest of them settles.
+        for n in 1...100 { horizon.observe(lastID: 50 + Int64(n), holders: [(9, "6/1"), (9, "7/\(n)")]) }
+        #expect(horizon.limits.busy == [9: 40])
+        horizon.observe(lastID: 200, holders: [(9, "8/1")])
+        #expect(horizon.limits.busy == [9: 150])
+    }
+
     @Test func httpStatusesAreClassifiedAsTheContractSays() {
         for status in [408, 429, 500, 502, 503, 504] {
             #expect(FailureClass.http(status: status, retryAfterHeader: nil) == .transient(retryAfter: nil))

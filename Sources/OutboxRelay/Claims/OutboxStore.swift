@@ -43,7 +43,8 @@ enum OutboxStore {
     /// of other keys instead of ending among rows that cannot be claimed.
     static func claim(
         _ tx: PostgresConnection, destination: OutboxEvent.Destination, batchSize: Int, batchEvents: Int, maxPerKey: Int,
-        maxBytes: Int = .max, after: Int64 = 0, excludingKeys: [String] = [], maxHeads: Int? = nil
+        maxBytes: Int = .max, after: Int64 = 0, excludingKeys: [String] = [], maxHeads: Int? = nil,
+        horizon: ClaimHorizon.Limits? = nil
     ) async throws -> Claim {
         let maxHeads = maxHeads ?? batchSize
         // The head test looks for the key's previous event backwards from the candidate, so a
@@ -60,6 +61,9 @@ enum OutboxStore {
             parameters.append(.textArray(excludingKeys))
             notHeld = (" AND key <> ALL($6::text[])", " AND e.key <> ALL($6::text[])")
         }
+        // Only settled ids (`ClaimHorizon`): up to the observation's value, and in slots with
+        // writers still running, up to what is settled for them.
+        let settled = horizon.map { Self.settled($0, column: "e", key: "e.key", parameters: &parameters) } ?? ""
         // The byte cap takes heads in id order while their payloads add up to at most `maxBytes`
         // (the first one whatever its size, so an event over the cap is delivered alone). Heads
         // past the cap come back without their payload, which is never read: they stay locked,
@@ -78,7 +82,7 @@ enum OutboxStore {
                   SELECT e.id, e.operation, e.key, e.payload, e.payload_bytes, e.created_at, e.attempts, e.requeued_at IS NOT NULL AS requeued
                   FROM outbox.events e
                   WHERE e.destination = $1 AND e.id > $3 AND e.id <= coalesce(w.window_end, 9223372036854775807)
-                    AND e.available_at <= now()\(notHeld.candidate)
+                    AND e.available_at <= now()\(notHeld.candidate)\(settled)
                     AND (SELECT p.id FROM outbox.events p WHERE p.destination = $1 AND p.key = e.key AND p.id < e.id
                          ORDER BY p.id DESC LIMIT 1) IS NULL
                   ORDER BY e.id
@@ -103,6 +107,11 @@ enum OutboxStore {
         if perKey > 1, !claim.events.isEmpty, headBytes < maxBytes {
             // Followers in id order while they fit in what the heads left of the cap: each key's
             // followers taken are the first ones after its head, so its order holds.
+            var parameters: [PostgresValue] = [
+                .text(destination.rawValue), .textArray(claim.events.map(\.key)), .intArray(headIDs), .int(Int64(perKey - 1)),
+                .int(Int64(maxBytes - headBytes)),
+            ]
+            let settled = horizon.map { Self.settled($0, column: "x", key: "h.key", parameters: &parameters) } ?? ""
             let followers = try await tx.query(
                 """
                 SELECT f.id, f.operation, f.key, f.payload_bytes, f.created_at, f.attempts, f.requeued,
@@ -113,15 +122,11 @@ enum OutboxStore {
                   FROM unnest($2::text[], $3::bigint[]) AS h(key, head_id)
                   CROSS JOIN LATERAL (
                     SELECT * FROM outbox.events x
-                    WHERE x.destination = $1 AND x.key = h.key AND x.id > h.head_id
+                    WHERE x.destination = $1 AND x.key = h.key AND x.id > h.head_id\(settled)
                     ORDER BY x.id LIMIT $4
                   ) x
                 ) f
-                """,
-                [
-                    .text(destination.rawValue), .textArray(claim.events.map(\.key)), .intArray(headIDs), .int(Int64(perKey - 1)),
-                    .int(Int64(maxBytes - headBytes)),
-                ])
+                """, parameters)
             let columns = try Columns(followers)
             let takenFollowers = followers.rows.filter { !$0.values[columns.payload].isNull }
             claim.capped = claim.capped || takenFollowers.count < followers.rows.count
@@ -143,6 +148,24 @@ enum OutboxStore {
             from: after, heads: headIDs, batchSize: claim.capped ? min(maxHeads, headIDs.count) : maxHeads, windowEnd: windowEnd,
             fullKeysLast: fullKeysLast)
         return claim
+    }
+
+    /// The condition that keeps `column`'s ids within `horizon`, its values appended to `parameters`.
+    /// A requeued dead letter is exempt: it keeps its old id, comes after its key's later events,
+    /// and is deduplicated by a key of its own, not by the key's high-water mark.
+    private static func settled(_ horizon: ClaimHorizon.Limits, column: String, key: String, parameters: inout [PostgresValue]) -> String {
+        parameters.append(.int(horizon.through))
+        var condition = "\(column).id <= $\(parameters.count)"
+        if !horizon.busy.isEmpty {
+            let busy = horizon.busy.sorted { $0.key < $1.key }
+            parameters.append(.intArray(busy.map { Int64($0.key) }))
+            parameters.append(.intArray(busy.map(\.value)))
+            condition += """
+                 AND NOT EXISTS (SELECT FROM unnest($\(parameters.count - 1)::bigint[], $\(parameters.count)::bigint[]) b(slot, upto)
+                                 WHERE b.slot = (hashtext(\(key)) & \(ClaimHorizon.slots - 1)) AND \(column).id > b.upto)
+                """
+        }
+        return " AND (\(column).requeued_at IS NOT NULL OR (\(condition)))"
     }
 
     /// Where a claim's columns are in its result, looked up once rather than per row and column

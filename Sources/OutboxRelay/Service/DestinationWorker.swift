@@ -36,7 +36,7 @@ final class DestinationWorker: Sendable {
     /// `OutboxStore.claim`).
     ///
     /// The use of `@unchecked Sendable` is safe for this type because: `cursor`, `course`,
-    /// `headsLimit` and `passFoundHeads` are only read and written by the single task that runs
+    /// `headsLimit`, `passFoundHeads` and `horizon` are only read and written by the single task that runs
     /// this lane's loop;
     /// `heldKeys`, which sibling lanes read, is a mutex.
     final class Lane: @unchecked Sendable {
@@ -50,6 +50,8 @@ final class DestinationWorker: Sendable {
         var headsLimit: Int
         /// A claim of this pass over the events found heads (see `ClaimPlanning.claimAgainAtOnce`).
         var passFoundHeads = false
+        /// The ids this lane's claims may take (see `ClaimHorizon`).
+        var horizon = ClaimHorizon()
         /// The keys this lane's open claim holds, which its siblings' claims pass over.
         let heldKeys = Mutex<[String]>([])
         init(db: PostgresConnection, headsLimit: Int) { (self.db, self.headsLimit) = (db, headsLimit) }
@@ -193,6 +195,12 @@ final class DestinationWorker: Sendable {
                 let at = ContinuousClock.now + retry
                 nextRetry = min(nextRetry ?? at, at)
             }
+            if !lane.horizon.limits.busy.isEmpty {
+                // Writers still running may hold events back (`ClaimHorizon`), and one that rolls
+                // back notifies no one: look again soon rather than at the next poll.
+                let at = ContinuousClock.now + Self.maxArmRetry
+                nextRetry = min(nextRetry ?? at, at)
+            }
             guard !result.more else { continue }
             guard index == 0 else {
                 // Lanes other than 0 wait for a full claim.
@@ -259,10 +267,11 @@ final class DestinationWorker: Sendable {
         let siblingsKeys = lanes.filter { $0 !== lane }.flatMap { $0.heldKeys.withLock { $0 } }
         var result = BatchResult()
         let settlement = try await lane.db.transaction { tx -> Settlement? in
+            try await lane.horizon.observe(tx, destination: destination)
             let claim = try await OutboxStore.claim(
                 tx, destination: destination, batchSize: settings.batchSize, batchEvents: settings.batchEvents,
                 maxPerKey: settings.maxPerKey, maxBytes: settings.claimBytes(lanes: Self.laneCount * OutboxEvent.Destination.allCases.count),
-                after: lane.cursor, excludingKeys: siblingsKeys, maxHeads: lane.headsLimit)
+                after: lane.cursor, excludingKeys: siblingsKeys, maxHeads: lane.headsLimit, horizon: lane.horizon.limits)
             let events = claim.events
             logger.trace("Claimed", metadata: [
                 "outbox.lane": "\(lanes.firstIndex { $0 === lane } ?? -1)", "outbox.after": "\(lane.cursor)",
