@@ -296,6 +296,49 @@ import OutboxTestSupport
         }
     }
 
+    /// For a table that keeps its rows' vectors (`vector_column`), a repair sends the row's vector,
+    /// not its text: the point comes back as the writer made it. A row without a vector falls back
+    /// to its text; a column of another type is refused naming the key.
+    @Test func repairsSendTheRowsOwnVectorFromTheVectorColumn() async throws {
+        try await withCollectionAndConfig("vector", edit: {
+            $0.replacingOccurrences(of: "public.extractions, collection: ", with: "public.extractions, vector_column: vec, collection: ")
+        }) { url, db, qdrant, collection, config in
+            try await db.query("ALTER TABLE extractions ADD COLUMN vec real[]")
+            try await db.query(
+                """
+                INSERT INTO extractions (id, source_id, content, embedding_id, created_at, vec) VALUES
+                  ('00000000-0000-4000-8000-000000000001', 'src-1', 'one', NULL, '2026-01-02 03:04:05+00',
+                   (SELECT array_agg(g::real / 384) FROM generate_series(1, 384) g)),
+                  ('00000000-0000-4000-8000-000000000002', 'src-2', 'two', NULL, '2026-01-02 03:04:05+00', NULL)
+                """)
+            let repaired = try await reconcile(config, url: url)
+            #expect(repaired.status == 1, "\(repaired.stderr)")
+            #expect(count(repaired.report, "unembedded") == 2, "\(repaired.report.jsonText)")
+            let sent = try await db.query("SELECT key, payload ? 'vector' AS v, payload ? 'text' AS t FROM outbox.events ORDER BY key").rows.map {
+                "\(try $0.decode("key", as: String.self).suffix(1)): vector \(try $0.decode("v", as: Bool.self)), text \(try $0.decode("t", as: Bool.self))"
+            }
+            #expect(sent == ["1: vector true, text false", "2: vector false, text true"])
+
+            let relay = try DaemonProcess.relay(databaseURL: url, config: config)
+            try await eventually("relay delivers the repairs", timeout: .seconds(60)) { try await db.count("outbox.events") == 0 }
+            #expect(try await db.count("outbox.dead_letters") == 0)
+            #expect(try await db.count("extractions WHERE embedding_id IS NULL") == 0)
+            let point = try await qdrant.call(.POST, "/collections/\(collection)/points",
+                                              ["ids": ["00000000-0000-4000-8000-000000000001"], "with_vector": true])
+            let stored = point.json?["result"]?.arrayValue?.first?["vector"]?.arrayValue?.compactMap(\.numberValue) ?? []
+            // The collection is Cosine: Qdrant keeps the vector normalised, so compare directions.
+            let written = (1...384).map { Double($0) / 384 }
+            let norm = sqrt(written.reduce(0) { $0 + $1 * $1 })
+            #expect(stored.count == 384 && zip(stored, written).allSatisfy { abs($0 - $1 / norm) < 1e-5 }, "\(stored.prefix(4))")
+            _ = relay
+
+            try await db.query("ALTER TABLE extractions ALTER COLUMN vec TYPE text")
+            let refused = try await reconcile(config, url: url, ["--dry-run"])
+            #expect(refused.status == 2)
+            #expect(refused.stderr.contains("tables.extractions.vector_column: public.extractions.vec is text; expected real[]"), "\(refused.stderr)")
+        }
+    }
+
     /// `--reembed-dead` replaces a dead upsert with one built from the row as it is now, which lands;
     /// `--requeue-dead` would resend the payload that died. (Before, requeueing was the only way.)
     @Test func reembedDeadRebuildsTheUpsertFromTheRow() async throws {

@@ -34,7 +34,7 @@ enum ConfigKeys {
 
     /// Sections whose entries are user-chosen names, each a map of these fields.
     static let maps: [String: Set<String>] = [
-        "tables": ["table", "id_column", "text_column", "embedding_column", "created_at_column", "collection", "payload_columns"],
+        "tables": ["table", "id_column", "text_column", "embedding_column", "created_at_column", "collection", "payload_columns", "vector_column"],
         "qdrant.collections": ["size", "distance"],
     ]
 

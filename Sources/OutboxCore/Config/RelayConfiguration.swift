@@ -108,6 +108,10 @@ public struct TableMapping: Sendable, Hashable {
     /// Columns whose values a repaired point's payload carries (`payload_columns`), keyed by
     /// column name, so a repair rebuilds the point as the writer made it rather than with `{}`.
     public var payloadColumns: [SQLIdentifier] = []
+    /// A column holding the row's vector (`vector_column`: `real[]`, `double precision[]` or
+    /// pgvector's `vector`), for tables whose writers bring their own vectors: a repair sends it
+    /// instead of the text (which the relay would embed), or the text where the row has none.
+    public var vectorColumn: SQLIdentifier?
 
     public static let extractions = try! TableMapping(
         name: "extractions", table: "public.extractions", idColumn: "id", textColumn: "content",
@@ -200,6 +204,13 @@ enum ConfigMaps {
                             mapping.payloadColumns = try columns.map { try SQLIdentifier($0 as! String) }
                         } catch let error as SQLIdentifier.Invalid {
                             throw ConfigurationError(key: "tables.\(name).payload_columns", problem: error.description)
+                        }
+                    }
+                    if fields["vector_column"] != nil {
+                        do {
+                            mapping.vectorColumn = try SQLIdentifier(try field("vector_column", ""))
+                        } catch let error as SQLIdentifier.Invalid {
+                            throw ConfigurationError(key: "tables.\(name).vector_column", problem: error.description)
                         }
                     }
                     tables[name] = mapping

@@ -32,6 +32,13 @@ package struct SourceColumnTypes: Sendable {
                 return type
             }
             resolved.types[mapping] = Types(id: try await type(mapping.idColumn), embedding: try await type(mapping.embeddingColumn))
+            if let column = mapping.vectorColumn {
+                let found = try await type(column)
+                guard ["real[]", "double precision[]"].contains(found) || found.hasPrefix("vector") else {
+                    throw Problem(key: "tables.\(mapping.name).vector_column",
+                                  message: "\(mapping.table).\(column) is \(found); expected real[], double precision[] or vector (pgvector)")
+                }
+            }
         }
         return resolved
     }

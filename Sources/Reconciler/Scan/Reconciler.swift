@@ -127,6 +127,14 @@ struct TableScan {
         return "(SELECT jsonb_object_agg(p.k, p.v) FROM unnest($4::text[], ARRAY[\(values)]) AS p(k, v))"
     }
 
+    /// JSON for what a repaired point is made of: the row's `vector_column` where it has a vector,
+    /// else its text (which the relay embeds).
+    var contentExpression: String {
+        let text = "jsonb_build_object('text', coalesce(t.\(table.textColumn.quoted)::text, ''))"
+        guard let vector = table.vectorColumn?.quoted else { return text }
+        return "CASE WHEN t.\(vector) IS NOT NULL THEN jsonb_build_object('vector', to_jsonb(t.\(vector)::real[])) ELSE \(text) END"
+    }
+
     func run(
         into findings: inout [ReconcileReport.Category: ReconcileReport.Finding], report: inout ReconcileReport,
         progress: @Sendable (String, Int) -> Void
@@ -369,7 +377,7 @@ struct TableScan {
         return Set(reply.result?.arrayValue?.compactMap { $0["id"].map(Self.pointText) } ?? [])
     }
 
-    /// Enqueues `qdrant.upsert` with the row's text (embedded by the relay), its `payload_columns`
+    /// Enqueues `qdrant.upsert` with the row's vector or text (embedded by the relay), its `payload_columns`
     /// as the point's payload, and `source`, for each row id; with `clearEmbedding` first sets the
     /// embedding column to NULL. One transaction. Column names are bound as the payload's keys;
     /// only the validated, quoted identifiers are spliced in.
@@ -387,9 +395,8 @@ struct TableScan {
             let result = try await tx.query(
                 """
                 SELECT count(outbox.enqueue('qdrant', 'upsert', t.\(t.idColumn.quoted)::text, jsonb_build_object(
-                    'collection', $3::text, 'id', \(pointIDExpression),
-                    'text', coalesce(t.\(t.textColumn.quoted)::text, ''), 'payload', \(payloadExpression),
-                    'source', jsonb_build_object('table', $2::text, 'id', t.\(t.idColumn.quoted)::text)))) AS n
+                    'collection', $3::text, 'id', \(pointIDExpression), 'payload', \(payloadExpression),
+                    'source', jsonb_build_object('table', $2::text, 'id', t.\(t.idColumn.quoted)::text)) || \(contentExpression))) AS n
                 FROM (SELECT * FROM \(t.table.quoted) WHERE \(t.idColumn.quoted) = ANY(\(castArray("$1", to: idType)))
                       ORDER BY \(t.idColumn.quoted)) AS t
                 """, [.textArray(rowIDs), .text(name), .text(t.collection)] + (t.payloadColumns.isEmpty ? [] : [.textArray(t.payloadColumns.map(\.name))]))
