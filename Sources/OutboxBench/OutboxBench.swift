@@ -31,6 +31,13 @@ struct OutboxBench: AsyncParsableCommand {
             turns: the event in one statement with the insert (a CTE), in a round trip of its own, and yardsticks (a \
             second domain row, the event's values sent without a row, a bare outbox.events row). Then the reference: \
             the same transactions from libpq's own client (pgbench, all statements prepared), when pgbench is installed.
+            - writer-throughput: concurrent writers (issue 20) from libpq's own client, pgbench (when installed; -M prepared, \
+            synchronous_commit on, --max-tries 1 --failures-detailed so a deadlock counts as a failed transaction) at \
+            --writer-clients (1, 8, 16) clients: the domain insert alone and with an outbox.enqueue, a bare outbox.events row, \
+            outbox.enqueue alone, 10 enqueues in one transaction (keys random over 1,000) and ten bare rows with the same keys. \
+            --writer-rounds rounds in which every (transaction, clients) cell runs --writer-seconds in turn, the outbox and \
+            extractions emptied before each; per cell the median tps and each round's, latency p50 / p99 (pgbench's \
+            per-transaction log) and failed transactions; then enqueue / bare row and 10-key / ten bare rows' tps. No relay runs.
             - latency: writers commit at 1,000/s and 5,000/s for --seconds each; commit-to-delivered p50 / p90 / p99 / max.
             - sustained: --writers sessions (synchronous_commit on) commit one redis.xadd per transaction at --rate in all \
             (5,000/s), paced by absolute time, for --sustained-seconds; every --report-every seconds a line: events written \
@@ -69,6 +76,16 @@ struct OutboxBench: AsyncParsableCommand {
     @Option(help: "Backlog for the memory scenario.") var memoryEvents = 1_000_000
     @Option(help: "Rows for reconcile-scan.") var scanRows = 1_000_000
     @Option(help: "Measured transactions per writer-overhead variant.") var writerTransactions = 5_000
+    @Option(help: "writer-throughput: seconds each (transaction, clients) cell runs per round.") var writerSeconds = 10
+    @Option(help: "writer-throughput: rounds, each running every cell in turn.") var writerRounds = 2
+    @Option(help: ArgumentHelp("writer-throughput: pgbench client counts, comma-separated (default: 1,8,16).", valueName: "n,n,..."),
+            transform: { text in
+                try text.split(separator: ",").map {
+                    guard let n = Int($0.trimmingCharacters(in: .whitespaces)), n >= 1 else { throw ValidationError("--writer-clients: \(text) is not a list of counts >= 1") }
+                    return n
+                }
+            })
+    var writerClients: [Int] = [1, 8, 16]
     @Option(help: "Seconds per latency rate, and the idle window.") var seconds = 30
     @Option(help: "Writer sessions of sustained and catch-up, each its own Postgres connection with synchronous_commit on.") var writers = 4
     @Option(help: ArgumentHelp("Commits per second of all writers together (default: 5,000 for sustained, 1,000 for catch-up).", valueName: "per-second"))
@@ -92,7 +109,7 @@ struct OutboxBench: AsyncParsableCommand {
     var relayLogLevel = "warning"
 
     static let all = [
-        "drain-redis", "drain-qdrant", "idle", "memory", "writer-overhead", "latency", "sustained", "catch-up", "catch-up-qdrant",
+        "drain-redis", "drain-qdrant", "idle", "memory", "writer-overhead", "writer-throughput", "latency", "sustained", "catch-up", "catch-up-qdrant",
         "large-payloads", "reconcile-scan",
     ]
 
@@ -101,7 +118,8 @@ struct OutboxBench: AsyncParsableCommand {
             throw ValidationError("unknown scenario \(s); scenarios: \(Self.all.joined(separator: ", "))")
         }
         for (name, value) in [("--writers", writers), ("--rate", rate ?? 1), ("--sustained-seconds", sustainedSeconds), ("--report-every", reportEvery ?? 1),
-                              ("--step-seconds", stepSeconds), ("--outage-seconds", outageSeconds), ("--large-events", largeEvents), ("--large-bytes", largeBytes)]
+                              ("--step-seconds", stepSeconds), ("--outage-seconds", outageSeconds), ("--large-events", largeEvents), ("--large-bytes", largeBytes),
+                              ("--writer-seconds", writerSeconds), ("--writer-rounds", writerRounds), ("--writer-clients", writerClients.count)]
         where value < 1 {
             throw ValidationError("\(name) must be at least 1")
         }
@@ -125,6 +143,7 @@ struct OutboxBench: AsyncParsableCommand {
             case "idle": figures = try await bench.idle()
             case "memory": figures = try await bench.memory(events: memoryEvents, keys: keys)
             case "writer-overhead": figures = try await bench.writerOverhead(transactions: writerTransactions)
+            case "writer-throughput": figures = try await bench.writerThroughput(seconds: writerSeconds, rounds: writerRounds, clients: writerClients)
             case "latency": figures = try await bench.latency()
             case "sustained" where findMax: figures = try await bench.sustainedMaxRate(writers: writers, stepSeconds: stepSeconds)
             case "sustained":
