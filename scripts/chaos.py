@@ -9,8 +9,9 @@ runs this file with the project's venv. What one run does:
  2. Starts two `outbox-relay` processes and one `outbox-reconciler` daemon on a generated config
     (relay.batch_bytes 16 MiB, so that the relays' memory has a small bound to be held to).
  3. Writers commit continuously over --keys keys (default 2,000). Each transaction inserts an
-    extraction row with text, enqueues a `qdrant.upsert` with `source` for it, and one `redis.xadd`
-    (sometimes three) carrying the key and a per-key sequence number; the same transaction
+    extraction row with text, enqueues a `qdrant.upsert` with `source` for it, and for one key (or,
+    in half of them, two to four keys in random order) one `redis.xadd` (sometimes three)
+    carrying the key and a per-key sequence number; the same transaction
     records (key, seq, row) in the table chaos_ledger, so the ledger holds exactly what committed.
     Beside them a large-payload writer commits --large-rate transactions a second (default 3), each
     a `redis.set` (sometimes two) of a 1–4 MiB value to one of --large-keys keys of its own; the
@@ -457,10 +458,15 @@ class Writer(threading.Thread):
                 time.sleep(min(next_at - now, 0.05))
                 continue
             next_at = max(next_at + self.interval, now - 1.0)  # no burst after an outage
-            key = self.rng.choice(self.keys)
-            count = 3 if self.rng.random() < 0.1 else 1
-            seqs = [self.seq[key] + i + 1 for i in range(count)]
-            self.seq[key] += count  # a failed transaction leaves a gap; the ledger says what committed
+            # One key, or two to four in random order (writers' slot locks and the relays' claim
+            # horizon under load: schema/013); each key's xadds in its seq order.
+            keys = self.rng.sample(self.keys, self.rng.choice((1, 1, 1, 2, 3, 4)))
+            key = keys[0]  # the row's source
+            events = []
+            for k in keys:
+                for _ in range(3 if self.rng.random() < 0.1 else 1):
+                    self.seq[k] += 1  # a failed transaction leaves a gap; the ledger says what committed
+                    events.append((k, self.seq[k]))
             row = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
             text = " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randint(3, 12)))
             try:
@@ -472,11 +478,11 @@ class Writer(threading.Thread):
                     conn.execute("SELECT outbox.enqueue('qdrant', 'upsert', %s, %s)", (row, Jsonb({
                         "collection": COLLECTION, "id": row, "text": text, "payload": {"key": key},
                         "source": {"table": "extractions", "id": row}})))
-                    for s in seqs:
-                        conn.execute("SELECT outbox.enqueue('redis', 'xadd', %s, %s)", (key, Jsonb({
-                            "stream": STREAM, "fields": {"key": key, "seq": str(s), "row": row}})))
-                    conn.execute("INSERT INTO chaos_ledger (key, seq, row_id) SELECT %s, s, %s FROM unnest(%s::int[]) s",
-                                 (key, row, seqs))
+                    for k, s in events:
+                        conn.execute("SELECT outbox.enqueue('redis', 'xadd', %s, %s)", (k, Jsonb({
+                            "stream": STREAM, "fields": {"key": k, "seq": str(s), "row": row}})))
+                    conn.execute("INSERT INTO chaos_ledger (key, seq, row_id) SELECT k, s, %s FROM unnest(%s::text[], %s::int[]) AS t(k, s)",
+                                 (row, [k for k, _ in events], [s for _, s in events]))
                 with self.stats.lock:
                     self.stats.transactions += 1
             except psycopg.Error as e:
