@@ -435,21 +435,25 @@ class WriterStats:
     transactions: int = 0
     errors: int = 0
     error_kinds: collections.Counter = field(default_factory=collections.Counter)
-    events: int = 0        # the large-payload writer's: redis.set events and value bytes committed
+    events: int = 0        # events and large values' bytes committed
     bytes: int = 0
 
 
-class Writer(threading.Thread):
-    def __init__(self, index: int, keys: list[str], dsn: str, rate: float, seed: int,
-                 stop: threading.Event, stats: WriterStats):
-        super().__init__(name=f"writer-{index}", daemon=True)
-        self.keys, self.dsn, self.interval, self.stop_event, self.stats = keys, dsn, 1.0 / rate, stop, stats
-        self.rng = random.Random(seed * 1009 + index)
-        self.seq = dict.fromkeys(keys, 0)
+class PacedWriter(threading.Thread):
+    """Commits `rate` transactions a second on one connection, paced by absolute time (no burst
+    after an outage), reconnecting after an error (a fault hit it). Subclasses make each
+    transaction: `prepare` returns its statements as a function of the connection, and the events
+    and value bytes it commits."""
+
+    def __init__(self, name: str, dsn: str, rate: float, stop: threading.Event, stats: WriterStats):
+        super().__init__(name=name, daemon=True)
+        self.dsn, self.interval, self.stop_event, self.stats = dsn, 1.0 / rate, stop, stats
+
+    def prepare(self):
+        raise NotImplementedError
 
     def run(self) -> None:
         import psycopg
-        from psycopg.types.json import Jsonb
         conn = None
         next_at = time.monotonic()
         while not self.stop_event.is_set():
@@ -457,34 +461,17 @@ class Writer(threading.Thread):
             if now < next_at:
                 time.sleep(min(next_at - now, 0.05))
                 continue
-            next_at = max(next_at + self.interval, now - 1.0)  # no burst after an outage
-            # One key, or two to four in random order (writers' slot locks and the relays' claim
-            # horizon under load: schema/013); each key's xadds in its seq order.
-            keys = self.rng.sample(self.keys, self.rng.choice((1, 1, 1, 2, 3, 4)))
-            key = keys[0]  # the row's source
-            events = []
-            for k in keys:
-                for _ in range(3 if self.rng.random() < 0.1 else 1):
-                    self.seq[k] += 1  # a failed transaction leaves a gap; the ledger says what committed
-                    events.append((k, self.seq[k]))
-            row = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
-            text = " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randint(3, 12)))
+            next_at = max(next_at + self.interval, now - 1.0)
+            body, events, nbytes = self.prepare()
             try:
                 if conn is None:
                     conn = psycopg.connect(self.dsn, autocommit=True)
                 with conn.transaction():
-                    conn.execute("INSERT INTO public.extractions (id, source_id, content) VALUES (%s, %s, %s)",
-                                 (row, key, text))
-                    conn.execute("SELECT outbox.enqueue('qdrant', 'upsert', %s, %s)", (row, Jsonb({
-                        "collection": COLLECTION, "id": row, "text": text, "payload": {"key": key},
-                        "source": {"table": "extractions", "id": row}})))
-                    for k, s in events:
-                        conn.execute("SELECT outbox.enqueue('redis', 'xadd', %s, %s)", (k, Jsonb({
-                            "stream": STREAM, "fields": {"key": k, "seq": str(s), "row": row}})))
-                    conn.execute("INSERT INTO chaos_ledger (key, seq, row_id) SELECT k, s, %s FROM unnest(%s::text[], %s::int[]) AS t(k, s)",
-                                 (row, [k for k, _ in events], [s for _, s in events]))
+                    body(conn)
                 with self.stats.lock:
                     self.stats.transactions += 1
+                    self.stats.events += events
+                    self.stats.bytes += nbytes
             except psycopg.Error as e:
                 with self.stats.lock:
                     self.stats.errors += 1
@@ -498,6 +485,44 @@ class Writer(threading.Thread):
                 time.sleep(0.2)
         if conn is not None:
             conn.close()
+
+
+class Writer(PacedWriter):
+    """Each transaction: an extraction row with its qdrant.upsert, and redis.xadds carrying a key
+    and its per-key seq, recorded in chaos_ledger in the same transaction."""
+
+    def __init__(self, index: int, keys: list[str], dsn: str, rate: float, seed: int,
+                 stop: threading.Event, stats: WriterStats):
+        super().__init__(f"writer-{index}", dsn, rate, stop, stats)
+        self.keys = keys
+        self.rng = random.Random(seed * 1009 + index)
+        self.seq = dict.fromkeys(keys, 0)
+
+    def prepare(self):
+        from psycopg.types.json import Jsonb
+        # One key, or two to four in random order (writers' slot locks and the relays' claim
+        # horizon under load: schema/013); each key's xadds in its seq order.
+        keys = self.rng.sample(self.keys, self.rng.choice((1, 1, 1, 2, 3, 4)))
+        key = keys[0]  # the row's source
+        events = []
+        for k in keys:
+            for _ in range(3 if self.rng.random() < 0.1 else 1):
+                self.seq[k] += 1  # a failed transaction leaves a gap; the ledger says what committed
+                events.append((k, self.seq[k]))
+        row = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        text = " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randint(3, 12)))
+
+        def body(conn) -> None:
+            conn.execute("INSERT INTO public.extractions (id, source_id, content) VALUES (%s, %s, %s)", (row, key, text))
+            conn.execute("SELECT outbox.enqueue('qdrant', 'upsert', %s, %s)", (row, Jsonb({
+                "collection": COLLECTION, "id": row, "text": text, "payload": {"key": key},
+                "source": {"table": "extractions", "id": row}})))
+            for k, s in events:
+                conn.execute("SELECT outbox.enqueue('redis', 'xadd', %s, %s)", (k, Jsonb({
+                    "stream": STREAM, "fields": {"key": k, "seq": str(s), "row": row}})))
+            conn.execute("INSERT INTO chaos_ledger (key, seq, row_id) SELECT k, s, %s FROM unnest(%s::text[], %s::int[]) AS t(k, s)",
+                         (row, [k for k, _ in events], [s for _, s in events]))
+        return body, len(events) + 1, 0
 
 
 def large_value(seed: int, key: str, seq: int, sizes: tuple[int, int]) -> bytes:
@@ -525,61 +550,33 @@ def digest(value: bytes) -> str:
     return hashlib.sha256(value).hexdigest()
 
 
-class LargeWriter(threading.Thread):
+class LargeWriter(PacedWriter):
     """Commits `rate` transactions a second, each one `redis.set` (two of the same key 10 % of
     the time) of a large value to a key of its own, and records (key, seq, length, sha256) of each
     in chaos_large_ledger in the same transaction: the ledger holds exactly what committed."""
 
     def __init__(self, keys: list[str], dsn: str, rate: float, seed: int, sizes: tuple[int, int],
                  stop: threading.Event, stats: WriterStats):
-        super().__init__(name="large-writer", daemon=True)
-        self.keys, self.dsn, self.interval, self.stop_event, self.stats = keys, dsn, 1.0 / rate, stop, stats
-        self.seed, self.sizes = seed, sizes
+        super().__init__("large-writer", dsn, rate, stop, stats)
+        self.keys, self.seed, self.sizes = keys, seed, sizes
         self.rng = random.Random(seed * 1009 + 999)
         self.seq = dict.fromkeys(keys, 0)
 
-    def run(self) -> None:
-        import psycopg
+    def prepare(self):
         from psycopg.types.json import Jsonb
-        conn = None
-        next_at = time.monotonic()
-        while not self.stop_event.is_set():
-            now = time.monotonic()
-            if now < next_at:
-                time.sleep(min(next_at - now, 0.05))
-                continue
-            next_at = max(next_at + self.interval, now - 1.0)  # no burst after an outage
-            key = self.rng.choice(self.keys)
-            seqs = [self.seq[key] + i + 1 for i in range(2 if self.rng.random() < 0.1 else 1)]
-            self.seq[key] += len(seqs)  # a failed transaction leaves a gap; the ledger says what committed
-            values = [large_value(self.seed, key, s, self.sizes) for s in seqs]
-            try:
-                if conn is None:
-                    conn = psycopg.connect(self.dsn, autocommit=True)
-                with conn.transaction():
-                    for value in values:
-                        conn.execute("SELECT outbox.enqueue('redis', 'set', %s, %s)", (key, Jsonb({
-                            "key": LARGE_PREFIX + key, "value": value.decode("ascii")})))
-                    conn.execute("INSERT INTO chaos_large_ledger (key, seq, bytes, sha256) "
-                                 "SELECT %s, s, b, h FROM unnest(%s::int[], %s::int[], %s::text[]) AS t(s, b, h)",
-                                 (key, seqs, [len(v) for v in values], [digest(v) for v in values]))
-                with self.stats.lock:
-                    self.stats.transactions += 1
-                    self.stats.events += len(values)
-                    self.stats.bytes += sum(len(v) for v in values)
-            except psycopg.Error as e:
-                with self.stats.lock:
-                    self.stats.errors += 1
-                    self.stats.error_kinds[type(e).__name__] += 1
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except psycopg.Error:
-                        pass
-                    conn = None
-                time.sleep(0.2)
-        if conn is not None:
-            conn.close()
+        key = self.rng.choice(self.keys)
+        seqs = [self.seq[key] + i + 1 for i in range(2 if self.rng.random() < 0.1 else 1)]
+        self.seq[key] += len(seqs)  # a failed transaction leaves a gap; the ledger says what committed
+        values = [large_value(self.seed, key, s, self.sizes) for s in seqs]
+
+        def body(conn) -> None:
+            for value in values:
+                conn.execute("SELECT outbox.enqueue('redis', 'set', %s, %s)", (key, Jsonb({
+                    "key": LARGE_PREFIX + key, "value": value.decode("ascii")})))
+            conn.execute("INSERT INTO chaos_large_ledger (key, seq, bytes, sha256) "
+                         "SELECT %s, s, b, h FROM unnest(%s::int[], %s::int[], %s::text[]) AS t(s, b, h)",
+                         (key, seqs, [len(v) for v in values], [digest(v) for v in values]))
+        return body, len(values), sum(len(v) for v in values)
 
 
 # --------------------------------------------------------------------------------------------
