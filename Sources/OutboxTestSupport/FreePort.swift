@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A free TCP port on 127.0.0.1, below Linux' ephemeral range (32768–60999): a port the kernel
 /// picked (bind to port 0) could be handed out again, as the local port of one of the many
@@ -6,6 +7,10 @@ import Foundation
 public func freePort() throws -> Int {
     for _ in 0..<100 {
         let port = Int.random(in: 20_000..<32_000)
+        // A port handed out is free only until its user binds it: never hand it out twice in this
+        // process (two daemons of concurrent tests once got the same port, and one exited with
+        // "Address already in use").
+        guard handedOut.withLock({ $0.insert(port).inserted }) else { continue }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
@@ -19,3 +24,5 @@ public func freePort() throws -> Int {
     }
     throw HarnessError("no free TCP port found on 127.0.0.1")
 }
+
+private let handedOut = Mutex<Set<Int>>([])

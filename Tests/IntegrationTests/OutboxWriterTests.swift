@@ -285,42 +285,44 @@ import Testing
     /// events it enqueues. With every relay awake, writers commit without a notification, which
     /// Postgres would serialise.
     @Test func aTransactionWakesASleepingRelayOncePerDestinationAndAnAwakeOneNotAtAll() async throws {
-        let db = try await TestEnvironment.migratedConnection()
-        let listener = try await TestEnvironment.connect()
-        try await listener.listen("outbox_events")
-        _ = try await listener.waitForNotifications(timeout: .milliseconds(10))  // drop leftovers from other tests
-        let key = TestEnvironment.uniqueName("wake")
-        let writerPID = await db.backendPID()
-        func notifications() async throws -> [String] {
-            let events = (0..<50).map { OutboxEvent.redisSet(key: "k\($0)", value: "v", key: "\(key)-\($0)") }
-            try await db.transaction { tx in _ = try await OutboxWriter.enqueue(events, on: tx) }
-            var payloads: [String] = []
-            let deadline = ContinuousClock.now + .milliseconds(300)
-            while ContinuousClock.now < deadline {
-                payloads += try await listener.waitForNotifications(timeout: .milliseconds(100))
-                    .filter { $0.backendPID == writerPID }.map(\.payload)
+        // In its own database: advisory locks are per database, and other tests' writers in the
+        // shared one hold the wake lock shared in their transactions.
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let listener = try await PostgresConnection.connect(PostgresConfiguration(url: url), logger: TestEnvironment.logger)
+            try await listener.listen("outbox_events")
+            let key = TestEnvironment.uniqueName("wake")
+            let writerPID = await db.backendPID()
+            func notifications() async throws -> [String] {
+                let events = (0..<50).map { OutboxEvent.redisSet(key: "k\($0)", value: "v", key: "\(key)-\($0)") }
+                try await db.transaction { tx in _ = try await OutboxWriter.enqueue(events, on: tx) }
+                var payloads: [String] = []
+                let deadline = ContinuousClock.now + .milliseconds(300)
+                while ContinuousClock.now < deadline {
+                    payloads += try await listener.waitForNotifications(timeout: .milliseconds(100))
+                        .filter { $0.backendPID == writerPID }.map(\.payload)
+                }
+                return payloads
             }
-            return payloads
+            #expect(try await notifications() == [], "no relay sleeps")
+            // A writer that does not notify keeps relays from arming until it has committed, so the
+            // claim a relay makes after arming sees its event: no wake-up is lost.
+            func tryArm() async throws -> Bool {
+                try await listener.query("SELECT pg_try_advisory_lock(1869575286, 2) AS armed").first!.decode("armed", as: Bool.self)
+            }
+            try await db.transaction { tx in
+                _ = try await OutboxWriter.enqueue([.redisSet(key: "k", value: "v", key: "\(key)-silent")], on: tx)
+                #expect(try await tryArm() == false)
+            }
+            #expect(try await tryArm() == true)
+            try await listener.query("SELECT pg_advisory_unlock_all()")
+            try await listener.query("SELECT pg_advisory_lock(1869575286, 1)")  // a relay sleeps, for qdrant only
+            #expect(try await notifications() == [], "no relay sleeps for redis")
+            try await listener.query("SELECT pg_advisory_lock(1869575286, 2)")
+            #expect(try await notifications() == ["redis"])
+            try await listener.query("SELECT pg_advisory_unlock_all()")
+            #expect(try await notifications() == [], "the relay woke up")
+            await listener.close()
         }
-        #expect(try await notifications() == [], "no relay sleeps")
-        // A writer that does not notify keeps relays from arming until it has committed, so the
-        // claim a relay makes after arming sees its event: no wake-up is lost.
-        func tryArm() async throws -> Bool {
-            try await listener.query("SELECT pg_try_advisory_lock(1869575286, 2) AS armed").first!.decode("armed", as: Bool.self)
-        }
-        try await db.transaction { tx in
-            _ = try await OutboxWriter.enqueue([.redisSet(key: "k", value: "v", key: "\(key)-silent")], on: tx)
-            #expect(try await tryArm() == false)
-        }
-        #expect(try await tryArm() == true)
-        try await listener.query("SELECT pg_advisory_unlock_all()")
-        try await listener.query("SELECT pg_advisory_lock(1869575286, 1)")  // a relay sleeps, for qdrant only
-        #expect(try await notifications() == [], "no relay sleeps for redis")
-        try await listener.query("SELECT pg_advisory_lock(1869575286, 2)")
-        #expect(try await notifications() == ["redis"])
-        try await listener.query("SELECT pg_advisory_unlock_all()")
-        #expect(try await notifications() == [], "the relay woke up")
-        try await db.query("DELETE FROM outbox.events WHERE key LIKE $1", [.text(key + "-%")])
     }
 
     /// In its own database: a backfill holds all 1,024 slot locks of its destination until it
