@@ -101,10 +101,8 @@ extension Bench {
     /// the server's part costs with no Swift in the way. The domain row's id is made by the server
     /// and the event's payload is the same text each time, so this is a lower bound.
     private func libpqReference(_ url: String, transactions: Int) async throws -> [(String, String)] {
-        let candidates = ["/usr/lib/postgresql/15/bin/pgbench"]
-            + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { "\($0)/pgbench" }
-        guard let pgbench = candidates.first(where: FileManager.default.isExecutableFile(atPath:)), let parts = URLParts(url) else {
-            return [("libpq reference (pgbench)", "not run: pgbench not found (Debian package postgresql-15)")]
+        guard let pgbench = Pgbench.path, let parts = URLParts(url) else {
+            return [("libpq reference (pgbench)", Pgbench.notFound)]
         }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-pgbench-\(getpid())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -132,15 +130,7 @@ extension Bench {
                 process.currentDirectoryURL = directory
                 process.arguments = ["-n", "-M", "prepared", "-c", "1", "-t", String(transactions / rounds), "-f", file.path,
                                      "-D", "payload=\(payload)", "-l", "--log-prefix", "log\(v)-\(round)"]
-                // The connection goes by environment, so no password is on a command line.
-                var env = ProcessInfo.processInfo.environment
-                env["PGHOST"] = parts.host
-                env["PGPORT"] = String(parts.port ?? 5432)
-                env["PGUSER"] = parts.user ?? ""
-                env["PGPASSWORD"] = parts.password ?? ""
-                env["PGDATABASE"] = String(parts.path.dropFirst())
-                env["PGOPTIONS"] = "-c synchronous_commit=off"
-                process.environment = env
+                process.environment = Pgbench.environment(parts, options: "-c synchronous_commit=off")
                 let errors = directory.appendingPathComponent("stderr")
                 _ = FileManager.default.createFile(atPath: errors.path, contents: nil)
                 process.standardOutput = FileHandle.nullDevice

@@ -15,11 +15,7 @@ extension Bench {
     /// `--max-tries 1 --failures-detailed`: a deadlock or serialization failure is counted as a failed
     /// transaction (as the application would see it: an error), not retried and not an aborted run.
     func writerThroughput(seconds: Int, rounds: Int, clients: [Int]) async throws -> [(String, String)] {
-        let candidates = ["/usr/lib/postgresql/15/bin/pgbench"]
-            + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { "\($0)/pgbench" }
-        guard let pgbench = candidates.first(where: FileManager.default.isExecutableFile(atPath:)) else {
-            return [("writer throughput (pgbench)", "not run: pgbench not found (Debian package postgresql-15)")]
-        }
+        guard let pgbench = Pgbench.path else { return [("writer throughput (pgbench)", Pgbench.notFound)] }
         return try await withDatabase { url, db in
             guard let parts = URLParts(url) else { throw BenchError("cannot read the scratch database's URL") }
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-writer-throughput-\(getpid())")
@@ -30,14 +26,7 @@ extension Bench {
             for (t, transaction) in transactions.enumerated() {
                 try transaction.script.write(to: directory.appendingPathComponent("t\(t).sql"), atomically: true, encoding: .utf8)
             }
-            // The connection goes by environment, so no password is on a command line.
-            var environment = ProcessInfo.processInfo.environment
-            environment["PGHOST"] = parts.host
-            environment["PGPORT"] = String(parts.port ?? 5432)
-            environment["PGUSER"] = parts.user ?? ""
-            environment["PGPASSWORD"] = parts.password ?? ""
-            environment["PGDATABASE"] = String(parts.path.dropFirst())
-            environment["PGOPTIONS"] = "-c synchronous_commit=on"
+            var environment = Pgbench.environment(parts, options: "-c synchronous_commit=on")
             environment["PGAPPNAME"] = "outbox-bench writer-throughput"
 
             // What is measured: the schema this checkout migrated, and whether outbox.enqueue
