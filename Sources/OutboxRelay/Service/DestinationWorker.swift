@@ -170,8 +170,6 @@ final class DestinationWorker: Sendable {
         // Lane 0's side of the wake-up handshake (`WakeLock`): armed while it sleeps, so that
         // writers notify only then.
         var armed = false
-        /// Claims in a row that found nothing.
-        var emptyClaims = 0
         /// How long to wait before claiming again while a writer keeps the lane from arming.
         var armRetry = Self.linger
         while !stopping.isSet, !Task.isCancelled {
@@ -179,14 +177,11 @@ final class DestinationWorker: Sendable {
             await health.postgresOK(component)
             if result.claimed > 0 {
                 lastContact = .now
-                emptyClaims = 0
                 armRetry = Self.linger
                 if armed {
                     try await WakeLock.disarm(lane.db, destination)
                     armed = false
                 }
-            } else {
-                emptyClaims += 1
             }
             if result.full {
                 for (i, other) in wakeups.enumerated() where i != index { await other.signal() }
@@ -210,7 +205,7 @@ final class DestinationWorker: Sendable {
             if !armed {
                 // Under load the next event is a moment away: look once more before arming, which
                 // would make the writers of that moment notify.
-                if emptyClaims == 0 {
+                if result.claimed > 0 {
                     await wakeups[index].wait(until: .now + Self.linger)
                     continue
                 }
