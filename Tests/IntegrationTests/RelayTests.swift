@@ -155,9 +155,9 @@ import OutboxTestSupport
             #expect(try await db.count("outbox.dead_letters") == 0)
             let redis = try await TestEnvironment.redis()
             let entries = try await redis.command("XRANGE", stream, "-", "+").array ?? []
-            #expect(entries.count == committed, "\(entries.count) stream entries for \(committed) committed events")
             var last: [String: Int64] = [:]
             var outOfOrder = 0
+            var arrived = Set<Int64>()
             for entry in entries {
                 let fields = entry.array?[1].array?.compactMap(\.string) ?? []
                 var map: [String: String] = [:]
@@ -165,7 +165,10 @@ import OutboxTestSupport
                 let key = map["k"] ?? "", id = Int64(map["outbox_id"] ?? "") ?? 0
                 if id <= last[key] ?? 0 { outOfOrder += 1 }
                 last[key] = id
+                arrived.insert(id)
             }
+            let missing = (1...Int64(committed)).filter { !arrived.contains($0) }
+            #expect(entries.count == committed, "\(entries.count) stream entries for \(committed) committed events; missing ids: \(missing.prefix(20))")
             #expect(outOfOrder == 0, "\(outOfOrder) entries out of their key's id order")
             try await redis.command("DEL", stream)
         }
