@@ -6,10 +6,13 @@ import OutboxCore
 /// Process-level helpers shared by both executables.
 public enum CommandSupport {
     /// Sets up logging to stderr once per process. Level from `OUTBOX_LOG_LEVEL` (default info; any
-    /// case); an unknown level exits 2 naming the variable rather than silently meaning info.
+    /// case), format from `OUTBOX_LOG_FORMAT` (`text`, the default, or `json`: one object per
+    /// line); an unknown value exits 2 naming the variable rather than silently meaning the default.
+    /// A line logged inside a span carries its `trace_id` and `span_id`.
     public static func bootstrapLogging(label: String) -> Logger {
+        let environment = ProcessInfo.processInfo.environment
         var level = Logger.Level.info
-        if let text = ProcessInfo.processInfo.environment["OUTBOX_LOG_LEVEL"], !text.isEmpty {
+        if let text = environment["OUTBOX_LOG_LEVEL"], !text.isEmpty {
             guard let parsed = Logger.Level(rawValue: text.lowercased()) else {
                 fail(
                     "config: OUTBOX_LOG_LEVEL: unknown level \"\(text)\"; one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))",
@@ -17,11 +20,19 @@ public enum CommandSupport {
             }
             level = parsed
         }
-        LoggingSystem.bootstrap { name in
-            var handler = StreamLogHandler.standardError(label: name)
-            handler.logLevel = level
-            return handler
+        let json: Bool
+        switch environment["OUTBOX_LOG_FORMAT"]?.lowercased() {
+        case nil, "", "text": json = false
+        case "json": json = true
+        case let other?: fail("config: OUTBOX_LOG_FORMAT: unknown format \"\(other)\"; one of text, json", exitCode: 2)
         }
+        LoggingSystem.bootstrap(
+            { name, provider in
+                var handler: any LogHandler =
+                    json ? JSONLogHandler(label: name, metadataProvider: provider) : StreamLogHandler.standardError(label: name, metadataProvider: provider)
+                handler.logLevel = level
+                return handler
+            }, metadataProvider: TraceExport.logMetadata)
         return Logger(label: label)
     }
 

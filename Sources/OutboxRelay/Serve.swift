@@ -4,6 +4,8 @@ import Logging
 import OutboxCLI
 import OutboxCore
 import ServiceLifecycle
+import Tracing
+import Instrumentation
 import UnixSignals
 
 extension OutboxRelayCommand {
@@ -24,13 +26,21 @@ extension OutboxRelayCommand {
             CommandSupport.ensureCanListen(host: config.relay.httpHost, port: config.relay.httpPort, keyPrefix: "relay.http")
             let health = RelayHealth()
             let metrics = RelayMetrics()
-            let relay = RelayService(configuration: config, health: health, metrics: metrics, logger: logger)
+            let tracing: (any Service)?
+            do {
+                tracing = try TraceExport.bootstrap(config.tracing, serviceName: "outbox-relay", logger: logger, metrics: metrics.metricsFactory)
+            } catch {
+                CommandSupport.fail("config: tracing: \(error)", exitCode: 2)
+            }
+            let relay = RelayService(
+                configuration: config, health: health, metrics: metrics, logger: logger, tracer: tracing.map { _ in InstrumentationSystem.tracer })
             let status = RelayStatusProvider(configuration: config, health: health, metrics: metrics, logger: logger)
             let server = HealthServer.service(
                 host: config.relay.httpHost, port: config.relay.httpPort, handlers: status.handlers, logger: logger)
+            // Stopped in reverse order: span export last (it flushes the relay's last spans), the
+            // health server before it (it keeps answering while the relay drains).
             var groupConfiguration = ServiceGroupConfiguration(
-                services: [
-                    // Stopped last: it keeps answering while the relay drains.
+                services: (tracing.map { [.init(service: $0)] } ?? []) + [
                     .init(service: server),
                     .init(service: relay, successTerminationBehavior: .gracefullyShutdownGroup,
                           failureTerminationBehavior: .gracefullyShutdownGroup),

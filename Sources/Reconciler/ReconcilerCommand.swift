@@ -41,11 +41,18 @@ extension ReconcilerCommand {
             let config = await CommandSupport.loadConfiguration(path: options.config)
             CommandSupport.ensureCanListen(host: config.reconciler.httpHost, port: config.reconciler.httpPort, keyPrefix: "reconciler.http")
             let reconciler = ReconcilerService(configuration: config, logger: logger)
+            let tracing: (any Service)?
+            do {
+                tracing = try TraceExport.bootstrap(config.tracing, serviceName: "outbox-reconciler", logger: logger, metrics: reconciler.metricsFactory)
+            } catch {
+                CommandSupport.fail("config: tracing: \(error)", exitCode: 2)
+            }
             let server = HealthServer.service(
                 host: config.reconciler.httpHost, port: config.reconciler.httpPort, handlers: reconciler.handlers, logger: logger)
+            // Stopped in reverse order: span export last, so it flushes the last scan's span.
             let group = ServiceGroup(
                 configuration: ServiceGroupConfiguration(
-                    services: [.init(service: server), .init(service: reconciler)],
+                    services: (tracing.map { [.init(service: $0)] } ?? []) + [.init(service: server), .init(service: reconciler)],
                     gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             do {
                 try await group.run()

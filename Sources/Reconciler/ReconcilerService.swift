@@ -5,6 +5,7 @@ import Logging
 import Metrics
 import Prometheus
 import ServiceLifecycle
+import Tracing
 
 /// `outbox-reconciler serve`: a scan every `reconciler.interval`, repairs (unless
 /// `reconciler.repair: false`), alerts on change, metrics and health endpoints.
@@ -26,6 +27,9 @@ public actor ReconcilerService: Service {
         self.factory = PrometheusMetricsFactory(registry: registry)
         BuildInfo.register(in: factory)
     }
+
+    /// For metrics made outside this type (span export's).
+    public nonisolated var metricsFactory: any MetricsFactory { factory }
 
     /// Scans until SIGTERM/SIGINT: graceful shutdown cancels the loop, which ends the sleep at
     /// once and a scan at its next statement (repairs are enqueued in transactions, so a cancelled
@@ -54,8 +58,14 @@ public actor ReconcilerService: Service {
                 postgres.applicationName = "outbox-reconciler"
                 db = try await PostgresConnection.connect(postgres, logger: logger)
             }
-            let report = try await Reconciler(configuration: configuration, settings: configuration.reconciler, logger: logger)
-                .run(db!, options: options)
+            // A span per scan (with span export on): its Qdrant requests carry its traceparent.
+            let report = try await withSpan("reconciler scan") { span in
+                let report = try await Reconciler(configuration: configuration, settings: configuration.reconciler, logger: logger)
+                    .run(db!, options: options)
+                span.attributes["reconciler.rows_scanned"] = report.rowsScanned
+                span.attributes["reconciler.consistent"] = report.isConsistent
+                return report
+            }
             lastReport = report
             lastError = nil
             lastScanAt = Date()

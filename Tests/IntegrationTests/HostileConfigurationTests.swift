@@ -19,7 +19,7 @@ extension HostileInput {
                 (base.replacingOccurrences(of: "  batch_size: 500", with: "  batch_sise: 500"),
                  "config: relay.batch_sise: unknown key; did you mean relay.batch_size?"),
                 (base + "\nkafka:\n  brokers: localhost:9092\n",
-                 "config: kafka: unknown key (known here: embedding, postgres, qdrant, reconciler, redis, relay, schema, tables)"),
+                 "config: kafka: unknown key (known here: embedding, postgres, qdrant, reconciler, redis, relay, schema, tables, tracing)"),
                 (base.replacingOccurrences(of: "    text_column: content", with: "    text_colum: content"),
                  "config: tables.extractions.text_colum: unknown key; did you mean tables.extractions.text_column?"),
                 (base.replacingOccurrences(of: "{size: 384, distance: Cosine}", with: "{size: 384, distance: Cosine, on_disk: true}"),

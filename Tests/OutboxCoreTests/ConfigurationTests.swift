@@ -84,6 +84,29 @@ import Testing
         #expect(config.redis.commandTimeout == .seconds(3))
     }
 
+    /// `tracing.*`: off until an endpoint is set; the trace field of stream entries on by default,
+    /// an empty value turns a field off; a wrong value names its key and what it accepts.
+    @Test func tracingSettingsAndTheirErrors() async throws {
+        let defaults = try await load("{}").tracing
+        #expect(defaults.endpoint == nil && defaults.tracesURL == nil)
+        #expect(defaults.streamField == "traceparent" && defaults.pointPayloadKey == nil)
+        #expect(defaults.sampler == .parentBasedAlwaysOn)
+        let set = try await load(
+            "tracing: {endpoint: 'http://collector:4318/', sampler: TraceIDRatio, sampler_ratio: 0.25, stream_field: '', point_payload_key: trace}\n",
+            environment: ["OUTBOX_TRACING_SERVICE_NAME": "relay-eu"]).tracing
+        #expect(set.tracesURL == "http://collector:4318/v1/traces")
+        #expect(set.sampler == .traceIDRatio && set.samplerRatio == 0.25)
+        #expect(set.streamField == nil && set.pointPayloadKey == "trace")
+        #expect(set.serviceName == "relay-eu")
+        let sampler = await problem("tracing: {sampler: sometimes}\n")
+        #expect(sampler?.key == "tracing.sampler")
+        #expect(sampler?.problem.contains("one of always_on, always_off, traceidratio, parentbased_always_on") == true)
+        #expect(await problem("tracing: {sampler_ratio: 2}\n")?.key == "tracing.sampler_ratio")
+        #expect(await problem("tracing: {endpoint: 'collector:4318'}\n")?.key == "tracing.endpoint")
+        #expect(await problem("tracing: {queue_size: 0}\n")?.key == "tracing.queue_size")
+        #expect(await problem("tracing: {export_interval: never}\n")?.key == "tracing.export_interval")
+    }
+
     @Test func negativeDurationNamesTheKey() async {
         let error = await problem("postgres:\n  connect_timeout: -5s\n")
         #expect(error?.key == "postgres.connect_timeout")
@@ -127,7 +150,7 @@ import Testing
         // The right name in the wrong section.
         ("relay:\n  dedupe_ttl: 1d\n", "relay.dedupe_ttl", "unknown key; did you mean redis.dedupe_ttl?"),
         ("kafka:\n  brokers: localhost\n", "kafka",
-         "unknown key (known here: embedding, postgres, qdrant, reconciler, redis, relay, schema, tables)"),
+         "unknown key (known here: embedding, postgres, qdrant, reconciler, redis, relay, schema, tables, tracing)"),
         ("tables:\n  extractions:\n    table: public.extractions\n    embeding_column: e\n", "tables.extractions.embeding_column",
          "unknown key; did you mean tables.extractions.embedding_column?"),
         ("tables:\n  docs:\n    owner: me\n", "tables.docs.owner",
@@ -194,7 +217,7 @@ import Testing
     }.sorted()
 
     @Test func everyDurationKeyIsCovered() {
-        #expect(Self.durationKeys.count == 16, "\(Self.durationKeys)")
+        #expect(Self.durationKeys.count == 18, "\(Self.durationKeys)")
     }
 
     @Test(arguments: durationKeys)

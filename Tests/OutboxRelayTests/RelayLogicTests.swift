@@ -331,8 +331,49 @@ import Testing
 
 /// `RedisDeliverer.buildCommand` without a connection, as text.
 struct RedisDelivererCommands {
-    func command(for event: ClaimedEvent) -> Result<[String], RedisDeliverer.PayloadProblem> {
-        RedisDeliverer.buildCommand(for: event).map(\.strings)
+    func command(for event: ClaimedEvent, trace: (field: String, value: String)? = nil) -> Result<[String], RedisDeliverer.PayloadProblem> {
+        RedisDeliverer.buildCommand(for: event, trace: trace).map(\.strings)
+    }
+}
+
+/// What a traced event carries to its destination (DESIGN, "Tracing"), without a tracer.
+@Suite struct TraceContextTests {
+    let traceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    func event(_ id: Int64, _ traceParent: String?, _ operation: String = "xadd", _ payload: JSONValue = ["stream": "s", "fields": ["a": "b"]])
+        -> ClaimedEvent
+    {
+        ClaimedEvent(
+            id: id, destination: .redis, operation: operation, key: "k", payload: payload, createdAt: Date(), attempts: 0,
+            traceParent: traceParent)
+    }
+
+    /// With span export off, the writer's valid traceparent is passed on as it is; an invalid one
+    /// is reported and passed on nowhere; an event without one carries none.
+    @Test func withoutATracerTheWritersContextIsCarriedAndAnInvalidOneReported() {
+        var invalid: [Int64] = []
+        let upper = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01"
+        let traces = DeliveryTraces(
+            [event(1, traceParent), event(2, "00-zz"), event(3, nil), event(4, upper), event(5, "01-\(traceParent.dropFirst(3))-extra")],
+            destination: .redis, tracer: nil) { invalid.append($0.id) }
+        #expect(traces.carried(1) == traceParent)
+        #expect(traces.carried(2) == nil && traces.carried(3) == nil)
+        // Upper-case hex is not valid (W3C: lower-case only), nor is a version the relay does not know.
+        #expect(invalid == [2, 4, 5])
+        #expect(traces.spans.isEmpty)
+        #expect(traces.request("redis pipeline", carrying: [event(1, traceParent)]) == nil)
+    }
+
+    /// The stream entry gets the trace field after the event's own fields, unless it has one.
+    @Test func anXAddCarriesTheTraceFieldUnlessItsFieldsHaveOne() throws {
+        let redis = RedisDelivererCommands()
+        let traced = try redis.command(for: event(7, traceParent), trace: ("traceparent", traceParent)).get()
+        #expect(traced == ["k", "k", "7", "9", "XADD", "s", "*", "a", "b", "outbox_id", "7", "traceparent", traceParent])
+        let own = event(8, traceParent, "xadd", ["stream": "s", "fields": ["traceparent": "mine"]])
+        #expect(try redis.command(for: own, trace: ("traceparent", traceParent)).get().filter { $0 == "traceparent" }.count == 1)
+        // Other operations are not altered.
+        let publish = try redis.command(for: event(9, traceParent, "publish", ["channel": "c", "message": "m"]), trace: ("traceparent", traceParent)).get()
+        #expect(publish == ["k", "k", "9", "3", "PUBLISH", "c", "m"])
     }
 }
 

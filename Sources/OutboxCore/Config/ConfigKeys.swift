@@ -30,6 +30,8 @@ enum ConfigKeys {
         "reconciler.alert_webhook_url", "reconciler.alert_webhook_timeout", "reconciler.alert_redis_channel",
         "embedding.provider", "embedding.dimensions", "embedding.base_url", "embedding.model", "embedding.api_key",
         "embedding.api_key_file", "embedding.batch_size", "embedding.timeout",
+        "tracing.endpoint", "tracing.sampler", "tracing.sampler_ratio", "tracing.service_name", "tracing.stream_field",
+        "tracing.point_payload_key", "tracing.queue_size", "tracing.export_interval", "tracing.export_timeout",
     ]
 
     /// Sections whose entries are user-chosen names, each a map of these fields.

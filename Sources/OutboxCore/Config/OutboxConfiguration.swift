@@ -74,6 +74,7 @@ public struct OutboxConfiguration: Sendable {
     public var relay: RelaySettings
     public var reconciler: ReconcilerSettings
     public var embedding: EmbeddingSettings
+    public var tracing: TracingSettings
     /// Domain tables that upserts' `source.table` may name, by that name. Default: `extractions`.
     public var tables: [String: TableMapping]
     /// Collections the relay creates when missing.
@@ -161,6 +162,7 @@ public struct OutboxConfiguration: Sendable {
         relay = try RelaySettings(c)
         reconciler = try ReconcilerSettings(c)
         embedding = try EmbeddingSettings(c)
+        tracing = try TracingSettings(c)
         // A mapped table's repairs send its text to be embedded into its collection: a collection
         // configured with another size would refuse every one of them.
         for mapping in tables.values.sorted(by: { $0.name < $1.name }) {

@@ -109,8 +109,11 @@ public actor HTTPConnection {
     }
 
     /// Performs `request`. Returns any HTTP status as a response; throws ``HTTPTransportError``
-    /// when no response arrived, or `CancellationError`.
+    /// when no response arrived, or `CancellationError`. Inside a span (the task's
+    /// `ServiceContext`), the request carries its `traceparent`.
     public func perform(_ request: HTTPRequest) async throws -> HTTPResponse {
+        var request = request
+        TraceHeaders.injectCurrent(into: &request.headers)
         let hook = CancellationHook()
         return try await withTaskCancellationHandler {
             try self.performBlocking(request, hook: hook)

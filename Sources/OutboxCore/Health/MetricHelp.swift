@@ -15,6 +15,8 @@ public enum MetricHelp {
         "outbox_relay_claims_total": "Claims by destination and whether they found events (result=events) or nothing (result=empty).",
         "outbox_relay_ready": "1 when /readyz answers 200, else 0.",
         "outbox_destination_failing_seconds": "Seconds since the destination began failing (nothing delivered while deliveries or idle probes fail); 0 while it works.",
+        "outbox_trace_context_invalid_total": "Events whose traceparent header is not a valid W3C trace context (ignored for tracing; the event is delivered as usual), by destination.",
+        "outbox_tracing_spans_dropped_total": "Spans not exported: the export queue was full (reason=queue_full) or the collector failed or timed out (reason=export_failed).",
         "reconciler_findings": "Rows or points found by the last scan, by table and category.",
         "reconciler_repairs_total": "Repairs enqueued, by table and category.",
         "reconciler_alerts_total": "Alerts raised, by category and state (firing, resolved).",

@@ -47,6 +47,24 @@ public struct QdrantClient: Sendable {
             }
         }
 
+        /// A short name for spans and logs: `upsert points`, `get collection`, …
+        public var operationName: String {
+            switch self {
+            case .listCollections: "list collections"
+            case .collectionExists: "collection exists"
+            case .getCollection: "get collection"
+            case .createCollection: "create collection"
+            case .deleteCollection: "delete collection"
+            case .upsertPoints: "upsert points"
+            case .deletePoints: "delete points"
+            case .setPayload: "set payload"
+            case .retrievePoints: "retrieve points"
+            case .scrollPoints: "scroll points"
+            case .countPoints: "count points"
+            case .queryPoints: "query points"
+            }
+        }
+
         public var path: String {
             let write = "?wait=true&ordering=strong"
             return switch self {

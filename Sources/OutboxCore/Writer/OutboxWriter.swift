@@ -1,4 +1,5 @@
 import Foundation
+import ServiceContextModule
 
 /// One outbox event: what a writer enqueues next to its domain write.
 ///
@@ -165,7 +166,12 @@ public enum OutboxWriter {
     ) async throws -> (results: [PostgresResult], eventIDs: [Int64]) {
         // The enqueue call is prepared once per session: parsing and planning it cost more
         // server time than the rest of the call (docs/PERFORMANCE.md, writer-overhead).
+        // Inside a span, each event carries its trace (docs/WRITERS.md, "Tracing"): the relay
+        // continues it.
+        let context = ServiceContext.current
         let enqueues = try events.map { event in
+            var event = event
+            event.headers = TraceHeaders.injecting(context, into: event.headers)
             let statement = try event.enqueueStatement
             return PostgresStatement(statement.sql, statement.parameters, prepared: true)
         }

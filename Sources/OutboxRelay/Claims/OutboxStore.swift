@@ -74,12 +74,13 @@ enum OutboxStore {
             FROM (SELECT (SELECT id FROM outbox.events WHERE destination = $1 AND id > $3\(notHeld.window)
                           ORDER BY id OFFSET $4 - 1 LIMIT 1) AS window_end OFFSET 0) w
             LEFT JOIN LATERAL (
-              SELECT c.id, c.operation, c.key, c.payload_bytes, c.created_at, c.attempts, c.requeued,
+              SELECT c.id, c.operation, c.key, c.payload_bytes, c.created_at, c.attempts, c.requeued, c.traceparent, c.tracestate,
                      CASE WHEN c.running_bytes <= $5 OR c.running_bytes = c.payload_bytes THEN c.payload::text END AS payload
               FROM (
                 SELECT l.*, sum(l.payload_bytes) OVER (ORDER BY l.id) AS running_bytes
                 FROM (
-                  SELECT e.id, e.operation, e.key, e.payload, e.payload_bytes, e.created_at, e.attempts, e.requeued_at IS NOT NULL AS requeued
+                  SELECT e.id, e.operation, e.key, e.payload, e.payload_bytes, e.created_at, e.attempts, e.requeued_at IS NOT NULL AS requeued,
+                         e.headers->>'traceparent' AS traceparent, e.headers->>'tracestate' AS tracestate
                   FROM outbox.events e
                   WHERE e.destination = $1 AND e.id > $3 AND e.id <= coalesce(w.window_end, 9223372036854775807)
                     AND e.available_at <= now()\(notHeld.candidate)\(settled)
@@ -114,11 +115,12 @@ enum OutboxStore {
             let settled = horizon.map { Self.settled($0, column: "x", key: "h.key", parameters: &parameters) } ?? ""
             let followers = try await tx.query(
                 """
-                SELECT f.id, f.operation, f.key, f.payload_bytes, f.created_at, f.attempts, f.requeued,
+                SELECT f.id, f.operation, f.key, f.payload_bytes, f.created_at, f.attempts, f.requeued, f.traceparent, f.tracestate,
                        CASE WHEN f.running_bytes <= $5 THEN f.payload::text END AS payload
                 FROM (
                   SELECT x.id, x.operation, x.key, x.payload, x.payload_bytes, x.created_at, x.requeued_at IS NOT NULL AS requeued,
-                         x.attempts, sum(x.payload_bytes) OVER (ORDER BY x.id) AS running_bytes
+                         x.attempts, x.headers->>'traceparent' AS traceparent, x.headers->>'tracestate' AS tracestate,
+                         sum(x.payload_bytes) OVER (ORDER BY x.id) AS running_bytes
                   FROM unnest($2::text[], $3::bigint[]) AS h(key, head_id)
                   CROSS JOIN LATERAL (
                     SELECT * FROM outbox.events x
@@ -171,12 +173,13 @@ enum OutboxStore {
     /// Where a claim's columns are in its result, looked up once rather than per row and column
     /// (string hashing was ~5 % of the relay's time in drain-redis).
     private struct Columns {
-        let id, operation, key, payload, payloadBytes, createdAt, attempts, requeued: Int
+        let id, operation, key, payload, payloadBytes, createdAt, attempts, requeued, traceParent, traceState: Int
 
         init(_ result: PostgresResult) throws {
             (id, operation, key, payload) = (try result.index(of: "id"), try result.index(of: "operation"), try result.index(of: "key"), try result.index(of: "payload"))
             payloadBytes = try result.index(of: "payload_bytes")
             (createdAt, attempts, requeued) = (try result.index(of: "created_at"), try result.index(of: "attempts"), try result.index(of: "requeued"))
+            (traceParent, traceState) = (try result.index(of: "traceparent"), try result.index(of: "tracestate"))
         }
     }
 
@@ -193,7 +196,8 @@ enum OutboxStore {
         return ClaimedEvent(
             id: try row.decode(at: columns.id), destination: destination, operation: try row.decode(at: columns.operation),
             key: try row.decode(at: columns.key), payload: payload, createdAt: try row.decode(at: columns.createdAt),
-            attempts: try row.decode(at: columns.attempts), payloadProblem: problem, requeued: try row.decode(at: columns.requeued))
+            attempts: try row.decode(at: columns.attempts), payloadProblem: problem, requeued: try row.decode(at: columns.requeued),
+            traceParent: try row.decode(at: columns.traceParent), traceState: try row.decode(at: columns.traceState))
     }
 
     /// Carries out `settlement` in the claiming transaction, in one pipelined round trip: deletes

@@ -17,6 +17,9 @@ public struct ClaimedEvent: Sendable, Equatable {
     /// Moved back from the dead letters by an operator (`requeued_at`): it comes after later events
     /// of its key, so Redis deduplicates it by its own id rather than by the key's high-water mark.
     public var requeued = false
+    /// The writer's trace context (`headers.traceparent` / `headers.tracestate`), unchecked.
+    public var traceParent: String? = nil
+    public var traceState: String? = nil
 }
 
 /// What became of one claimed event.
@@ -65,11 +68,16 @@ extension SourceColumnTypes {
 
 /// Applies claimed events to one destination. Never throws: every event gets an outcome.
 protocol Deliverer: Sendable {
-    func deliver(_ events: [ClaimedEvent]) async -> [Int64: DeliveryOutcome]
+    /// `traces` holds the events' spans and the trace context each carries (``DeliveryTraces``).
+    func deliver(_ events: [ClaimedEvent], traces: DeliveryTraces) async -> [Int64: DeliveryOutcome]
     /// Asks the destination something cheap that needs the relay's credentials (Redis `PING`, a
     /// Qdrant collection `GET`): nil when it answers, otherwise why not. Run while the relay is
     /// idle, so an outage or a rotated key shows on `/readyz` before the next event meets it.
     func probe() async -> String?
+}
+
+extension Deliverer {
+    func deliver(_ events: [ClaimedEvent]) async -> [Int64: DeliveryOutcome] { await deliver(events, traces: .none) }
 }
 
 /// Marks, in event order, every event of a key after the key's first failure as `.skipped`, so a

@@ -1,6 +1,7 @@
 import Foundation
 import OutboxCore
 import Logging
+import Tracing
 
 /// Applies `qdrant.*` events in claim order: consecutive operations of one kind on one collection
 /// become one request (upserts capped by bytes), sent with `wait=true` and confirmed only by
@@ -13,6 +14,8 @@ struct QdrantDeliverer: Deliverer {
     let sourceTypes: SourceColumnTypes
     let collections: [String: CollectionSpec]
     let maxBatchBytes: Int
+    /// The payload key a traced upsert's point gets its `traceparent` under (`tracing.point_payload_key`); nil: none.
+    var tracePayloadKey: String? = nil
     let logger: Logger
 
     enum Operation: Equatable {
@@ -36,16 +39,16 @@ struct QdrantDeliverer: Deliverer {
         var point: [UInt8] = []
     }
 
-    func deliver(_ events: [ClaimedEvent]) async -> [Int64: DeliveryOutcome] {
+    func deliver(_ events: [ClaimedEvent], traces: DeliveryTraces) async -> [Int64: DeliveryOutcome] {
         var outcomes: [Int64: DeliveryOutcome] = [:]
         var items: [Item] = []
         for event in events {
-            switch parse(event) {
+            switch parse(event, traceParent: tracePayloadKey == nil ? nil : traces.carried(event.id)) {
             case .success(let operation): items.append(Item(event: event, operation: operation, bytes: 0))
             case .failure(let problem): outcomes[event.id] = .dead(reason: problem.message)
             }
         }
-        await embed(&items, outcomes: &outcomes)
+        await embed(&items, outcomes: &outcomes, traces: traces)
         items.removeAll { outcomes[$0.event.id] != nil }
         for index in items.indices {
             if case .upsert(_, let point, _, _) = items[index].operation {
@@ -83,7 +86,7 @@ struct QdrantDeliverer: Deliverer {
                 rest = rest.dropFirst()
             }
             pending = rest
-            for (id, outcome) in await send(group) {
+            for (id, outcome) in await send(group, traces: traces) {
                 outcomes[id] = outcome
                 if let event = group.first(where: { $0.event.id == id })?.event { blocker.record(outcome, for: event) }
             }
@@ -115,7 +118,7 @@ struct QdrantDeliverer: Deliverer {
     }
 
     /// Sends one request for `group`; on a permanent rejection of several events, bisects.
-    private func send(_ group: [Item], createdCollection: Bool = false) async -> [(Int64, DeliveryOutcome)] {
+    private func send(_ group: [Item], traces: DeliveryTraces, createdCollection: Bool = false) async -> [(Int64, DeliveryOutcome)] {
         let collection = group[0].operation.collection
         let body: [UInt8]
         let endpoint: QdrantClient.Endpoint
@@ -145,12 +148,22 @@ struct QdrantDeliverer: Deliverer {
             endpoint = .setPayload(collection: collection)
         }
 
+        let span = traces.request(
+            "qdrant \(endpoint.operationName)", carrying: group.map(\.event),
+            attributes: [
+                "http.request.method": .string(endpoint.method.rawValue), "qdrant.collection": .string(collection),
+                "outbox.events": .int(Int64(group.count)),
+            ])
+        defer { span?.end() }
         let reply: QdrantClient.Reply
         do {
-            reply = try await client.call(endpoint, body: body)
+            reply = try await traces.within(span) { try await client.call(endpoint, body: body) }
         } catch {
+            DeliveryTraces.failed(span, error)
             return group.map { ($0.event.id, .retry(reason: "qdrant: \(error)", retryAfter: nil)) }
         }
+        span?.attributes["http.response.status_code"] = reply.status
+        if reply.status != 200 { span?.setStatus(SpanStatus(code: .error, message: "qdrant answered \(reply.status)")) }
 
         if reply.status == 200 {
             guard reply.updateStatus == "completed" else {
@@ -174,14 +187,14 @@ struct QdrantDeliverer: Deliverer {
                 // A configured collection that does not exist yet: create it, then resend once.
                 if let created = try? await client.ensureCollection(spec), created.status == 200 {
                     logger.info("Created Qdrant collection", metadata: ["qdrant.collection": "\(collection)"])
-                    return await send(group, createdCollection: true)
+                    return await send(group, traces: traces, createdCollection: true)
                 }
             }
             guard group.count > 1 else {
                 return [(group[0].event.id, .dead(reason: text))]
             }
             let half = group.count / 2
-            var results = await send(Array(group[..<half]), createdCollection: createdCollection)
+            var results = await send(Array(group[..<half]), traces: traces, createdCollection: createdCollection)
             // Events of a key that failed in the first half must not overtake it in the second.
             let failedKeys = Set(results.compactMap { id, outcome -> String? in
                 switch outcome {
@@ -193,27 +206,30 @@ struct QdrantDeliverer: Deliverer {
             let blocked = second.filter { failedKeys.contains($0.event.key) }
             let open = second.filter { !failedKeys.contains($0.event.key) }
             results += blocked.map { ($0.event.id, .skipped) }
-            if !open.isEmpty { results += await send(open, createdCollection: createdCollection) }
+            if !open.isEmpty { results += await send(open, traces: traces, createdCollection: createdCollection) }
             return results
         }
     }
 
     /// Fills in vectors for upserts that carry only text.
-    private func embed(_ items: inout [Item], outcomes: inout [Int64: DeliveryOutcome]) async {
+    private func embed(_ items: inout [Item], outcomes: inout [Int64: DeliveryOutcome], traces: DeliveryTraces) async {
         let needing = items.indices.filter { if case .upsert(_, _, .some, _) = items[$0].operation { true } else { false } }
         guard !needing.isEmpty else { return }
         let texts = needing.map { index -> String in
             if case .upsert(_, _, let text?, _) = items[index].operation { return text }
             return ""
         }
+        let span = traces.request("embedding", carrying: needing.map { items[$0].event }, attributes: ["outbox.events": .int(Int64(texts.count))])
+        defer { span?.end() }
         do {
-            let vectors = try await embedder.embed(texts)
+            let vectors = try await traces.within(span) { try await embedder.embed(texts) }
             for (index, vector) in zip(needing, vectors) {
                 guard case .upsert(let collection, .object(var point), _, let source) = items[index].operation else { continue }
                 point["vector"] = .array(vector.map { .number(Double($0)) })
                 items[index].operation = .upsert(collection: collection, point: .object(point), text: nil, source: source)
             }
         } catch let error as EmbeddingError {
+            DeliveryTraces.failed(span, error)
             for index in needing {
                 outcomes[items[index].event.id] = switch error.failure {
                 case .transient(let retryAfter): .retry(reason: error.description, retryAfter: retryAfter)
@@ -222,6 +238,7 @@ struct QdrantDeliverer: Deliverer {
                 }
             }
         } catch {
+            DeliveryTraces.failed(span, error)
             for index in needing { outcomes[items[index].event.id] = .retry(reason: "embedding failed: \(error)", retryAfter: nil) }
         }
     }
@@ -230,7 +247,8 @@ struct QdrantDeliverer: Deliverer {
         let message: String
     }
 
-    func parse(_ event: ClaimedEvent) -> Result<Operation, PayloadProblem> {
+    /// `traceParent`: what a traced upsert's point carries under ``tracePayloadKey``.
+    func parse(_ event: ClaimedEvent, traceParent: String? = nil) -> Result<Operation, PayloadProblem> {
         let p = event.payload
         let name = "qdrant.\(event.operation)"
         guard let collection = p["collection"]?.stringValue, !collection.isEmpty else {
@@ -245,10 +263,11 @@ struct QdrantDeliverer: Deliverer {
             guard let id = p["id"], Self.isPointID(id) else {
                 return .failure(PayloadProblem(message: "malformed qdrant.upsert payload: \"id\" must be an unsigned integer or a UUID"))
             }
-            var point: [String: JSONValue] = ["id": id, "payload": p["payload"] ?? .object([:])]
-            if case .object = point["payload"]! {} else {
+            guard case .object(var payload) = p["payload"] ?? .object([:]) else {
                 return .failure(PayloadProblem(message: "malformed qdrant.upsert payload: \"payload\" must be an object"))
             }
+            if let key = tracePayloadKey, let traceParent, payload[key] == nil { payload[key] = .string(traceParent) }
+            var point: [String: JSONValue] = ["id": id, "payload": .object(payload)]
             var text: String?
             if let vector = p["vector"] {
                 guard let values = vector.arrayValue, !values.isEmpty, values.allSatisfy({ $0.numberValue != nil }) else {

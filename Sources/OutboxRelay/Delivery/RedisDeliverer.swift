@@ -1,6 +1,7 @@
 import Foundation
 import OutboxCore
 import Logging
+import Tracing
 
 /// Applies `redis.*` events: one Lua call per chunk of events, all chunks in one pipelined round
 /// trip.
@@ -34,6 +35,8 @@ struct RedisDeliverer: Deliverer {
     /// Redis' `proto-max-bulk-len` (`CONFIG GET` at start; 512 MiB, Redis' default, where CONFIG
     /// is not allowed): an event with a longer value is dead-lettered instead of sent.
     var maxBulkLength = Self.defaultMaxBulkLength
+    /// The stream entry field a traced event's `traceparent` goes in (`tracing.stream_field`); nil: none.
+    var traceField: String? = "traceparent"
     static let defaultMaxBulkLength = 512 * 1024 * 1024
     /// Events per Lua call; a call blocks other Redis clients while it runs (~6 µs per event).
     static let chunkEvents = 500
@@ -111,13 +114,14 @@ struct RedisDeliverer: Deliverer {
         return results
         """)
 
-    func deliver(_ events: [ClaimedEvent]) async -> [Int64: DeliveryOutcome] {
+    func deliver(_ events: [ClaimedEvent], traces: DeliveryTraces) async -> [Int64: DeliveryOutcome] {
         var outcomes: [Int64: DeliveryOutcome] = [:]
         outcomes.reserveCapacity(events.count)
         var commands: [(event: ClaimedEvent, arguments: RedisArguments)] = []
         commands.reserveCapacity(events.count)
         for event in events {
-            switch Self.buildCommand(for: event) {
+            let trace = traceField.flatMap { field in traces.carried(event.id).map { (field: field, value: $0) } }
+            switch Self.buildCommand(for: event, trace: trace) {
             case .success(let arguments) where arguments.longest > maxBulkLength:
                 // Redis would refuse it every time, and close the connection doing so.
                 outcomes[event.id] = .dead(
@@ -130,9 +134,14 @@ struct RedisDeliverer: Deliverer {
         let chunks = Self.chunked(commands, size: Self.chunkEvents, bytes: Self.chunkBytes)
         let rounds = Self.rounds(chunks, bytes: Self.roundBytes)
         for (index, round) in rounds.enumerated() {
+            let span = traces.request(
+                "redis pipeline", carrying: round.joined().map(\.event),
+                attributes: ["db.system.name": "redis", "outbox.events": .int(Int64(round.reduce(0) { $0 + $1.count }))])
+            defer { span?.end() }
             do {
                 try await send(round, outcomes: &outcomes)
             } catch {
+                DeliveryTraces.failed(span, error)
                 let reason = "\(error)"
                 for (event, _) in round.joined() { outcomes[event.id] = Self.unanswered(event, reason: reason) }
                 // Later rounds were not sent: tried again after the backoff like any retry.
@@ -280,8 +289,12 @@ struct RedisDeliverer: Deliverer {
     }
 
     /// `event`'s arguments to the `apply` script: ordering key, ``Dedupe`` mode, event id, argument
-    /// count, the command.
-    static func buildCommand(for event: ClaimedEvent) -> Result<RedisArguments, PayloadProblem> {
+    /// count, the command. An `xadd` of a traced event gets `trace`'s field, unless its own fields
+    /// have one of that name. (`publish` messages are not altered: a message is the application's
+    /// bytes, with no fields to add one to; docs/DESIGN.md, "Tracing".)
+    static func buildCommand(for event: ClaimedEvent, trace: (field: String, value: String)? = nil)
+        -> Result<RedisArguments, PayloadProblem>
+    {
         let p = event.payload
         func string(_ field: String) throws(PayloadProblem) -> String {
             guard let value = p[field]?.stringValue else {
@@ -317,7 +330,8 @@ struct RedisDeliverer: Deliverer {
                 for (name, value) in ordered where value.stringValue == nil {
                     throw PayloadProblem(message: "malformed redis.xadd payload: field \"\(name)\" is not a string")
                 }
-                script(commandArguments: 2 + (maxlen == nil ? 0 : 3) + 1 + 2 * ordered.count + 2)
+                let trace = trace.flatMap { fields[$0.field] == nil ? $0 : nil }
+                script(commandArguments: 2 + (maxlen == nil ? 0 : 3) + 1 + 2 * ordered.count + 2 + (trace == nil ? 0 : 2))
                 arguments.append("XADD")
                 arguments.append(stream)
                 if let maxlen {
@@ -332,6 +346,10 @@ struct RedisDeliverer: Deliverer {
                 }
                 arguments.append("outbox_id")
                 arguments.append(event.id)
+                if let trace {
+                    arguments.append(trace.field)
+                    arguments.append(trace.value)
+                }
             case "publish":
                 let (channel, message) = (try string("channel"), try string("message"))
                 script(commandArguments: 3)

@@ -3,6 +3,7 @@ import OutboxCore
 import CoreMetrics
 import Logging
 import Synchronization
+import Tracing
 
 /// Drains one destination: claim → deliver → acknowledge, all inside one transaction.
 ///
@@ -24,6 +25,8 @@ final class DestinationWorker: Sendable {
     let health: RelayHealth
     let metrics: RelayMetrics
     let logger: Logger
+    /// Starts a span per traced event (`DeliveryTraces`); nil when span export is off.
+    let tracer: (any Tracer)?
 
     /// Lanes per destination. Qdrant: a request waits on Qdrant's write (`wait=true`) for long
     /// enough to claim and encode the next batch meanwhile. Redis: claim, delivery and
@@ -59,7 +62,7 @@ final class DestinationWorker: Sendable {
 
     private init(
         destination: OutboxEvent.Destination, lanes: [Lane], deliverer: any Deliverer, settings: RelaySettings,
-        sourceTypes: SourceColumnTypes, health: RelayHealth, metrics: RelayMetrics, logger: Logger
+        sourceTypes: SourceColumnTypes, health: RelayHealth, metrics: RelayMetrics, logger: Logger, tracer: (any Tracer)?
     ) {
         self.destination = destination
         self.lanes = lanes
@@ -69,11 +72,12 @@ final class DestinationWorker: Sendable {
         self.health = health
         self.metrics = metrics
         self.logger = logger
+        self.tracer = tracer
     }
 
     static func start(
         destination: OutboxEvent.Destination, configuration: OutboxConfiguration, health: RelayHealth, metrics: RelayMetrics,
-        logger: Logger
+        logger: Logger, tracer: (any Tracer)?
     ) async throws -> DestinationWorker {
         var postgres = configuration.postgres
         postgres.applicationName = "outbox-relay"
@@ -118,7 +122,8 @@ final class DestinationWorker: Sendable {
             let instance = try await db.query("SELECT id FROM outbox.instance").first?.decode("id", as: String.self) ?? "default"
             deliverer = RedisDeliverer(
                 redis: redis, dedupeNamespace: "\(configuration.relay.dedupePrefix):\(instance)",
-                dedupeTTL: configuration.relay.dedupeTTL, logger: logger, maxBulkLength: await RedisDeliverer.maxBulkLength(of: redis))
+                dedupeTTL: configuration.relay.dedupeTTL, logger: logger, maxBulkLength: await RedisDeliverer.maxBulkLength(of: redis),
+                traceField: configuration.tracing.streamField)
         case .qdrant:
             let client = QdrantClient(configuration: configuration.qdrant, logger: logger)
             // Qdrant must answer, as Redis must for the Redis worker: an unreachable Qdrant makes
@@ -137,11 +142,11 @@ final class DestinationWorker: Sendable {
             deliverer = QdrantDeliverer(
                 client: client, embedder: configuration.embedding.makeEmbedder(logger: logger), tables: configuration.tables,
                 sourceTypes: sourceTypes, collections: configuration.collections,
-                maxBatchBytes: configuration.relay.qdrantMaxBatchBytes, logger: logger)
+                maxBatchBytes: configuration.relay.qdrantMaxBatchBytes, tracePayloadKey: configuration.tracing.pointPayloadKey, logger: logger)
         }
         return DestinationWorker(
             destination: destination, lanes: lanes, deliverer: deliverer, settings: configuration.relay, sourceTypes: sourceTypes,
-            health: health, metrics: metrics, logger: logger)
+            health: health, metrics: metrics, logger: logger, tracer: tracer)
     }
 
     func run(wakeup: Wakeup, stopping: StopFlag, component: String) async throws {
@@ -237,6 +242,16 @@ final class DestinationWorker: Sendable {
         if index == 0 { for other in wakeups.dropFirst() { await other.signal() } }
     }
 
+    /// An event whose `traceparent` is not a valid trace context: counted and logged once (at its
+    /// first attempt), then delivered as if it had none.
+    private func invalidTraceContext(_ event: ClaimedEvent) {
+        guard event.attempts == 0 else { return }
+        metrics.invalidTraceContext(destination).increment()
+        logger.debug("Ignoring an invalid traceparent", metadata: [
+            "outbox.event_id": "\(event.id)", "outbox.traceparent": "\(event.traceParent?.prefix(80) ?? "")",
+        ])
+    }
+
     /// How long lane 0 waits, unarmed, before its last claim before sleeping.
     static let linger = Duration.milliseconds(2)
     /// The longest lane 0 waits between claims while writers keep it from arming (one long
@@ -261,41 +276,50 @@ final class DestinationWorker: Sendable {
         // A sibling's keys: their heads are locked and the rest of their events are followers.
         let siblingsKeys = lanes.filter { $0 !== lane }.flatMap { $0.heldKeys.withLock { $0 } }
         var result = BatchResult()
-        let settlement = try await lane.db.transaction { tx -> Settlement? in
-            try await lane.horizon.observe(tx, destination: destination)
-            let claim = try await OutboxStore.claim(
-                tx, destination: destination, batchSize: settings.batchSize, batchEvents: settings.batchEvents,
-                maxPerKey: settings.maxPerKey, maxBytes: settings.claimBytes(lanes: Self.laneCount * OutboxEvent.Destination.allCases.count),
-                after: lane.cursor, excludingKeys: siblingsKeys, maxHeads: lane.headsLimit, horizon: lane.horizon.limits)
-            let events = claim.events
-            logger.trace("Claimed", metadata: [
-                "outbox.lane": "\(lanes.firstIndex { $0 === lane } ?? -1)", "outbox.after": "\(lane.cursor)",
-                "outbox.heads": "\(claim.heads)", "outbox.heads_limit": "\(lane.headsLimit)", "outbox.events": "\(events.count)",
-                "outbox.next": "\(claim.next.cursor)", "outbox.resume": "\(claim.resume.map(String.init) ?? "-")",
-                "outbox.claim_ms": "\(Int(Date().timeIntervalSince(started) * 1000))",
-            ])
-            result.claimed = events.count
-            result.full = claim.heads >= lane.headsLimit || claim.capped
-            lane.headsLimit = ClaimPlanning.nextHeadsLimit(lane.headsLimit, heads: claim.heads, saturated: claim.saturated, settings: settings)
-            result.more = ClaimPlanning.claimAgainAtOnce(after: claim.next, heads: claim.heads, passFoundHeads: &lane.passFoundHeads)
-            lane.cursor = claim.next.cursor
-            if claim.heads > 0 {
-                lane.course = ClaimPlanning.Course(resume: claim.resume)
-            } else if claim.next.cursor != 0 {
-                lane.cursor = ClaimPlanning.afterEmptyWindow(&lane.course, windowEnd: claim.next.cursor)
+        var traces = DeliveryTraces.none
+        let settlement: Settlement?
+        do {
+            settlement = try await lane.db.transaction { tx -> Settlement? in
+                try await lane.horizon.observe(tx, destination: destination)
+                let claim = try await OutboxStore.claim(
+                    tx, destination: destination, batchSize: settings.batchSize, batchEvents: settings.batchEvents,
+                    maxPerKey: settings.maxPerKey, maxBytes: settings.claimBytes(lanes: Self.laneCount * OutboxEvent.Destination.allCases.count),
+                    after: lane.cursor, excludingKeys: siblingsKeys, maxHeads: lane.headsLimit, horizon: lane.horizon.limits)
+                let events = claim.events
+                logger.trace("Claimed", metadata: [
+                    "outbox.lane": "\(lanes.firstIndex { $0 === lane } ?? -1)", "outbox.after": "\(lane.cursor)",
+                    "outbox.heads": "\(claim.heads)", "outbox.heads_limit": "\(lane.headsLimit)", "outbox.events": "\(events.count)",
+                    "outbox.next": "\(claim.next.cursor)", "outbox.resume": "\(claim.resume.map(String.init) ?? "-")",
+                    "outbox.claim_ms": "\(Int(Date().timeIntervalSince(started) * 1000))",
+                ])
+                result.claimed = events.count
+                result.full = claim.heads >= lane.headsLimit || claim.capped
+                lane.headsLimit = ClaimPlanning.nextHeadsLimit(lane.headsLimit, heads: claim.heads, saturated: claim.saturated, settings: settings)
+                result.more = ClaimPlanning.claimAgainAtOnce(after: claim.next, heads: claim.heads, passFoundHeads: &lane.passFoundHeads)
+                lane.cursor = claim.next.cursor
+                if claim.heads > 0 {
+                    lane.course = ClaimPlanning.Course(resume: claim.resume)
+                } else if claim.next.cursor != 0 {
+                    lane.cursor = ClaimPlanning.afterEmptyWindow(&lane.course, windowEnd: claim.next.cursor)
+                }
+                guard !events.isEmpty else { return nil }
+                lane.heldKeys.withLock { $0 = Array(Set(events.map(\.key))) }
+                // A payload that cannot be delivered exactly as stored is not sent (the settlement
+                // dead-letters it with the reason); the rest goes out as usual.
+                let readable = events.filter { $0.payloadProblem == nil }
+                traces = DeliveryTraces(events, destination: destination, tracer: tracer) { self.invalidTraceContext($0) }
+                let outcomes = readable.isEmpty ? [:] : await deliverer.deliver(readable, traces: traces)
+                let settlement = Settlement(events: events, outcomes: outcomes, settings: settings)
+                try await OutboxStore.acknowledge(tx, settlement, sources: sourceTypes)
+                return settlement
             }
-            guard !events.isEmpty else { return nil }
-            lane.heldKeys.withLock { $0 = Array(Set(events.map(\.key))) }
-            // A payload that cannot be delivered exactly as stored is not sent (the settlement
-            // dead-letters it with the reason); the rest goes out as usual.
-            let readable = events.filter { $0.payloadProblem == nil }
-            let outcomes = readable.isEmpty ? [:] : await deliverer.deliver(readable)
-            let settlement = Settlement(events: events, outcomes: outcomes, settings: settings)
-            try await OutboxStore.acknowledge(tx, settlement, sources: sourceTypes)
-            return settlement
+        } catch {
+            traces.end(failure: error)
+            throw error
         }
         metrics.claims(destination, found: result.claimed > 0).increment()
         guard let settlement else { return result }
+        traces.end(settlement)
         result.retryIn = settlement.retryIn
         let acknowledged = Date()
         let latency = metrics.latency(destination)
@@ -318,10 +342,13 @@ final class DestinationWorker: Sendable {
         case nil: break
         }
         for dead in settlement.deadLetters {
-            logger.warning("Event dead-lettered", metadata: [
-                "outbox.event_id": "\(dead.id)", "outbox.key": "\(dead.key)", "outbox.operation": "\(dead.operation)",
-                "outbox.reason": "\(dead.reason)",
-            ])
+            // Inside the event's span, if it has one: the line carries its trace_id and span_id.
+            traces.logging(dead.id) {
+                logger.warning("Event dead-lettered", metadata: [
+                    "outbox.event_id": "\(dead.id)", "outbox.key": "\(dead.key)", "outbox.operation": "\(dead.operation)",
+                    "outbox.reason": "\(dead.reason)",
+                ])
+            }
         }
         if let lastRetry = settlement.lastRetryReason {
             logger.warning("Delivery failed; will retry", metadata: [

@@ -2,6 +2,7 @@ import Foundation
 import OutboxCore
 import Logging
 import ServiceLifecycle
+import Tracing
 
 /// `outbox-relay serve`: one worker per destination (each with its own Postgres connection, so a
 /// dead Qdrant never slows Redis) and one listener that turns NOTIFY and a slow fallback poll
@@ -12,10 +13,13 @@ public final class RelayService: Service {
     public let health: RelayHealth
     public let metrics: RelayMetrics
     let logger: Logger
+    /// The tracer of the events' spans (`TraceExport`); nil when span export is off.
+    let tracer: (any Tracer)?
     private let wakeups: [OutboxEvent.Destination: Wakeup] = [.qdrant: Wakeup(), .redis: Wakeup()]
 
-    public init(configuration: OutboxConfiguration, health: RelayHealth, metrics: RelayMetrics, logger: Logger) {
+    public init(configuration: OutboxConfiguration, health: RelayHealth, metrics: RelayMetrics, logger: Logger, tracer: (any Tracer)? = nil) {
         self.configuration = configuration
+        self.tracer = tracer
         self.health = health
         self.metrics = metrics
         self.logger = logger
@@ -27,6 +31,7 @@ public final class RelayService: Service {
         for destination in [OutboxEvent.Destination.redis, .qdrant] {
             _ = (metrics.delivered(destination), metrics.failed(destination), metrics.deadLettered(destination))
             _ = (metrics.claims(destination, found: true), metrics.claims(destination, found: false))
+            _ = metrics.invalidTraceContext(destination)
         }
         let stopping = StopFlag()
         try await withGracefulShutdownHandler {
@@ -58,7 +63,8 @@ public final class RelayService: Service {
         while !stopping.isSet, !Task.isCancelled {
             do {
                 let worker = try await DestinationWorker.start(
-                    destination: destination, configuration: configuration, health: health, metrics: metrics, logger: logger)
+                    destination: destination, configuration: configuration, health: health, metrics: metrics, logger: logger,
+                    tracer: tracer)
                 failures = 0
                 await health.postgresOK(component)
                 logger.info("Worker started")

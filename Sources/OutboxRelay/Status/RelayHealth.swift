@@ -174,6 +174,14 @@ public struct RelayMetrics: Sendable {
         Metrics.Gauge(label: "outbox_dead_letters", dimensions: [("destination", destination.rawValue)], factory: factory)
     }
 
+    /// Events whose `traceparent` is not a valid W3C trace context (counted once, at their first attempt).
+    func invalidTraceContext(_ destination: OutboxEvent.Destination) -> Metrics.Counter {
+        Metrics.Counter(label: "outbox_trace_context_invalid_total", dimensions: [("destination", destination.rawValue)], factory: factory)
+    }
+
+    /// For metrics made outside this type (span export's).
+    public var metricsFactory: any MetricsFactory { factory }
+
     func ready() -> Metrics.Gauge {
         Metrics.Gauge(label: "outbox_relay_ready", dimensions: [], factory: factory)
     }
