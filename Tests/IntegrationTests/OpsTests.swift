@@ -1,0 +1,213 @@
+import Foundation
+import Testing
+
+@testable import OutboxCore
+import OutboxTestSupport
+
+/// The files under ops/ as a team deploys them: the alert rules pass promtool and fire in a real
+/// Prometheus scraping both daemons. promtool and prometheus come from Debian's `prometheus`
+/// package: without them these tests fail, they never skip.
+@Suite struct OpsTests {
+    static let ops = TestEnvironment.repositoryRoot.appendingPathComponent("ops")
+    static let rulesFile = ops.appendingPathComponent("prometheus/outbox-alerts.yml")
+
+    /// promtool accepts the shipped rules and scrape configuration, and the rules' own unit tests
+    /// (outbox-alerts.test.yml: every alert firing, and not firing where it should not) pass.
+    @Test func promtoolAcceptsTheRulesAndTheirUnitTestsPass() async throws {
+        let promtool = try Self.tool("promtool", package: "prometheus")
+        for arguments in [
+            ["check", "rules", "ops/prometheus/outbox-alerts.yml"], ["check", "config", "ops/prometheus/prometheus.yml"],
+            ["test", "rules", "ops/prometheus/outbox-alerts.test.yml"],
+        ] {
+            let result = try await runProcess(promtool, arguments)
+            #expect(result.status == 0, "promtool \(arguments.joined(separator: " ")) exited \(result.status):\n\(result.stdout)\(result.stderr)")
+        }
+    }
+
+    /// Every alert Prometheus loads from the shipped file carries a severity, a summary, a
+    /// description and a runbook link to a section of docs/OPERATING.md that exists.
+    @Test func everyAlertHasASeverityAndARunbookSectionThatExists() async throws {
+        let prometheus = try await PrometheusServer(configuration: "rule_files: [\(Self.rulesFile.path)]\n")
+        let rules = try await prometheus.rules()
+        #expect(rules.count >= 10, "\(rules.map(\.name))")
+        let operating = try String(contentsOf: TestEnvironment.repositoryRoot.appendingPathComponent("docs/OPERATING.md"), encoding: .utf8)
+        let anchors = Set(operating.split(separator: "\n").filter { $0.hasPrefix("#") }.map { Self.anchor(String($0)) })
+        for rule in rules {
+            #expect(["critical", "warning"].contains(rule.labels["severity"]), "\(rule.name): severity \(rule.labels["severity"] ?? "missing")")
+            #expect(rule.annotations["summary"]?.isEmpty == false, "\(rule.name) has no summary")
+            #expect(rule.annotations["description"]?.isEmpty == false, "\(rule.name) has no description")
+            let runbook = rule.annotations["runbook"] ?? ""
+            #expect(runbook.hasPrefix("docs/OPERATING.md#") && anchors.contains(String(runbook.drop { $0 != "#" }.dropFirst())),
+                    "\(rule.name): runbook \"\(runbook)\" is not a heading of docs/OPERATING.md")
+        }
+    }
+
+    /// A real Prometheus, with the shipped prometheus.yml (scrape and evaluation every second, the
+    /// test daemons' ports) and the shipped rules file unchanged, scrapes a relay and a reconciler:
+    /// a poison event fires OutboxDeadLettersRising for its destination, a reconciler alert fires
+    /// OutboxReconcilerAlertFiring, every rule evaluates without error, the not-scraped alerts stay
+    /// silent while both daemons answer, and a stopped reconciler is noticed under its job's name.
+    @Test func aPoisonEventFiresTheDeadLettersAlertInAPrometheusScrapingBothDaemons() async throws {
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let relay = try DaemonProcess.relay(databaseURL: url)
+            let reconciler = try DaemonProcess.reconciler(databaseURL: url)
+            try await relay.waitUntilReady()
+            try await reconciler.waitUntilReady()
+            let prometheus = try await PrometheusServer(
+                configuration: try Self.shippedScrapeConfiguration(relayPort: relay.port, reconcilerPort: reconciler.port))
+            // Both scraped (the dead-letter counter seen at 0) before anything goes wrong.
+            try await eventually("Prometheus scraping both daemons", timeout: .seconds(30)) {
+                try await prometheus.targetHealth() == ["outbox-relay": "up", "outbox-reconciler": "up"]
+            }
+
+            // An xadd to a key that holds a string (WRONGTYPE: dead-lettered at once), and a row
+            // whose embedding never came (the reconciler alerts on it: unembedded).
+            let poisoned = "stream:" + TestEnvironment.uniqueName("ops_poison")
+            let redis = try await TestEnvironment.redis()
+            try await redis.command("SET", poisoned, "a string, not a stream")
+            try await OutboxWriter.enqueue(.redisXAdd(stream: poisoned, fields: ["n": "1"], key: "poison"), on: db)
+            try await db.query("""
+                INSERT INTO extractions (source_id, content, created_at) VALUES ('ops', 'never embedded', now() - interval '1 hour')
+                """)
+
+            try await eventually("OutboxDeadLettersRising firing for redis", timeout: .seconds(60)) {
+                try await prometheus.alerts().contains { $0.name == "OutboxDeadLettersRising" && $0.state == "firing" && $0.labels["destination"] == "redis" }
+            }
+            try await eventually("OutboxReconcilerAlertFiring firing for unembedded", timeout: .seconds(60)) {
+                try await prometheus.alerts().contains {
+                    $0.name == "OutboxReconcilerAlertFiring" && $0.state == "firing" && $0.labels["category"] == "unembedded"
+                }
+            }
+            let alerts = try await prometheus.alerts()
+            #expect(alerts.filter { $0.name == "OutboxDeadLettersRising" }.map { $0.labels["destination"] } == ["redis"], "\(alerts)")
+            #expect(!alerts.contains { $0.name.hasSuffix("NotScraped") }, "\(alerts)")
+            for rule in try await prometheus.rules() {
+                #expect(rule.health == "ok", "\(rule.name): \(rule.health) \(rule.lastError)")
+            }
+
+            await reconciler.stop()
+            try await eventually("OutboxReconcilerNotScraped pending for the stopped reconciler", timeout: .seconds(30)) {
+                try await prometheus.alerts().contains {
+                    $0.name == "OutboxReconcilerNotScraped" && $0.labels["instance"] == "127.0.0.1:\(reconciler.port)"
+                }
+            }
+            #expect(try await !prometheus.alerts().contains { $0.name == "OutboxRelayNotScraped" })
+            await relay.stop()
+            try await redis.command("DEL", poisoned)
+        }
+    }
+
+    // MARK: - Helpers
+
+    /// An executable on PATH, or a failure that says what to install.
+    static func tool(_ name: String, package: String) throws -> URL {
+        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
+        where FileManager.default.isExecutableFile(atPath: directory + "/" + name) {
+            return URL(fileURLWithPath: directory + "/" + name)
+        }
+        throw HarnessError("\(name) not found: apt-get install \(package)")
+    }
+
+    /// ops/prometheus/prometheus.yml as the tests run it: scrape and evaluate every second, the test
+    /// daemons' ports, the shipped rules file by its absolute path. Each change applies exactly once.
+    static func shippedScrapeConfiguration(relayPort: Int, reconcilerPort: Int) throws -> String {
+        var text = try String(contentsOf: ops.appendingPathComponent("prometheus/prometheus.yml"), encoding: .utf8)
+        for (shipped, tested) in [
+            ("scrape_interval: 15s", "scrape_interval: 1s"), ("evaluation_interval: 15s", "evaluation_interval: 1s"),
+            ("\"127.0.0.1:8470\"", "\"127.0.0.1:\(relayPort)\""), ("\"127.0.0.1:8471\"", "\"127.0.0.1:\(reconcilerPort)\""),
+            ("- outbox-alerts.yml", "- \(rulesFile.path)"),
+        ] {
+            guard text.components(separatedBy: shipped).count == 2 else {
+                throw HarnessError("ops/prometheus/prometheus.yml should contain \(shipped) once; the test rewrites it")
+            }
+            text = text.replacingOccurrences(of: shipped, with: tested)
+        }
+        return text
+    }
+
+    /// The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to hyphens.
+    static func anchor(_ heading: String) -> String {
+        String(heading.drop { $0 == "#" }.trimmingCharacters(in: .whitespaces).lowercased()
+            .filter { $0.isLetter || $0.isNumber || $0 == " " || $0 == "-" || $0 == "_" }.map { $0 == " " ? "-" : $0 })
+    }
+
+}
+
+/// Debian's `prometheus` server as a child of the test: its configuration and data in a temporary
+/// folder, listening on a free loopback port (never the system's :9090); killed, and its folder
+/// removed, when the test lets go of it.
+///
+/// The use of `@unchecked Sendable` is safe for this type because: the `Process` is only started,
+/// signalled and read from the task that owns this object.
+final class PrometheusServer: @unchecked Sendable {
+    struct Rule { let name: String, health: String, lastError: String, labels: [String: String], annotations: [String: String] }
+    struct Alert { let name: String, state: String, labels: [String: String] }
+
+    let process = Process()
+    let port: Int
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent(TestEnvironment.uniqueName("prometheus"))
+    let http = HTTPConnection(logger: TestEnvironment.logger)
+
+    init(configuration: String) async throws {
+        port = try freePort()
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let configFile = folder.appendingPathComponent("prometheus.yml"), logFile = folder.appendingPathComponent("prometheus.log")
+        try configuration.write(to: configFile, atomically: true, encoding: .utf8)
+        _ = FileManager.default.createFile(atPath: logFile.path, contents: nil)
+        process.executableURL = try OpsTests.tool("prometheus", package: "prometheus")
+        process.arguments = [
+            "--config.file=\(configFile.path)", "--storage.tsdb.path=\(folder.appendingPathComponent("data").path)",
+            "--web.listen-address=127.0.0.1:\(port)",
+        ]
+        let log = try FileHandle(forWritingTo: logFile)
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        let deadline = ContinuousClock.now + .seconds(30)
+        while (try? await http.perform(HTTPRequest(method: .GET, url: "http://127.0.0.1:\(port)/-/ready", timeout: .seconds(2))))?.status != 200 {
+            guard process.isRunning, ContinuousClock.now < deadline else {
+                throw HarnessError("prometheus did not become ready; its log ends:\n\(self.log.suffix(3000))")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        try? FileManager.default.removeItem(at: folder)
+    }
+
+    var log: String { (try? String(contentsOf: folder.appendingPathComponent("prometheus.log"), encoding: .utf8)) ?? "" }
+
+    /// GET /api/v1/`path`: the answer, whose `status` is `success` or `error`.
+    func api(_ path: String) async throws -> JSONValue {
+        try JSONValue.parse(try await http.perform(HTTPRequest(method: .GET, url: "http://127.0.0.1:\(port)/api/v1/\(path)", timeout: .seconds(5))).bodyText)
+    }
+
+    /// Each scrape job's health (`up`, `down`, `unknown`).
+    func targetHealth() async throws -> [String: String] {
+        let targets = try await api("targets")["data"]?["activeTargets"]?.arrayValue ?? []
+        return Dictionary(targets.map { (strings($0["labels"])["job"] ?? "", $0["health"]?.stringValue ?? "") }) { $1 }
+    }
+
+    /// Alerts pending or firing.
+    func alerts() async throws -> [Alert] {
+        (try await api("alerts")["data"]?["alerts"]?.arrayValue ?? []).map {
+            let labels = strings($0["labels"])
+            return Alert(name: labels["alertname"] ?? "", state: $0["state"]?.stringValue ?? "", labels: labels)
+        }
+    }
+
+    /// The alerting rules loaded.
+    func rules() async throws -> [Rule] {
+        (try await api("rules")["data"]?["groups"]?.arrayValue ?? []).flatMap { $0["rules"]?.arrayValue ?? [] }.map {
+            Rule(name: $0["name"]?.stringValue ?? "", health: $0["health"]?.stringValue ?? "", lastError: $0["lastError"]?.stringValue ?? "",
+                 labels: strings($0["labels"]), annotations: strings($0["annotations"]))
+        }
+    }
+
+    private func strings(_ value: JSONValue?) -> [String: String] {
+        guard case .object(let object)? = value else { return [:] }
+        return object.compactMapValues(\.stringValue)
+    }
+}
