@@ -5,8 +5,9 @@ import Testing
 import OutboxTestSupport
 
 /// The files under ops/ as a team deploys them: the alert rules pass promtool and fire in a real
-/// Prometheus scraping both daemons. promtool and prometheus come from Debian's `prometheus`
-/// package: without them these tests fail, they never skip.
+/// Prometheus scraping both daemons, and the dashboard queries only what the daemons export.
+/// promtool and prometheus come from Debian's `prometheus` package: without them these tests
+/// fail, they never skip.
 @Suite struct OpsTests {
     static let ops = TestEnvironment.repositoryRoot.appendingPathComponent("ops")
     static let rulesFile = ops.appendingPathComponent("prometheus/outbox-alerts.yml")
@@ -97,6 +98,73 @@ import OutboxTestSupport
         }
     }
 
+    /// Every query of the shipped dashboard names only metrics that a relay and a reconciler export,
+    /// read from their /metrics once a delivery, a dead letter, a reconciler alert and a failed scan
+    /// (a second reconciler, Qdrant unreachable) have made every metric appear; every panel has a
+    /// query; and Prometheus parses every query.
+    @Test func everyDashboardQueryUsesOnlyMetricsTheDaemonsExport() async throws {
+        #expect(Self.metricNames(in: #"histogram_quantile(0.99, sum by (destination, le) (rate(a_bucket{destination="x"}[5m]))) / on (job) b"#)
+            == ["a_bucket", "b"])
+        let dashboard = try JSONValue.parse(
+            String(contentsOf: Self.ops.appendingPathComponent("grafana/outbox-dashboard.json"), encoding: .utf8))
+        #expect((dashboard["schemaVersion"]?.numberValue ?? 0) >= 36)
+        let datasource = dashboard["templating"]?["list"]?.arrayValue?.first { $0["name"] == "datasource" }
+        #expect(datasource?["type"] == "datasource" && datasource?["query"] == "prometheus", "no ${datasource} Prometheus variable")
+        let panels = (dashboard["panels"]?.arrayValue ?? []).flatMap { [$0] + ($0["panels"]?.arrayValue ?? []) }.filter { $0["type"] != "row" }
+        #expect(panels.count >= 10)
+        var queries: [(panel: String, expr: String)] = []
+        for panel in panels {
+            let title = panel["title"]?.stringValue ?? "untitled"
+            let targets = panel["targets"]?.arrayValue ?? []
+            #expect(!targets.isEmpty, "panel \(title) has no target")
+            #expect(panel["datasource"]?["uid"] == "${datasource}", "panel \(title) does not use ${datasource}")
+            queries += targets.map { (title, $0["expr"]?.stringValue ?? "") }
+        }
+
+        try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+            let poisoned = "stream:" + TestEnvironment.uniqueName("ops_poison"), delivered = poisoned + ":ok"
+            let redis = try await TestEnvironment.redis()
+            try await redis.command("SET", poisoned, "a string, not a stream")
+            try await OutboxWriter.enqueue(.redisXAdd(stream: poisoned, fields: ["n": "1"], key: "poison"), on: db)
+            try await OutboxWriter.enqueue(.redisXAdd(stream: delivered, fields: ["n": "1"], key: "fine"), on: db)
+            try await db.query("""
+                INSERT INTO extractions (source_id, content, created_at) VALUES ('ops', 'never embedded', now() - interval '1 hour')
+                """)
+            let relay = try DaemonProcess.relay(databaseURL: url)
+            let reconciler = try DaemonProcess.reconciler(databaseURL: url)
+            let failing = try DaemonProcess.reconciler(databaseURL: url, environment: ["OUTBOX_QDRANT_URL": "http://127.0.0.1:\(try freePort())"])
+            try await eventually("a delivery, a dead letter, a reconciler alert and a failed scan", timeout: .seconds(60)) {
+                let figures = [
+                    await relay.metric("outbox_events_delivered_total"), await relay.metric("outbox_events_dead_lettered_total"),
+                    await reconciler.metric("reconciler_alerts_total"), await failing.metric("reconciler_scan_errors_total"),
+                ]
+                return figures.allSatisfy { $0 > 0 }
+            }
+            // Sample names, so a histogram counts by its _bucket, _sum and _count series (its bare
+            // name has no samples: a query on it would draw nothing).
+            var exported = Set<String>()
+            for daemon in [relay, reconciler, failing] {
+                let metrics = try #require(await daemon.get("/metrics")?.body)
+                exported.formUnion(metrics.split(separator: "\n").filter { !$0.hasPrefix("#") }
+                    .map { String($0.prefix { $0 != "{" && $0 != " " }) })
+            }
+            for (panel, expr) in queries {
+                let names = Self.metricNames(in: expr)
+                #expect(!names.isEmpty, "panel \(panel): no metric in \(expr)")
+                #expect(names.isSubset(of: exported), "panel \(panel) queries \(names.subtracting(exported).sorted()), which no daemon exports")
+            }
+            for daemon in [relay, reconciler, failing] { await daemon.stop() }
+            try await redis.command("DEL", poisoned, delivered)
+        }
+
+        let prometheus = try await PrometheusServer(configuration: "global: {}\n")
+        for (panel, expr) in queries {
+            let grafanaFree = expr.replacingOccurrences(of: "$__rate_interval", with: "1m")
+            let answer = try await prometheus.api("query?query=" + Self.percentEncoded(grafanaFree))
+            #expect(answer["status"] == "success", "panel \(panel): Prometheus refuses \(expr): \(answer["error"] ?? "")")
+        }
+    }
+
     // MARK: - Helpers
 
     /// An executable on PATH, or a failure that says what to install.
@@ -125,12 +193,34 @@ import OutboxTestSupport
         return text
     }
 
+    /// The metric names a PromQL expression selects: identifiers outside strings, label matchers,
+    /// ranges and grouping clauses that are neither a function call nor a keyword.
+    static func metricNames(in expr: String) -> Set<String> {
+        var text = expr
+        for pattern in [#""[^"]*""#, #"\{[^}]*\}"#, #"\[[^\]]*\]"#, #"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"#, #"\$\w+"#] {
+            text = text.replacingOccurrences(of: pattern, with: " ", options: .regularExpression)
+        }
+        let keywords: Set<String> = ["and", "or", "unless", "offset", "bool"]
+        return Set(matches(#"(?<![\w:.])[a-zA-Z_:][\w:]*(?![\w:])(?!\s*\()"#, in: text).map { $0[0] }.filter { !keywords.contains($0) })
+    }
+
     /// The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to hyphens.
     static func anchor(_ heading: String) -> String {
         String(heading.drop { $0 == "#" }.trimmingCharacters(in: .whitespaces).lowercased()
             .filter { $0.isLetter || $0.isNumber || $0 == " " || $0 == "-" || $0 == "_" }.map { $0 == " " ? "-" : $0 })
     }
 
+    static func percentEncoded(_ text: String) -> String {
+        text.addingPercentEncoding(withAllowedCharacters: CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")) ?? text
+    }
+
+    /// Each match of `pattern` in `text`: the whole match, then its groups.
+    static func matches(_ pattern: String, in text: String) -> [[String]] {
+        let regex = try! NSRegularExpression(pattern: pattern)
+        return regex.matches(in: text, range: NSRange(text.startIndex..., in: text)).map { match in
+            (0..<match.numberOfRanges).map { Range(match.range(at: $0), in: text).map { String(text[$0]) } ?? "" }
+        }
+    }
 }
 
 /// Debian's `prometheus` server as a child of the test: its configuration and data in a temporary
