@@ -5,9 +5,9 @@ import Testing
 import OutboxTestSupport
 
 /// The files under ops/ as a team deploys them: the alert rules pass promtool and fire in a real
-/// Prometheus scraping both daemons, and the dashboard queries only what the daemons export.
-/// promtool and prometheus come from Debian's `prometheus` package: without them these tests
-/// fail, they never skip.
+/// Prometheus scraping both daemons, the dashboard queries only what the daemons export, and the
+/// systemd units pass systemd-analyze. promtool and prometheus come from Debian's `prometheus`
+/// package: without them these tests fail, they never skip.
 @Suite struct OpsTests {
     static let ops = TestEnvironment.repositoryRoot.appendingPathComponent("ops")
     static let rulesFile = ops.appendingPathComponent("prometheus/outbox-alerts.yml")
@@ -165,6 +165,49 @@ import OutboxTestSupport
         }
     }
 
+    static let systemdAnalyze = try? tool("systemd-analyze", package: "systemd")
+
+    /// The units pass `systemd-analyze verify` (an unknown key or a bad value is printed, and any
+    /// output fails the test) and `systemd-analyze security` rates each service's exposure at most
+    /// 2.0 ("OK"). verify checks that ExecStart's binary exists, so it checks copies in a temporary
+    /// folder whose /usr/local/bin/ is this build's folder; nothing else is changed. Without
+    /// systemd-analyze this is skipped, except in CI (`CI` set), where it fails.
+    @Test(.enabled(if: systemdAnalyze != nil || ProcessInfo.processInfo.environment["CI"] != nil, "systemd-analyze is not installed"))
+    func systemdUnitsPassVerifyAndAreHardened() async throws {
+        let analyze = try #require(Self.systemdAnalyze, "systemd-analyze not found: CI must check the units (apt-get install systemd)")
+        let shipped = Self.ops.appendingPathComponent("systemd")
+        let units = try FileManager.default.contentsOfDirectory(atPath: shipped.path).sorted()
+        #expect(units == ["outbox-reconcile.service", "outbox-reconcile.timer", "outbox-reconciler.service", "outbox-relay.service"])
+        let copies = FileManager.default.temporaryDirectory.appendingPathComponent(TestEnvironment.uniqueName("units"))
+        try FileManager.default.createDirectory(at: copies, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: copies) }
+        let binaries = try TestEnvironment.executable("outbox-relay").deletingLastPathComponent().path + "/"
+        for unit in units {
+            let text = try String(contentsOf: shipped.appendingPathComponent(unit), encoding: .utf8)
+            if unit.hasSuffix(".service") {
+                #expect(text.contains("ExecStart=/usr/local/bin/outbox-"), "\(unit)")
+                #expect(text.contains("EnvironmentFile=/etc/outbox/outbox.env"), "\(unit): secrets come from the environment file")
+                #expect(!text.contains("\nEnvironment="), "\(unit): no settings (secrets least of all) in the unit")
+            }
+            try text.replacingOccurrences(of: "/usr/local/bin/", with: binaries)
+                .write(to: copies.appendingPathComponent(unit), atomically: true, encoding: .utf8)
+        }
+        let paths = units.map { copies.appendingPathComponent($0).path }
+        let verify = try await runProcess(analyze, ["verify", "--man=no"] + paths)
+        #expect(verify.status == 0 && (verify.stdout + verify.stderr).isEmpty, "systemd-analyze verify:\n\(verify.stdout)\(verify.stderr)")
+        for path in paths where path.hasSuffix(".service") {
+            let security = try await runProcess(analyze, ["security", "--offline=true", "--threshold=20", path])
+            #expect(security.status == 0, "\(path):\n\(security.stdout.split(separator: "\n").suffix(20).joined(separator: "\n"))\(security.stderr)")
+        }
+
+        // SIGTERM gives the relay relay.shutdown_grace to finish its batch: systemd must wait longer.
+        let relayUnit = try String(contentsOf: shipped.appendingPathComponent("outbox-relay.service"), encoding: .utf8)
+        let config = try String(contentsOf: TestEnvironment.repositoryRoot.appendingPathComponent("config/outbox.yaml"), encoding: .utf8)
+        let stopTimeout = try #require(Self.seconds(after: "TimeoutStopSec=", in: relayUnit))
+        let grace = try #require(Self.seconds(after: "shutdown_grace: ", in: config))
+        #expect(stopTimeout > grace, "TimeoutStopSec=\(stopTimeout)s must exceed relay.shutdown_grace (\(grace)s)")
+    }
+
     // MARK: - Helpers
 
     /// An executable on PATH, or a failure that says what to install.
@@ -212,6 +255,11 @@ import OutboxTestSupport
 
     static func percentEncoded(_ text: String) -> String {
         text.addingPercentEncoding(withAllowedCharacters: CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")) ?? text
+    }
+
+    /// The number of seconds in `<key><number>s` in `text`.
+    static func seconds(after key: String, in text: String) -> Int? {
+        matches(NSRegularExpression.escapedPattern(for: key) + #"(\d+)s\b"#, in: text).first.flatMap { Int($0[1]) }
     }
 
     /// Each match of `pattern` in `text`: the whole match, then its groups.
