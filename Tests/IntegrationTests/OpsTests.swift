@@ -7,8 +7,9 @@ import OutboxTestSupport
 /// The files under ops/ as a team deploys them: the alert rules pass promtool and fire in a real
 /// Prometheus scraping both daemons, the dashboard queries only what the daemons export, and the
 /// systemd units pass systemd-analyze. promtool and prometheus come from Debian's `prometheus`
-/// package: without them these tests fail, they never skip.
-@Suite struct OpsTests {
+/// package: without them these tests fail, they never skip. One test at a time: a relay holds a
+/// dozen Postgres sessions, and the whole test run comes close to the local Postgres' limit.
+@Suite(.serialized) struct OpsTests {
     static let ops = TestEnvironment.repositoryRoot.appendingPathComponent("ops")
     static let rulesFile = ops.appendingPathComponent("prometheus/outbox-alerts.yml")
 
@@ -100,7 +101,7 @@ import OutboxTestSupport
 
     /// Every query of the shipped dashboard names only metrics that a relay and a reconciler export,
     /// read from their /metrics once a delivery, a dead letter, a reconciler alert and a failed scan
-    /// (a second reconciler, Qdrant unreachable) have made every metric appear; every panel has a
+    /// (a second reconciler, Postgres unreachable) have made every metric appear; every panel has a
     /// query; and Prometheus parses every query.
     @Test func everyDashboardQueryUsesOnlyMetricsTheDaemonsExport() async throws {
         #expect(Self.metricNames(in: #"histogram_quantile(0.99, sum by (destination, le) (rate(a_bucket{destination="x"}[5m]))) / on (job) b"#)
@@ -132,7 +133,7 @@ import OutboxTestSupport
                 """)
             let relay = try DaemonProcess.relay(databaseURL: url)
             let reconciler = try DaemonProcess.reconciler(databaseURL: url)
-            let failing = try DaemonProcess.reconciler(databaseURL: url, environment: ["OUTBOX_QDRANT_URL": "http://127.0.0.1:\(try freePort())"])
+            let failing = try DaemonProcess.reconciler(databaseURL: "postgresql://outbox@127.0.0.1:\(try freePort())/outbox")
             try await eventually("a delivery, a dead letter, a reconciler alert and a failed scan", timeout: .seconds(60)) {
                 let figures = [
                     await relay.metric("outbox_events_delivered_total"), await relay.metric("outbox_events_dead_lettered_total"),
