@@ -130,6 +130,7 @@ let package = Package(
                 "OutboxCore", "OutboxCLI", "OutboxTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
             ],
             swiftSettings: swiftSettings
         ),

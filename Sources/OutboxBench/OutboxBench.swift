@@ -19,6 +19,10 @@ struct OutboxBench: AsyncParsableCommand {
             relay is up (its start-up is printed on its own); the relay's drain rate from that commit to its last \
             acknowledgement, against two bounds measured in the same run: a one-statement SQL drain of the same rows \
             (DELETE ... RETURNING, 1,000 per statement) and Redis' pipelined XADD (1,000 per pipeline).
+            - drain-redis-tracing: the drain-redis backlog drained by the relay with span export off and on, \
+            alternated for --tracing-rounds rounds (2): with it on, every event carries a sampled traceparent of its own \
+            (a span per event and one per Redis round trip), exported over OTLP/HTTP to a sink in this process that reads \
+            and discards them; each round's rate and relay CPU per event, spans exported and dropped.
             - drain-qdrant: preload --qdrant-events qdrant.upsert events with --vector-size vectors, one key each; the \
             relay's rate against the Qdrant stand-in ingesting the same points directly in the requests the relay \
             makes (a claim of relay.batch_size events, split at relay.qdrant_max_batch_bytes; PUT \
@@ -71,6 +75,7 @@ struct OutboxBench: AsyncParsableCommand {
 
     @Option(help: "Events preloaded for drain-redis.") var drainEvents = 200_000
     @Option(help: "Keys the drain-redis, memory and large-payloads backlogs are spread over (round robin).") var keys = 1000
+    @Option(help: "drain-redis-tracing: rounds, each a drain with span export off and one with it on.") var tracingRounds = 2
     @Option(help: "qdrant.upsert events preloaded for drain-qdrant.") var qdrantEvents = 50_000
     @Option(help: "Vector dimensions for drain-qdrant.") var vectorSize = 384
     @Option(help: "Backlog for the memory scenario.") var memoryEvents = 1_000_000
@@ -109,7 +114,7 @@ struct OutboxBench: AsyncParsableCommand {
     var relayLogLevel = "warning"
 
     static let all = [
-        "drain-redis", "drain-qdrant", "idle", "memory", "writer-overhead", "writer-throughput", "latency", "sustained", "catch-up", "catch-up-qdrant",
+        "drain-redis", "drain-redis-tracing", "drain-qdrant", "idle", "memory", "writer-overhead", "writer-throughput", "latency", "sustained", "catch-up", "catch-up-qdrant",
         "large-payloads", "reconcile-scan",
     ]
 
@@ -119,7 +124,7 @@ struct OutboxBench: AsyncParsableCommand {
         }
         for (name, value) in [("--writers", writers), ("--rate", rate ?? 1), ("--sustained-seconds", sustainedSeconds), ("--report-every", reportEvery ?? 1),
                               ("--step-seconds", stepSeconds), ("--outage-seconds", outageSeconds), ("--large-events", largeEvents), ("--large-bytes", largeBytes),
-                              ("--writer-seconds", writerSeconds), ("--writer-rounds", writerRounds), ("--writer-clients", writerClients.count)]
+                              ("--writer-seconds", writerSeconds), ("--tracing-rounds", tracingRounds), ("--writer-rounds", writerRounds), ("--writer-clients", writerClients.count)]
         where value < 1 {
             throw ValidationError("\(name) must be at least 1")
         }
@@ -139,6 +144,7 @@ struct OutboxBench: AsyncParsableCommand {
             let figures: [(String, String)]
             switch scenario {
             case "drain-redis": figures = try await bench.drainRedis(events: drainEvents, keys: keys)
+            case "drain-redis-tracing": figures = try await bench.drainRedisTracing(events: drainEvents, keys: keys, rounds: tracingRounds)
             case "drain-qdrant": figures = try await bench.drainQdrant(events: qdrantEvents, dimensions: vectorSize)
             case "idle": figures = try await bench.idle()
             case "memory": figures = try await bench.memory(events: memoryEvents, keys: keys)

@@ -34,7 +34,9 @@ public enum TraceExport {
         configuration.traces.otlpExporter.protocol = .httpProtobuf
         configuration.traces.otlpExporter.timeout = settings.exportTimeout
         configuration.traces.batchSpanProcessor.maxQueueSize = settings.queueSize
-        configuration.traces.batchSpanProcessor.maxExportBatchSize = min(settings.queueSize, 512)
+        // swift-otel's processor sends one batch per interval (and one whenever the queue fills):
+        // batches as large as the queue (up to ~2.5 MB of protobuf) let an interval empty it.
+        configuration.traces.batchSpanProcessor.maxExportBatchSize = min(settings.queueSize, 8192)
         configuration.traces.batchSpanProcessor.scheduleDelay = settings.exportInterval
         configuration.traces.batchSpanProcessor.exportTimeout = settings.exportTimeout
         let dropped = Dictionary(uniqueKeysWithValues: Diagnostics.Reason.allCases.map { reason in

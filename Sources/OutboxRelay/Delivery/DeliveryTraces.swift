@@ -20,13 +20,14 @@ struct DeliveryTraces: Sendable {
     static let none = DeliveryTraces()
 
     private(set) var spans: [Int64: any Span] = [:]
-    private var carriedTraceParents: [Int64: String] = [:]
+    /// The writer's context of the traced events without a span (span export off).
+    private var writers: [Int64: String] = [:]
     private var tracer: (any Tracer)?
 
     private init() {}
 
-    /// Starts the spans of `events`' traced ones (with `tracer`) and works out what each carries.
-    /// `invalid` is called for an event with an invalid `traceparent`.
+    /// Starts the spans of `events`' traced ones (with `tracer`). `invalid` is called for an event
+    /// with an invalid `traceparent`.
     init(
         _ events: [ClaimedEvent], destination: OutboxEvent.Destination, tracer: (any Tracer)?,
         invalid: (ClaimedEvent) -> Void
@@ -39,7 +40,7 @@ struct DeliveryTraces: Sendable {
                 continue
             }
             guard let tracer else {
-                carriedTraceParents[event.id] = writer.traceParentHeaderValue
+                writers[event.id] = writer.traceParentHeaderValue
                 continue
             }
             var parent = ServiceContext.topLevel
@@ -47,30 +48,36 @@ struct DeliveryTraces: Sendable {
             headers["tracestate"] = writer.traceStateHeaderValue
             tracer.extract(headers, into: &parent, using: TraceHeaders.DictionaryExtractor())
             let span = tracer.startSpan("\(destination.rawValue) \(event.operation)", context: parent, ofKind: .consumer)
-            span.attributes["outbox.id"] = event.id
-            span.attributes["outbox.key"] = event.key
-            span.attributes["outbox.destination"] = destination.rawValue
-            span.attributes["outbox.operation"] = event.operation
-            span.attributes["outbox.attempt"] = event.attempts + 1
+            // One assignment (one lock) rather than one per attribute; the destination and the
+            // operation are in the span's name.
+            span.attributes = ["outbox.id": .int64(event.id), "outbox.key": .string(event.key), "outbox.attempt": .int64(Int64(event.attempts + 1))]
             spans[event.id] = span
-            var carried: [String: String] = [:]
-            tracer.inject(span.context, into: &carried, using: TraceHeaders.DictionaryInjector())
-            carriedTraceParents[event.id] = carried["traceparent"] ?? writer.traceParentHeaderValue
         }
     }
 
-    /// The `traceparent` that event `id`'s effect carries to its destination, if it is traced.
-    func carried(_ id: Int64) -> String? { carriedTraceParents[id] }
+    /// The `traceparent` that event `id`'s effect carries to its destination, if it is traced: its
+    /// span's context, or the writer's as it was when spans are not exported.
+    func carried(_ id: Int64) -> String? {
+        guard let tracer, !spans.isEmpty else { return writers.isEmpty ? nil : writers[id] }
+        guard let span = spans[id] else { return nil }
+        var carried: [String: String] = [:]
+        tracer.inject(span.context, into: &carried, using: TraceHeaders.DictionaryInjector())
+        return carried["traceparent"]
+    }
 
-    /// The client span of a request carrying `events`, or nil when none of them is traced.
-    func request(_ name: String, carrying events: some Sequence<ClaimedEvent>, attributes: SpanAttributes = [:]) -> (any Span)? {
-        guard let tracer else { return nil }
-        let traced = events.compactMap { spans[$0.id] }
+    /// The client span of a request carrying `events`, or nil when none of them is traced. The
+    /// arguments are only worked out when the claim has spans: untraced, a round trip makes no list.
+    func request(
+        _ name: String, carrying events: @autoclosure () -> [ClaimedEvent], attributes: @autoclosure () -> SpanAttributes = [:]
+    ) -> (any Span)? {
+        guard let tracer, !spans.isEmpty else { return nil }
+        let traced = events().compactMap { spans[$0.id] }
         guard let first = traced.first else { return nil }
         let span = tracer.startSpan(name, context: first.context, ofKind: .client)
         for other in traced.dropFirst() { span.addLink(SpanLink(context: other.context, attributes: [:])) }
-        span.attributes = attributes
-        span.attributes["outbox.traced_events"] = traced.count
+        var all = attributes()
+        all["outbox.traced_events"] = traced.count
+        span.attributes = all
         return span
     }
 
