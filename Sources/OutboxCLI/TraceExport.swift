@@ -11,8 +11,7 @@ import Tracing
 /// The tracer is the process' (`InstrumentationSystem`): the relay's spans, the trace context its
 /// HTTP requests carry and the `trace_id` of log lines all come from it. Finished spans wait in a
 /// bounded queue (`tracing.queue_size`) and go out in batches every `tracing.export_interval`, and
-/// at shutdown;
-/// delivery never waits for the collector. Spans that do not fit the queue, or whose export fails
+/// at shutdown; delivery never waits for the collector. Spans that do not fit the queue, or whose export fails
 /// or times out (`tracing.export_timeout`), are dropped and counted in
 /// `outbox_tracing_spans_dropped_total{reason}`.
 public enum TraceExport {
@@ -42,7 +41,8 @@ public enum TraceExport {
         let dropped = Dictionary(uniqueKeysWithValues: Diagnostics.Reason.allCases.map { reason in
             (reason, CoreMetrics.Counter(label: "outbox_tracing_spans_dropped_total", dimensions: [("reason", reason.rawValue)], factory: metrics))
         })
-        configuration.diagnosticLogger = .custom(Logger(label: "otel") { _ in Diagnostics(logger: logger, dropped: dropped) })
+        let redactor = Redactor(secrets: SecretAddress.secrets(in: url))
+        configuration.diagnosticLogger = .custom(Logger(label: "otel") { _ in Diagnostics(logger: logger, dropped: dropped, redactor: redactor) })
         configuration.diagnosticLogLevel = .warning
         let backend = try OTel.makeTracingBackend(configuration: configuration)
         InstrumentationSystem.bootstrap(backend.factory)
@@ -81,6 +81,7 @@ public enum TraceExport {
 
         var logger: Logger
         let dropped: [Reason: CoreMetrics.Counter]
+        let redactor: Redactor
         var logLevel: Logger.Level = .warning
         var metadata: Logger.Metadata = [:]
 
@@ -98,7 +99,7 @@ public enum TraceExport {
             } else if message.hasPrefix("Failed to export batch"), let count = all["batch_size"].flatMap({ Int("\($0)") }) {
                 dropped[.exportFailed]?.increment(by: count)
             }
-            logger.log(level: event.level, "Tracing: \(message)", metadata: all.mapValues { .string("\($0)") })
+            logger.log(level: event.level, "Tracing: \(redactor.redact(message))", metadata: all.mapValues { .string(redactor.redact("\($0)")) })
         }
     }
 }

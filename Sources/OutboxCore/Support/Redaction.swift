@@ -4,15 +4,15 @@ import Foundation
 ///
 /// Drivers know their secrets (a password, a URL's userinfo, an api-key) and pass every C library
 /// message through `redact` before it leaves the driver.
-struct Redactor: Sendable {
+public struct Redactor: Sendable {
     private let secrets: [String]
 
-    init(secrets: [String?]) {
+    public init(secrets: [String?]) {
         // Longest first, so a secret that contains another is removed whole.
         self.secrets = secrets.compactMap { $0 }.filter { $0.count >= 3 }.sorted { $0.count > $1.count }
     }
 
-    func redact(_ text: String) -> String {
+    public func redact(_ text: String) -> String {
         var out = text
         for secret in secrets where out.contains(secret) {
             out = out.replacingOccurrences(of: secret, with: "***")

@@ -1,5 +1,3 @@
-import Foundation
-import Logging
 import OutboxCore
 import Tracing
 import W3CTraceContext
@@ -102,9 +100,9 @@ struct DeliveryTraces: Sendable {
         for dead in settlement.deadLetters { outcomes[dead.id] = ("dead_lettered", dead.reason) }
         for (id, span) in spans {
             // An event without an outcome was held back behind an earlier event of its key.
-            let (outcome, reason) = outcomes[id] ?? ("released", "held back: an earlier event of its key failed")
+            let (outcome, reason) = outcomes[id] ?? ("released", nil)
             span.attributes["outbox.outcome"] = outcome
-            if let reason, outcome != "released" { span.setStatus(SpanStatus(code: .error, message: reason)) }
+            if let reason { span.setStatus(SpanStatus(code: .error, message: reason)) }
             span.end()
         }
     }
