@@ -26,6 +26,14 @@ public actor ReconcilerService: Service {
         self.alerts = AlertManager(settings: configuration.reconciler, redis: configuration.redis, logger: logger)
         self.factory = PrometheusMetricsFactory(registry: registry)
         BuildInfo.register(in: factory)
+        // The counters an alert rule takes increase() of are there from start-up, at 0: a series
+        // that appears with its first increment, at 1, shows no increase for that first event.
+        for category in ReconcileReport.Category.allCases {
+            for state in ["firing", "resolved"] {
+                _ = Metrics.Counter(label: "reconciler_alerts_total", dimensions: [("category", category.rawValue), ("state", state)], factory: factory)
+            }
+        }
+        _ = Metrics.Counter(label: "reconciler_scan_errors_total", dimensions: [], factory: factory)
     }
 
     /// For metrics made outside this type (span export's).
