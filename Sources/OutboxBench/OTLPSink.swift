@@ -2,7 +2,6 @@ import Foundation
 import Hummingbird
 import Logging
 import OutboxTestSupport
-import Synchronization
 
 /// An OTLP/HTTP endpoint that takes `POST /v1/traces`, reads the body, counts it and answers 200
 /// with an empty (valid) `ExportTraceServiceResponse`: the cheapest collector there is, so that a
@@ -29,18 +28,20 @@ final class OTLPSink: Sendable {
             await counts.add(body.readableBytes)
             return Response(status: .ok, headers: [.contentType: "application/x-protobuf"])
         }
+        let (running, listening) = AsyncStream<Void>.makeStream()
+        // Quiet: stopping it (a cancellation) is logged by Hummingbird as an error.
+        var logger = Logger(label: "otlp-sink")
+        logger.logLevel = .critical
         let app = Application(
             router: router, configuration: ApplicationConfiguration(address: .hostname("127.0.0.1", port: port), serverName: nil),
-            logger: Logger(label: "otlp-sink"))
-        let task = Task { try await app.run() }
-        let sink = OTLPSink(url: "http://127.0.0.1:\(port)", task: task, counts: counts)
-        // Listening once a connection is accepted.
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !Self.accepts(port) {
-            guard ContinuousClock.now < deadline else { throw BenchError("the OTLP sink did not listen on \(port)") }
-            try await Task.sleep(for: .milliseconds(20))
+            onServerRunning: { _ in listening.yield() }, logger: logger)
+        let task = Task {
+            defer { listening.finish() }  // it could not listen (or was stopped)
+            try await app.run()
         }
-        return sink
+        var iterator = running.makeAsyncIterator()
+        guard await iterator.next() != nil else { throw BenchError("the OTLP sink could not listen on 127.0.0.1:\(port)") }
+        return OTLPSink(url: "http://127.0.0.1:\(port)", task: task, counts: counts)
     }
 
     var received: (requests: Int, bytes: Int) {
@@ -48,16 +49,4 @@ final class OTLPSink: Sendable {
     }
 
     func stop() { task.cancel() }
-
-    private static func accepts(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-        }
-    }
 }

@@ -52,6 +52,18 @@ public enum TraceExport {
         return backend.service
     }
 
+    /// `bootstrap` for a daemon's `serve`: a problem exits 2 naming the tracing section; returns the
+    /// service to run first in the daemon's group (stopped last, it flushes the daemon's last spans).
+    public static func bootstrapOrExit(_ settings: TracingSettings, serviceName: String, logger: Logger, metrics: any MetricsFactory)
+        -> (any Service)?
+    {
+        do {
+            return try bootstrap(settings, serviceName: serviceName, logger: logger, metrics: metrics)
+        } catch {
+            CommandSupport.fail("config: tracing: \(error)", exitCode: 2)
+        }
+    }
+
     /// Adds `trace_id` and `span_id` to a line logged inside a span.
     public static let logMetadata = Logger.MetadataProvider {
         var metadata = OTel.makeLoggingMetadataProvider().get()

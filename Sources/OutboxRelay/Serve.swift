@@ -26,12 +26,7 @@ extension OutboxRelayCommand {
             CommandSupport.ensureCanListen(host: config.relay.httpHost, port: config.relay.httpPort, keyPrefix: "relay.http")
             let health = RelayHealth()
             let metrics = RelayMetrics()
-            let tracing: (any Service)?
-            do {
-                tracing = try TraceExport.bootstrap(config.tracing, serviceName: "outbox-relay", logger: logger, metrics: metrics.metricsFactory)
-            } catch {
-                CommandSupport.fail("config: tracing: \(error)", exitCode: 2)
-            }
+            let tracing = TraceExport.bootstrapOrExit(config.tracing, serviceName: "outbox-relay", logger: logger, metrics: metrics.metricsFactory)
             let relay = RelayService(
                 configuration: config, health: health, metrics: metrics, logger: logger, tracer: tracing.map { _ in InstrumentationSystem.tracer })
             let status = RelayStatusProvider(configuration: config, health: health, metrics: metrics, logger: logger)

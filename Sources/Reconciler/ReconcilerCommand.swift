@@ -41,12 +41,8 @@ extension ReconcilerCommand {
             let config = await CommandSupport.loadConfiguration(path: options.config)
             CommandSupport.ensureCanListen(host: config.reconciler.httpHost, port: config.reconciler.httpPort, keyPrefix: "reconciler.http")
             let reconciler = ReconcilerService(configuration: config, logger: logger)
-            let tracing: (any Service)?
-            do {
-                tracing = try TraceExport.bootstrap(config.tracing, serviceName: "outbox-reconciler", logger: logger, metrics: reconciler.metricsFactory)
-            } catch {
-                CommandSupport.fail("config: tracing: \(error)", exitCode: 2)
-            }
+            let tracing = TraceExport.bootstrapOrExit(
+                config.tracing, serviceName: "outbox-reconciler", logger: logger, metrics: reconciler.metricsFactory)
             let server = HealthServer.service(
                 host: config.reconciler.httpHost, port: config.reconciler.httpPort, handlers: reconciler.handlers, logger: logger)
             // Stopped in reverse order: span export last, so it flushes the last scan's span.

@@ -21,6 +21,14 @@ import OutboxTestSupport
             environment: ["OUTBOX_TRACING_ENDPOINT": receiver.url, "OUTBOX_TRACING_EXPORT_INTERVAL": "500ms"].merging(environment) { $1 })
     }
 
+    /// An `xadd` of key `k` to `stream` whose headers carry `traceparent`, written through SQL as
+    /// any writer can.
+    func enqueueXAdd(_ db: PostgresConnection, stream: String, traceparent: String) async throws {
+        try await db.query(
+            "SELECT outbox.enqueue('redis', 'xadd', 'k', jsonb_build_object('stream', $1::text, 'fields', '{\"a\":\"b\"}'::jsonb), jsonb_build_object('traceparent', $2::text))",
+            [.text(stream), .text(traceparent)])
+    }
+
     @Test func aPythonWritersTraceContinuesThroughTheRelayIntoTheStreamEntry() async throws {
         try await TestEnvironment.withFreshDatabase(migrated: true) { url, _ in
             let receiver = try await OTLPReceiver.start()
@@ -132,9 +140,7 @@ import OutboxTestSupport
             try await relay.waitUntilReady()
             let stream = "stream:" + TestEnvironment.uniqueName("untraced")
             for traceparent in ["not-a-trace", "00-00000000000000000000000000000000-0000000000000000-01", "00-ABCDEF"] {
-                try await db.query(
-                    "SELECT outbox.enqueue('redis', 'xadd', 'k', jsonb_build_object('stream', $1::text, 'fields', '{\"a\":\"b\"}'::jsonb), jsonb_build_object('traceparent', $2::text))",
-                    [.text(stream), .text(traceparent)])
+                try await enqueueXAdd(db, stream: stream, traceparent: traceparent)
             }
             try await eventually("delivered", timeout: .seconds(20)) { await relay.metric("outbox_events_delivered_total{destination=\"redis\"}") == 3 }
             #expect(await relay.metric("outbox_trace_context_invalid_total{destination=\"redis\"}") == 3)
@@ -162,9 +168,7 @@ import OutboxTestSupport
             let poisoned = "stream:" + TestEnvironment.uniqueName("poisoned")
             try await TestEnvironment.redis().command("SET", poisoned, "a string, not a stream")
             let traceID = "4bf92f3577b34da6a3ce929d0e0e4736", writerSpanID = "00f067aa0ba902b7"
-            try await db.query(
-                "SELECT outbox.enqueue('redis', 'xadd', 'k', jsonb_build_object('stream', $1::text, 'fields', '{\"a\":\"b\"}'::jsonb), jsonb_build_object('traceparent', $2::text))",
-                [.text(poisoned), .text("00-\(traceID)-\(writerSpanID)-01")])
+            try await enqueueXAdd(db, stream: poisoned, traceparent: "00-\(traceID)-\(writerSpanID)-01")
             let span = try await receiver.span { $0["name"]?.stringValue == "redis xadd" }
             #expect(span["attributes"]?["outbox.outcome"]?.stringValue == "dead_lettered")
             #expect(span["status"]?.stringValue == "STATUS_CODE_ERROR")
