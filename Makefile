@@ -1,5 +1,6 @@
 # Quick start: `make demo` runs the product on local services; `make test` runs the whole suite.
-# Both start the local services first (scripts/services up: Postgres 15, Redis 7, Qdrant stand-in).
+# Both start the local services first (scripts/services up: Postgres 15, Redis 7, Qdrant stand-in);
+# `make test` also starts the Redis Cluster the cluster tests need (scripts/services up redis-cluster).
 
 SHELL := /bin/bash
 SWIFT_BUILD_FLAGS ?=
@@ -21,8 +22,9 @@ services-down:
 demo: services-up build
 	scripts/demo
 
-## test: start services, then unit + integration tests (Swift) and the stand-in's and chaos driver's own tests (pytest).
+## test: start services (the Redis Cluster too), then unit + integration tests (Swift) and the stand-in's and chaos driver's own tests (pytest).
 test: services-up
+	scripts/services up redis-cluster
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 	$(SERVICES_ENV) && "$$OUTBOX_VENV/bin/python" -m pytest -q -p no:cacheprovider scripts/qdrant-standin scripts/test_chaos.py
 	$(SERVICES_ENV) && swift test --skip-build $(SWIFT_BUILD_FLAGS)

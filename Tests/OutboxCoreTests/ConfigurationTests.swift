@@ -205,6 +205,9 @@ import Testing
         ("embedding:\n  provider: magic\n", "embedding.provider", #"must be hashing or openai, got "magic""#),
         ("qdrant:\n  url: 127.0.0.1:6333\n", "qdrant.url", "must start with http:// or https://"),
         ("postgres:\n  url: ''\n", "postgres.url", "must not be empty"),
+        ("redis:\n  cluster: maybe\n", "redis.cluster", #"expected true or false, got "maybe""#),
+        ("redis:\n  cluster: true\n  url: redis://127.0.0.1:7000/2\n", "redis.url", "a Redis Cluster has only database 0, the url names database 2"),
+        ("redis:\n  wait_replicas: -1\n", "redis.wait_replicas", "must be between 0 and 64, got -1"),
     ])
     func wrongTypeOrValueNamesTheKey(yaml: String, key: String, message: String) async {
         let error = await problem(yaml)
@@ -217,7 +220,7 @@ import Testing
     }.sorted()
 
     @Test func everyDurationKeyIsCovered() {
-        #expect(Self.durationKeys.count == 18, "\(Self.durationKeys)")
+        #expect(Self.durationKeys.count == 19, "\(Self.durationKeys)")
     }
 
     @Test(arguments: durationKeys)

@@ -176,3 +176,44 @@ import Testing
         #expect(set.payload.jsonText == #"{"key":"cache:1","ttl_seconds":60,"value":"v"}"#)
     }
 }
+
+/// Redis Cluster's key → slot function and the relay's hash tags (checked against a real cluster's
+/// `CLUSTER KEYSLOT` by RedisClusterTests' drain, whose keys all land where the relay sends them).
+@Suite struct RedisSlotTests {
+    @Test func slotsAreCRC16OfTheHashTagAsRedisDefinesThem() {
+        #expect(RedisSlot.of("123456789") == 0x31C3 % 16384)  // CRC16/XMODEM's check value
+        #expect(RedisSlot.of("a") == 15495)
+        #expect(RedisSlot.of("b") == 3300)
+        #expect(RedisSlot.of("{user1000}.following") == RedisSlot.of("{user1000}.followers"))
+        #expect(RedisSlot.of("{user1000}.following") == RedisSlot.of("user1000"))
+        // An empty tag, or no closing brace: the whole key is hashed. Only the first tag counts.
+        #expect(RedisSlot.of("foo{}{bar}") != RedisSlot.of("bar"))
+        #expect(RedisSlot.of("foo{{bar}}zap") == RedisSlot.of("{bar"))
+        #expect(RedisSlot.of("foo{bar}{zap}") == RedisSlot.of("bar"))
+        #expect(RedisSlot.of("{unclosed") == RedisSlot.of("{unclosed"))
+    }
+
+    @Test func everySlotHasAShortTagThatHashesToIt() {
+        for slot in 0..<RedisSlot.count {
+            let tag = RedisSlot.tag(for: slot)
+            #expect(tag.count <= 3 && RedisSlot.of("ns:{\(tag)}:key:any}thing{") == slot, "slot \(slot): tag \(tag)")
+        }
+    }
+
+    @Test func redirectsAndSlotMapsParse() throws {
+        #expect(RedisRedirect(errorReply: "MOVED 3999 127.0.0.1:6381")?.address == RedisNodeAddress(host: "127.0.0.1", port: 6381))
+        let ask = try #require(RedisRedirect(errorReply: "ASK 12 [::1]:7000"))
+        #expect(ask.kind == .ask && ask.slot == 12 && ask.address == RedisNodeAddress(host: "::1", port: 7000))
+        for notARedirect in ["MOVED 16384 h:1", "MOVED x h:1", "ERR MOVED 1 h:1", "MOVED 1 h", "TRYAGAIN Multiple keys"] {
+            #expect(RedisRedirect(errorReply: notARedirect) == nil, "\(notARedirect)")
+        }
+        let reply = RedisReply.array([
+            .array([.integer(0), .integer(5460), .array([.bulk(Array("".utf8)), .integer(7001), .bulk(Array("id1".utf8))])]),
+            .array([.integer(5461), .integer(16383), .array([.bulk(Array("10.0.0.2".utf8)), .integer(7002)])]),
+        ])
+        let map = try RedisCluster.slotMap(reply, answeredBy: RedisNodeAddress(host: "10.0.0.1", port: 7001))
+        #expect(map[0] == RedisNodeAddress(host: "10.0.0.1", port: 7001) && map[5460] == map[0])
+        #expect(map[5461] == RedisNodeAddress(host: "10.0.0.2", port: 7002) && map[16383] == map[5461])
+        #expect(throws: RedisError.self) { try RedisCluster.slotMap(.array([.array([.integer(1)])]), answeredBy: ask.address) }
+    }
+}

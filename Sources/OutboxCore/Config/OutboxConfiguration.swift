@@ -59,6 +59,7 @@ public struct QdrantConfiguration: Sendable {
 /// | `redis.url` (`OUTBOX_REDIS_URL`) | `redis://[:password@]host:port/db` | `redis://127.0.0.1:56379/0` | password part |
 /// | `redis.password` / `redis.password_file` | string / path | none | yes |
 /// | `redis.connect_timeout`, `redis.command_timeout` | duration | `5s`, `10s` | |
+/// | `redis.cluster` (`OUTBOX_REDIS_CLUSTER`) | bool: `url` names a node of a Redis Cluster | `false` | |
 /// | `qdrant.url` (`OUTBOX_QDRANT_URL`) | URL | `http://127.0.0.1:56333` | |
 /// | `qdrant.api_key` / `qdrant.api_key_file` | string / path | none | yes |
 /// | `qdrant.timeout` | duration | `30s` | |
@@ -137,8 +138,13 @@ public struct OutboxConfiguration: Sendable {
         redis.password = try c.secret("redis.password")
         redis.connectTimeout = try c.duration("redis.connect_timeout", default: .seconds(5))
         redis.commandTimeout = try c.duration("redis.command_timeout", default: .seconds(10))
+        redis.cluster = try c.bool("redis.cluster", default: false)
         do {
-            _ = try redis.endpoint()
+            let endpoint = try redis.endpoint()
+            if redis.cluster, endpoint.database != 0 {
+                throw ConfigurationError(
+                    key: "redis.url", problem: "a Redis Cluster has only database 0, the url names database \(endpoint.database)")
+            }
         } catch let error as RedisError {
             throw ConfigurationError(key: "redis.url", problem: error.message)
         }
@@ -213,6 +219,15 @@ struct ConfigValues {
             throw ConfigurationError(key: key, problem: "must be between \(range.lowerBound) and \(range.upperBound), got \(number)")
         }
         return number
+    }
+
+    func bool(_ key: String, default value: Bool) throws -> Bool {
+        guard let text = raw(key) else { return value }
+        switch text.trimmingCharacters(in: .whitespaces).lowercased() {
+        case "true", "yes", "on", "1": return true
+        case "false", "no", "off", "0": return false
+        default: throw ConfigurationError(key: key, problem: "expected true or false, got \"\(text)\"")
+        }
     }
 
     func duration(_ key: String, default value: Duration) throws -> Duration {

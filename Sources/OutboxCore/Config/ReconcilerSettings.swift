@@ -37,12 +37,7 @@ public struct ReconcilerSettings: Sendable {
         stuckAfter = try c.duration("reconciler.stuck_after", default: stuckAfter)
         stuckAttempts = try c.int("reconciler.stuck_attempts", default: stuckAttempts, range: 1...1_000_000)
         pageSize = try c.int("reconciler.page_size", default: pageSize, range: 10...100_000)
-        if let text = c.raw("reconciler.repair") {
-            guard let value = Bool(text.lowercased()) else {
-                throw ConfigurationError(key: "reconciler.repair", problem: "expected true or false, got \"\(text)\"")
-            }
-            repair = value
-        }
+        repair = try c.bool("reconciler.repair", default: repair)
         if let url = c.raw("reconciler.alert_webhook_url", secret: true) {
             guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
                 throw ConfigurationError(key: "reconciler.alert_webhook_url", problem: "must start with http:// or https://")

@@ -19,6 +19,8 @@ import Yams
 /// | `relay.qdrant_max_batch_bytes` | int | `8388608` |
 /// | `redis.dedupe_ttl` | duration | `7d` |
 /// | `redis.dedupe_prefix` | string | `outbox:dedupe` |
+/// | `redis.wait_replicas` | int, replicas that must acknowledge a delivery (`WAIT`); 0: off | `0` |
+/// | `redis.wait_timeout` | duration, how long `WAIT` waits for them | `1s` |
 public struct RelaySettings: Sendable {
     public var httpHost = "127.0.0.1"
     public var httpPort = 8470
@@ -40,6 +42,10 @@ public struct RelaySettings: Sendable {
     public var qdrantMaxBatchBytes = 8 * 1024 * 1024
     public var dedupeTTL: Duration = .seconds(7 * 86_400)
     public var dedupePrefix = "outbox:dedupe"
+    /// Replicas of the Redis master that must hold a delivery (`WAIT`) before its events count as
+    /// delivered; 0: none (Redis' asynchronous replication alone). docs/RELIABILITY.md.
+    public var waitReplicas = 0
+    public var waitTimeout: Duration = .seconds(1)
 
     public init() {}
 
@@ -73,6 +79,8 @@ public struct RelaySettings: Sendable {
             "relay.qdrant_max_batch_bytes", default: qdrantMaxBatchBytes, range: 65_536...(30 * 1024 * 1024))
         dedupeTTL = try c.duration("redis.dedupe_ttl", default: dedupeTTL)
         dedupePrefix = try c.string("redis.dedupe_prefix", default: dedupePrefix)
+        waitReplicas = try c.int("redis.wait_replicas", default: waitReplicas, range: 0...64)
+        waitTimeout = try c.duration("redis.wait_timeout", default: waitTimeout)
     }
 }
 

@@ -11,6 +11,10 @@ public struct RedisConfiguration: Sendable {
     public var connectTimeout: Duration = .seconds(5)
     /// Upper bound on one command or pipeline round trip.
     public var commandTimeout: Duration = .seconds(10)
+    /// `url` names one node of a Redis Cluster; the others are discovered (``RedisCluster``).
+    public var cluster = false
+    /// A cluster node's address, in place of the url's host and port (same credentials).
+    public var node: RedisNodeAddress?
 
     public init(url: String, password: String? = nil) {
         self.url = url
@@ -37,7 +41,7 @@ public struct RedisConfiguration: Sendable {
         }
         let user = parts.user.flatMap { $0.isEmpty ? nil : $0 }
         return Endpoint(
-            host: parts.host, port: Int32(parts.port ?? 6379), username: user,
+            host: node?.host ?? parts.host, port: Int32(node?.port ?? parts.port ?? 6379), username: user,
             password: password ?? parts.password.flatMap { $0.isEmpty ? nil : $0 },
             database: Int(dbText) ?? 0)
     }

@@ -37,6 +37,12 @@ struct RedisDeliverer: Deliverer {
     var maxBulkLength = Self.defaultMaxBulkLength
     /// The stream entry field a traced event's `traceparent` goes in (`tracing.stream_field`); nil: none.
     var traceField: String? = "traceparent"
+    /// Set with `redis.cluster`: the cluster `redis` is the seed node of (RedisClusterDelivery.swift).
+    var cluster: RedisCluster? = nil
+    /// `redis.wait_replicas` / `redis.wait_timeout`: each round trip ends with `WAIT`, and events
+    /// fewer replicas acknowledged are retried (their dedupe makes the retry a no-op once they are).
+    var waitReplicas = 0
+    var waitTimeout: Duration = .seconds(1)
     static let defaultMaxBulkLength = 512 * 1024 * 1024
     /// Events per Lua call; a call blocks other Redis clients while it runs (~6 µs per event).
     static let chunkEvents = 500
@@ -115,6 +121,7 @@ struct RedisDeliverer: Deliverer {
         """)
 
     func deliver(_ events: [ClaimedEvent], traces: DeliveryTraces) async -> [Int64: DeliveryOutcome] {
+        if let cluster { return await deliverToCluster(cluster, events, traces: traces) }
         var outcomes: [Int64: DeliveryOutcome] = [:]
         outcomes.reserveCapacity(events.count)
         var commands: [(event: ClaimedEvent, arguments: RedisArguments)] = []
@@ -159,12 +166,14 @@ struct RedisDeliverer: Deliverer {
         let ttl = String(max(1, Int(dedupeTTL.seconds)))
         for attempt in 0..<2 {
             let sha = try await redis.scriptSHA(Self.apply, reload: attempt > 0)
-            let replies = try await redis.pipeline(chunks.map { chunk in
-                var call = RedisArguments(
-                    ["EVALSHA", sha, "0", ttl, dedupeNamespace], reservingCapacity: 256 + chunk.reduce(0) { $0 + $1.arguments.encoded.count })
-                for (_, arguments) in chunk { call.append(contentsOf: arguments) }
-                return RedisCommand(call)
-            })
+            var replies = try await redis.pipeline(
+                chunks.map { chunk in
+                    var call = RedisArguments(
+                        ["EVALSHA", sha, "0", ttl, dedupeNamespace], reservingCapacity: 256 + chunk.reduce(0) { $0 + $1.arguments.encoded.count })
+                    for (_, arguments) in chunk { call.append(contentsOf: arguments) }
+                    return RedisCommand(call)
+                } + (waitCommand.map { [$0] } ?? []))
+            let unreplicated = waitCommand == nil ? nil : unreplicated(replies.removeLast())
             if attempt == 0, replies.contains(where: { if case .error(let m) = $0 { m.hasPrefix("NOSCRIPT") } else { false } }) {
                 continue  // scripts flushed (server restart): reload, then resend; dedupe keeps it safe
             }
@@ -181,11 +190,27 @@ struct RedisDeliverer: Deliverer {
                     continue
                 }
                 for ((event, _), result) in zip(chunk, results) {
-                    outcomes[event.id] = Self.outcome(of: event, result)
+                    outcomes[event.id] = switch Self.outcome(of: event, result) {
+                    case .delivered where unreplicated != nil: .retry(reason: unreplicated!, retryAfter: nil)
+                    case let outcome: outcome
+                    }
                 }
             }
             return
         }
+    }
+
+    /// `WAIT numreplicas timeout`, sent after a round's script calls when `redis.wait_replicas` asks.
+    var waitCommand: RedisCommand? {
+        waitReplicas == 0 ? nil : RedisCommand("WAIT", String(waitReplicas), String(max(1, waitTimeout.milliseconds)))
+    }
+
+    /// Why a round does not count as delivered after `WAIT` answered `reply`; nil when enough
+    /// replicas acknowledged it.
+    func unreplicated(_ reply: RedisReply) -> String? {
+        if let acknowledged = reply.integer, acknowledged >= waitReplicas { return nil }
+        let answer = reply.integer.map { "\($0) of \(waitReplicas) replicas acknowledged" } ?? "WAIT answered \(reply)"
+        return "applied on the Redis master, but \(answer) within \(waitTimeout) (redis.wait_replicas)"
     }
 
     /// The server's `proto-max-bulk-len`, or Redis' default where `CONFIG GET` is not allowed
@@ -198,6 +223,7 @@ struct RedisDeliverer: Deliverer {
     }
 
     func probe() async -> String? {
+        if let cluster { return await Self.probe(cluster) }
         do {
             switch try await redis.pipeline([RedisCommand(["PING"])])[0] {
             case .error(let message) where FailureClass.redis(errorReply: message) == .destination:
@@ -292,7 +318,7 @@ struct RedisDeliverer: Deliverer {
     /// count, the command. An `xadd` of a traced event gets `trace`'s field, unless its own fields
     /// have one of that name. (`publish` messages are not altered: a message is the application's
     /// bytes, with no fields to add one to; docs/DESIGN.md, "Tracing".)
-    static func buildCommand(for event: ClaimedEvent, trace: (field: String, value: String)? = nil)
+    static func buildCommand(for event: ClaimedEvent, trace: (field: String, value: String)? = nil, delKeys: [String]? = nil)
         -> Result<RedisArguments, PayloadProblem>
     {
         let p = event.payload
@@ -359,8 +385,10 @@ struct RedisDeliverer: Deliverer {
                 guard !keys.isEmpty, keys.count == p["keys"]?.arrayValue?.count else {
                     throw PayloadProblem(message: "malformed redis.del payload: \"keys\" must be a non-empty list of strings")
                 }
-                script(commandArguments: 1 + keys.count)
-                for argument in ["DEL"] + keys { arguments.append(argument) }
+                // In a cluster, a `del` whose keys span slots is applied per slot (`delKeys`).
+                let applied = delKeys ?? keys
+                script(commandArguments: 1 + applied.count)
+                for argument in ["DEL"] + applied { arguments.append(argument) }
             case "set":
                 let (key, value) = (try string("key"), try string("value"))
                 var seconds: Int?

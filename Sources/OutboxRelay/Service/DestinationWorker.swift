@@ -118,12 +118,17 @@ final class DestinationWorker: Sendable {
         let deliverer: any Deliverer
         switch destination {
         case .redis:
-            let redis = try await RedisConnection.connect(configuration.redis, logger: logger)
+            let cluster = configuration.redis.cluster ? try await RedisCluster.connect(configuration.redis, logger: logger) : nil
+            let redis = if let cluster { try await cluster.seedConnection() } else { try await RedisConnection.connect(configuration.redis, logger: logger) }
+            if cluster == nil, try await RedisCluster.isClusterNode(redis) {
+                throw ConfigurationError(key: "redis.cluster", problem: RedisCluster.unsetProblem)
+            }
             let instance = try await db.query("SELECT id FROM outbox.instance").first?.decode("id", as: String.self) ?? "default"
             deliverer = RedisDeliverer(
                 redis: redis, dedupeNamespace: "\(configuration.relay.dedupePrefix):\(instance)",
                 dedupeTTL: configuration.relay.dedupeTTL, logger: logger, maxBulkLength: await RedisDeliverer.maxBulkLength(of: redis),
-                traceField: configuration.tracing.streamField)
+                traceField: configuration.tracing.streamField, cluster: cluster,
+                waitReplicas: configuration.relay.waitReplicas, waitTimeout: configuration.relay.waitTimeout)
         case .qdrant:
             let client = QdrantClient(configuration: configuration.qdrant, logger: logger)
             // Qdrant must answer, as Redis must for the Redis worker: an unreachable Qdrant makes
