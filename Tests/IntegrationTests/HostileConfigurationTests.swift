@@ -23,7 +23,7 @@ extension HostileInput {
                 (base.replacingOccurrences(of: "    text_column: content", with: "    text_colum: content"),
                  "config: tables.extractions.text_colum: unknown key; did you mean tables.extractions.text_column?"),
                 (base.replacingOccurrences(of: "{size: 384, distance: Cosine}", with: "{size: 384, distance: Cosine, on_disk: true}"),
-                 "config: qdrant.collections.extractions.on_disk: unknown key (known here: distance, size)"),
+                 "config: qdrant.collections.extractions.on_disk: unknown key (known here: distance, ordering, shard_key, shard_key_field, size)"),
                 (base.replacingOccurrences(of: "  max_attempts: 25", with: "  max_attempts: [25]"),
                  "config: relay.max_attempts: expected a single value, got a list"),
                 (base.replacingOccurrences(of: "  max_attempts: 25", with: "  max_attempts: plenty"),

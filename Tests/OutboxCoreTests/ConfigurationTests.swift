@@ -50,6 +50,104 @@ import Testing
             """) == nil)
     }
 
+    /// `qdrant.ordering` and each collection's `ordering`, `shard_key` or `shard_key_field`.
+    @Test func qdrantOrderingAndShardKeys() async throws {
+        let config = try await load("""
+            qdrant:
+              ordering: medium
+              collections:
+                extractions: {size: 384}
+                eu: {size: 4, ordering: strong, shard_key: eu}
+                numbered: {size: 4, ordering: weak, shard_key: 7}
+                tenants: {size: 4, shard_key_field: tenant}
+            """)
+        #expect(config.qdrant.ordering == .medium)
+        let settings = { QdrantWriteSettings.of($0, in: config.collections, defaultOrdering: config.qdrant.ordering) }
+        #expect(settings("extractions") == QdrantWriteSettings(ordering: .medium))
+        #expect(settings("eu") == QdrantWriteSettings(ordering: .strong, shardKey: .fixed(.keyword("eu"))))
+        #expect(settings("numbered") == QdrantWriteSettings(ordering: .weak, shardKey: .fixed(.number(7))))
+        #expect(settings("tenants") == QdrantWriteSettings(ordering: .medium, shardKey: .field("tenant")))
+        #expect(settings("unconfigured") == QdrantWriteSettings(ordering: .medium))
+        #expect(config.collections["tenants"]?.createdByRelay == false)
+        #expect(config.collections["extractions"]?.createdByRelay == true)
+        // The default: strong, as every write was sent before the setting existed.
+        #expect(try await load("{}").qdrant.ordering == .strong)
+        #expect(try await load("{}", environment: ["OUTBOX_QDRANT_ORDERING": "weak"]).qdrant.ordering == .weak)
+    }
+
+    @Test(arguments: [
+        ("qdrant: {ordering: fast}", "qdrant.ordering", #"must be weak, medium or strong, got "fast""#),
+        ("qdrant:\n  collections:\n    c: {size: 4, ordering: Strong}\n", "qdrant.collections.c.ordering",
+         #"must be weak, medium or strong, got "Strong""#),
+        ("qdrant:\n  collections:\n    c: {size: 4, shard_key: eu, shard_key_field: tenant}\n", "qdrant.collections.c.shard_key_field",
+         "set either shard_key (one key for every write) or shard_key_field (a field of each event), not both"),
+        ("qdrant:\n  collections:\n    c: {size: 4, shard_key: -1}\n", "qdrant.collections.c.shard_key",
+         #"must be a non-empty string or an unsigned integer, got "-1""#),
+        ("qdrant:\n  collections:\n    c: {size: 4, shard_key: 1.5}\n", "qdrant.collections.c.shard_key",
+         #"must be a non-empty string or an unsigned integer, got "1.5""#),
+        ("qdrant:\n  collections:\n    c: {size: 4, shard_key: ''}\n", "qdrant.collections.c.shard_key",
+         #"must be a non-empty string or an unsigned integer, got """#),
+        ("qdrant:\n  collections:\n    c: {size: 4, shard_key_field: 3}\n", "qdrant.collections.c.shard_key_field",
+         #"must be the name of a field of the events' payloads, got "3""#),
+        ("qdrant:\n  collections:\n    c: {size: 4, shard_key: [a, b]}\n", "qdrant.collections.c.shard_key", "expected a single value, got a list"),
+        ("qdrant:\n  collections:\n    c: {size: 4, shard_kee: a}\n", "qdrant.collections.c.shard_kee",
+         "unknown key; did you mean qdrant.collections.c.shard_key?"),
+        // The reconciler's repairs of a table carry the shard key in the point payload it rebuilds.
+        ("qdrant:\n  collections:\n    extractions: {size: 384, shard_key_field: tenant}\n", "tables.extractions.payload_columns",
+         "must include tenant, the shard key field of its collection (qdrant.collections.extractions.shard_key_field): "
+            + "the reconciler's repairs carry the shard key in the point's payload"),
+    ])
+    func badQdrantWriteSettingsNameTheKey(yaml: String, key: String, message: String) async {
+        let error = await problem(yaml)
+        #expect(error?.key == key, "\(String(describing: error))")
+        #expect(error?.problem == message, "\(String(describing: error))")
+    }
+
+    @Test func aBadOrderingFromTheEnvironmentNamesTheVariable() async {
+        let error = await problem("{}", environment: ["OUTBOX_QDRANT_ORDERING": "strongest"])
+        #expect(error?.key == "OUTBOX_QDRANT_ORDERING (qdrant.ordering)")
+        #expect(error?.problem == #"must be weak, medium or strong, got "strongest""#)
+    }
+
+    @Test func aShardKeyFieldAmongTheTablesPayloadColumnsIsAccepted() async throws {
+        let config = try await load("""
+            qdrant:
+              collections:
+                extractions: {size: 384, shard_key_field: tenant}
+            tables:
+              extractions: {payload_columns: [source_id, tenant]}
+            """)
+        #expect(config.collections["extractions"]?.shardKey == .field("tenant"))
+    }
+
+    /// What an event's shard key field may hold, and the dead letter's reason when it does not.
+    @Test func shardKeyFromAnEventsField() throws {
+        let settings = QdrantWriteSettings(ordering: .strong, shardKey: .field("tenant"))
+        func key(_ payload: JSONValue, _ operation: String = "delete") -> Result<ShardKey?, ShardKeyProblem> {
+            settings.shardKey(for: payload, operation: operation, collection: "docs")
+        }
+        #expect(try key(["tenant": "acme", "ids": [1]]).get() == .keyword("acme"))
+        #expect(try key(["tenant": 42]).get() == .number(42))
+        // An upsert's point payload is searched when the top level has no such field; the top level wins.
+        #expect(try key(["payload": ["tenant": "inner"]], "upsert").get() == .keyword("inner"))
+        #expect(try key(["tenant": "outer", "payload": ["tenant": "inner"]], "upsert").get() == .keyword("outer"))
+        func reason(_ payload: JSONValue, _ operation: String = "delete") -> String? {
+            if case .failure(let problem) = key(payload, operation) { return problem.message }
+            return nil
+        }
+        #expect(reason(["payload": ["tenant": "inner"]]) ==
+            #"qdrant.delete to docs: the shard key field "tenant" (qdrant.collections.docs.shard_key_field) is not in the payload"#)
+        #expect(reason(["id": 1], "upsert") ==
+            #"qdrant.upsert to docs: the shard key field "tenant" (qdrant.collections.docs.shard_key_field) is neither in the payload nor in its "payload""#)
+        for bad: JSONValue in [1.5, -1, "", true, .null, ["a"], ["k": "v"]] {
+            #expect(reason(["tenant": bad]) ==
+                "qdrant.delete to docs: the shard key field \"tenant\" (qdrant.collections.docs.shard_key_field) must be a non-empty string "
+                    + "or an unsigned integer, got \(bad.jsonText)")
+        }
+        #expect(try QdrantWriteSettings(ordering: .weak, shardKey: .fixed(.number(3))).shardKey(for: [:], operation: "delete", collection: "c").get() == .number(3))
+        #expect(try QdrantWriteSettings(ordering: .weak).shardKey(for: ["tenant": 1], operation: "delete", collection: "c").get() == nil)
+    }
+
     @Test func defaultsMatchTheLocalServices() async throws {
         let config = try await load("{}")
         #expect(config.postgres.url == "postgresql://outbox@127.0.0.1:55432/outbox")

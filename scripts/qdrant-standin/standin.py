@@ -24,6 +24,7 @@ Design notes:
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import fcntl
 import hashlib
@@ -518,14 +519,47 @@ def parse_payload(value, where: str):
     return need_object(value, where)
 
 
-def parse_points_selector(body, where_ops: str):
+def parse_points_selector(body, where_ops: str, req=None):
     """PointsSelector: {"points": [ids]} or {"filter": {...}} -> ("ids", list) | ("filter", f)."""
     b = need_object(body, "")
+    parse_shard_key_selector(b, req)
     if b.get("points") is not None:
         return "ids", parse_point_ids(b["points"], "points")
     if b.get("filter") is not None:
         return "filter", parse_filter(b["filter"])
     raise format_error(f"data did not match any variant of untagged enum {where_ops}")
+
+
+def parse_shard_key(value, where: str):
+    """A ShardKey: a string or an unsigned 64-bit integer."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_POINT_ID:
+        return value
+    raise format_error(f"{where}: data did not match any variant of untagged enum ShardKey: "
+                       f"{describe(value)} is neither a string nor an unsigned 64-bit integer")
+
+
+def parse_shard_key_selector(body: dict, req=None):
+    """The optional `shard_key` of a points request (ShardKeySelector): a ShardKey, a list of them,
+    or {"target": ShardKey, "fallback": ShardKey}. The stand-in is one shard: the selector is
+    checked and recorded on `req` (GET /__standin/requests), not used to route."""
+    value = body.get("shard_key")
+    if value is not None:
+        if isinstance(value, list):
+            for i, key in enumerate(value):
+                parse_shard_key(key, f"shard_key[{i}]")
+        elif isinstance(value, dict):
+            for name in ("target", "fallback"):
+                parse_shard_key(field(value, name, "shard_key"), f"shard_key.{name}")
+            extra = sorted(set(value) - {"target", "fallback"})
+            if extra:
+                raise format_error(f"shard_key: unknown field `{extra[0]}`, expected `target` or `fallback`")
+        else:
+            parse_shard_key(value, "shard_key")
+    if req is not None and "shard_key" in body:
+        req.shard_key = value
+    return value
 
 
 def parse_ids_or_filter(b: dict):
@@ -947,6 +981,30 @@ class Stats:
                     "faults_injected": self.faults_injected}
 
 
+class Requests:
+    """The last requests to Qdrant's API, for tests to see what a client sent: method, path,
+    `wait` and `ordering` as given in the query, the body's `shard_key` (only when the body had
+    one), and the reply's status."""
+
+    LIMIT = 5000
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items: collections.deque = collections.deque(maxlen=self.LIMIT)
+
+    def record(self, item: dict) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"requests": list(self._items), "limit": self.LIMIT}
+
+
 # --------------------------------------------------------------------------------------------
 # The REST API
 # --------------------------------------------------------------------------------------------
@@ -959,10 +1017,14 @@ class Raw:
         self.headers = headers or {}
 
 
+ABSENT = object()
+
+
 class Request:
     def __init__(self, method: str, path: str, params: dict, query: dict, body: bytes):
         self.method, self.path, self.params, self.query, self.body = method, path, params, query, body
         self.wait_timeout = False  # set by the wait_timeout fault
+        self.shard_key = ABSENT  # the body's shard_key as checked (parse_shard_key_selector)
 
     def json(self):
         return parse_json_body(self.body)
@@ -1003,6 +1065,7 @@ class Request:
 class Api:
     def __init__(self, store: Store, faults: Faults, stats: Stats):
         self.store, self.faults, self.stats = store, faults, stats
+        self.requests = Requests()
 
     # -- service ------------------------------------------------------------------------------
 
@@ -1160,6 +1223,7 @@ class Api:
 
         def build():
             body = need_object(req.json(), "")
+            parse_shard_key_selector(body, req)
             points = []
             if body.get("batch") is not None:
                 batch = need_object(body["batch"], "batch")
@@ -1210,7 +1274,7 @@ class Api:
 
     def delete_points(self, req):
         def build():
-            kind, sel = parse_points_selector(req.json(), "PointsSelector")
+            kind, sel = parse_points_selector(req.json(), "PointsSelector", req)
             if kind == "ids":
                 return [qe.UpdateOperation.delete_points(sel)]
             return [qe.UpdateOperation.delete_points_by_filter(sel)]
@@ -1220,6 +1284,7 @@ class Api:
     def _payload_update(self, req, by_ids, by_filter):
         def build():
             body = need_object(req.json(), "")
+            parse_shard_key_selector(body, req)
             payload = need_object(field(body, "payload", ""), "payload")
             key = body.get("key")
             if key is not None:
@@ -1240,6 +1305,7 @@ class Api:
     def delete_payload(self, req):
         def build():
             body = need_object(req.json(), "")
+            parse_shard_key_selector(body, req)
             keys = [need_str(k, f"keys[{i}]")
                     for i, k in enumerate(need_list(field(body, "keys", ""), "keys"))]
             kind, sel = parse_ids_or_filter(body)
@@ -1251,7 +1317,7 @@ class Api:
 
     def clear_payload(self, req):
         def build():
-            kind, sel = parse_points_selector(req.json(), "PointsSelector")
+            kind, sel = parse_points_selector(req.json(), "PointsSelector", req)
             if kind == "ids":
                 return [qe.UpdateOperation.clear_payload(sel)]
             return [qe.UpdateOperation.clear_payload_by_filter(sel)]
@@ -1314,6 +1380,7 @@ class Api:
     def get_points(self, req):
         name = self.collection(req)
         body = need_object(req.json(), "")
+        parse_shard_key_selector(body, req)
         ids = parse_point_ids(field(body, "ids", ""), "ids")
         # Qdrant's retrieve defaults: payload off (despite the docs), vectors off.
         with converting():
@@ -1328,6 +1395,7 @@ class Api:
     def count_points(self, req):
         name = self.collection(req)
         body = need_object(req.json(), "")
+        parse_shard_key_selector(body, req)
         exact = need_bool(body["exact"], "exact") if body.get("exact") is not None else True
         with converting():
             flt = parse_filter(body.get("filter"))
@@ -1336,6 +1404,7 @@ class Api:
     def scroll_points(self, req):
         name = self.collection(req)
         body = need_object(req.json(), "")
+        parse_shard_key_selector(body, req)
         limit = parse_limit(body.get("limit"), "limit", 10)
         offset = body.get("offset")
         offset = parse_point_id(offset, "offset") if offset is not None else None
@@ -1394,6 +1463,7 @@ class Api:
         """POST /points/search (deprecated in Qdrant, still served by 1.19; not in its spec)."""
         name = self.collection(req)
         body = need_object(req.json(), "")
+        parse_shard_key_selector(body, req)
         with converting():
             vector, using = parse_named_vector(field(body, "vector", ""))
             limit = parse_limit(body.get("limit", body.get("top")), "limit", None)
@@ -1405,7 +1475,8 @@ class Api:
         """POST /points/query: nearest to a vector or to a stored point, or no query (by id)."""
         name = self.collection(req)
         body = need_object(req.json(), "")
-        for unsupported in ("prefetch", "lookup_from", "shard_key"):
+        parse_shard_key_selector(body, req)
+        for unsupported in ("prefetch", "lookup_from"):
             if body.get(unsupported) is not None:
                 raise bad_request(f"{unsupported} is not supported by qdrant-standin")
         with converting():
@@ -1464,6 +1535,11 @@ class Api:
             self.stats.reset()
         return self.stats.snapshot()
 
+    def admin_requests(self, req):
+        if req.method == "DELETE":
+            self.requests.clear()
+        return self.requests.snapshot()
+
 
 # (method, path template as in Qdrant's OpenAPI spec, Api method name, is a points update)
 ROUTES = [
@@ -1495,6 +1571,8 @@ ROUTES = [
     ("DELETE", "/__standin/faults", "admin_faults", False),
     ("GET", "/__standin/stats", "admin_stats", False),
     ("DELETE", "/__standin/stats", "admin_stats", False),
+    ("GET", "/__standin/requests", "admin_requests", False),
+    ("DELETE", "/__standin/requests", "admin_requests", False),
 ]
 
 
@@ -1691,6 +1769,7 @@ class Handler(BaseHTTPRequestHandler):
         template = route[0] if route else "unmatched"
         admin = path.startswith("/__standin/")
         faulted = False
+        req = None
         try:
             try:
                 body = self._read_body()
@@ -1742,6 +1821,13 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             if not admin:
                 self.api.stats.record(f"{self.command} {template}", str(self._status), faulted)
+                if path not in HEALTH_PATHS:
+                    item = {"method": self.command, "path": path,
+                            "wait": query.get("wait", [None])[-1],
+                            "ordering": query.get("ordering", [None])[-1], "status": self._status}
+                    if req is not None and req.shard_key is not ABSENT:
+                        item["shard_key"] = req.shard_key
+                    self.api.requests.record(item)
             self._log(path)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch

@@ -639,6 +639,82 @@ def test_stats(base):
 
 
 # --------------------------------------------------------------------------------------------
+# cluster write semantics: ordering and shard_key
+# --------------------------------------------------------------------------------------------
+
+# Every points write the spec gives `ordering` and a body with `shard_key`, with a valid body.
+WRITES = [
+    ("PUT", "/points", {"points": [{"id": 1, "vector": [1, 0, 0, 0]}]}),
+    ("PUT", "/points", {"batch": {"ids": [2], "vectors": [[0, 1, 0, 0]]}}),
+    ("POST", "/points/delete", {"points": [99]}),
+    ("POST", "/points/delete", {"filter": {"must": [{"has_id": [99]}]}}),
+    ("POST", "/points/payload", {"payload": {"a": 1}, "points": [1]}),
+    ("PUT", "/points/payload", {"payload": {"a": 2}, "points": [1]}),
+    ("POST", "/points/payload/delete", {"keys": ["a"], "points": [1]}),
+    ("POST", "/points/payload/clear", {"points": [1]}),
+]
+
+
+def test_ordering_is_validated_on_every_write(base):
+    name = new_collection(base)
+    for method, path, body in WRITES:
+        for ordering in ("weak", "medium", "strong"):
+            r = call(base, method, f"/collections/{name}{path}?wait=true&ordering={ordering}", body)
+            assert r.status == 200 and r.result["status"] == "completed", (path, ordering, r.raw)
+        for bad in ("fast", "Strong", ""):
+            r = call(base, method, f"/collections/{name}{path}?wait=true&ordering={bad}", body)
+            assert r.status == 400, (path, bad, r.raw)
+            assert r.error == (f"Deserialize error in query parameters: ordering: unknown variant `{bad}`, "
+                               "expected one of `weak`, `medium`, `strong`"), r.error
+
+
+def test_shard_key_is_checked_against_the_spec_and_recorded(base):
+    name = new_collection(base)
+    good = ["eu", 7, 0, 2**64 - 1, ["eu", 7], [], {"target": "eu", "fallback": 3}, None]
+    bad = [1.5, -1, 2**64, True, {"target": "eu"}, {"fallback": "eu"}, [1.5], ["eu", None], {"a": 1}]
+    for method, path, body in WRITES:
+        for key in good:
+            r = call(base, method, f"/collections/{name}{path}?wait=true", {**body, "shard_key": key})
+            assert r.status == 200, (path, key, r.raw)
+        for key in bad:
+            r = call(base, method, f"/collections/{name}{path}?wait=true", {**body, "shard_key": key})
+            assert r.status == 400 and r.error.startswith("Format error in JSON body: shard_key"), (path, key, r.raw)
+    # The stand-in's verdicts are the spec's (ShardKeySelector, nullable in every body); the spec's
+    # validator does not check uint64's upper bound, which serde does (2**64 is refused by Qdrant).
+    for key in good[:-1]:
+        assert spec_problems("ShardKeySelector", key) == [], key
+    for key in bad:
+        assert spec_problems("ShardKeySelector", key) != [] or key == 2**64, key
+    # Reads take a selector too.
+    for method, path, body in (("POST", "/points", {"ids": [1]}), ("POST", "/points/scroll", {}),
+                               ("POST", "/points/count", {}), ("POST", "/points/query", {"query": vec(1)})):
+        assert call(base, method, f"/collections/{name}{path}", {**body, "shard_key": "eu"}).status == 200
+        assert call(base, method, f"/collections/{name}{path}", {**body, "shard_key": 1.5}).status == 400
+
+
+def test_requests_record_ordering_and_shard_key(base):
+    name = new_collection(base)
+    assert call(base, "DELETE", "/__standin/requests").status == 200
+    call(base, "PUT", f"/collections/{name}/points?wait=true&ordering=strong",
+         {"points": [{"id": 1, "vector": vec(1)}], "shard_key": "eu"})
+    call(base, "POST", f"/collections/{name}/points/delete?wait=true", {"points": [1], "shard_key": 3})
+    call(base, "POST", f"/collections/{name}/points/payload?ordering=bogus", {"payload": {}, "points": [1]})
+    call(base, "POST", f"/collections/{name}/points/scroll", {"limit": 1})
+    call(base, "GET", "/healthz")
+    got = [r for r in call(base, "GET", "/__standin/requests").json["requests"] if name in r["path"]]
+    assert got == [
+        {"method": "PUT", "path": f"/collections/{name}/points", "wait": "true", "ordering": "strong",
+         "status": 200, "shard_key": "eu"},
+        {"method": "POST", "path": f"/collections/{name}/points/delete", "wait": "true", "ordering": None,
+         "status": 200, "shard_key": 3},
+        {"method": "POST", "path": f"/collections/{name}/points/payload", "wait": None, "ordering": "bogus",
+         "status": 400},
+        {"method": "POST", "path": f"/collections/{name}/points/scroll", "wait": None, "ordering": None,
+         "status": 200},
+    ]
+
+
+# --------------------------------------------------------------------------------------------
 # persistence
 # --------------------------------------------------------------------------------------------
 
@@ -735,6 +811,23 @@ def test_contract_proxy(proxy, base):
         ("POST", f"/collections/{name}/points/delete?wait=true", {"points": [1, 12345]}, 200),
         ("POST", f"/collections/{name}/points/delete?wait=true",
          {"filter": {"must": [{"key": "k", "match": {"value": "c"}}]}}, 200),
+        # cluster write semantics: ordering and shard_key (ShardKeySelector's three forms)
+        ("PUT", f"/collections/{name}/points?wait=true&ordering=strong",
+         {"points": [{"id": 20, "vector": vec(20)}], "shard_key": "eu"}, 200),
+        ("PUT", f"/collections/{name}/points?wait=true&ordering=weak",
+         {"batch": {"ids": [21], "vectors": [vec(21)]}, "shard_key": 7}, 200),
+        ("POST", f"/collections/{name}/points/payload?wait=true&ordering=medium",
+         {"payload": {"t": 1}, "points": [20], "shard_key": ["eu", 7]}, 200),
+        ("PUT", f"/collections/{name}/points/payload?wait=true&ordering=strong",
+         {"payload": {"t": 2}, "points": [20], "shard_key": {"target": "eu", "fallback": "us"}}, 200),
+        ("POST", f"/collections/{name}/points/payload/delete?wait=true&ordering=strong",
+         {"keys": ["t"], "points": [20], "shard_key": "eu"}, 200),
+        ("POST", f"/collections/{name}/points", {"ids": [20], "shard_key": "eu"}, 200),
+        ("POST", f"/collections/{name}/points/scroll", {"limit": 2, "shard_key": "eu"}, 200),
+        ("POST", f"/collections/{name}/points/count", {"shard_key": ["eu"]}, 200),
+        ("POST", f"/collections/{name}/points/query", {"query": vec(1), "shard_key": "eu"}, 200),
+        ("POST", f"/collections/{name}/points/delete?wait=true&ordering=strong",
+         {"points": [20, 21], "shard_key": "eu"}, 200),
         ("DELETE", f"/collections/{named}?timeout=5", None, 200),
         ("DELETE", f"/collections/{named}", None, 200),
     ]

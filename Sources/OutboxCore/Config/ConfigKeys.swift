@@ -20,7 +20,7 @@ enum ConfigKeys {
         "redis.url", "redis.password", "redis.password_file", "redis.connect_timeout", "redis.command_timeout",
         "redis.dedupe_ttl", "redis.dedupe_prefix", "redis.cluster", "redis.wait_replicas", "redis.wait_timeout",
         "qdrant.url", "qdrant.api_key", "qdrant.api_key_file", "qdrant.timeout", "qdrant.max_request_bytes", "qdrant.ca_file", "qdrant.client_cert_file",
-        "qdrant.client_key_file",
+        "qdrant.client_key_file", "qdrant.ordering",
         "schema.directory",
         "relay.http.host", "relay.http.port", "relay.batch_size", "relay.batch_events", "relay.max_per_key", "relay.batch_bytes",
         "relay.poll_interval", "relay.claim_idle_timeout", "relay.max_attempts", "relay.max_age", "relay.backoff_initial",
@@ -37,7 +37,7 @@ enum ConfigKeys {
     /// Sections whose entries are user-chosen names, each a map of these fields.
     static let maps: [String: Set<String>] = [
         "tables": ["table", "id_column", "text_column", "embedding_column", "created_at_column", "collection", "payload_columns", "vector_column"],
-        "qdrant.collections": ["size", "distance"],
+        "qdrant.collections": ["size", "distance", "ordering", "shard_key", "shard_key_field"],
     ]
 
     /// Sections: every proper prefix of a setting, and every map.

@@ -32,6 +32,8 @@ public struct QdrantConfiguration: Sendable {
     public var maxRequestBytes = 32 * 1024 * 1024
     /// For an `https://` url: a CA to verify Qdrant with, a client certificate and key.
     public var tls = HTTPConnection.TLSFiles()
+    /// `ordering` of every point write to a collection without its own (`qdrant.ordering`).
+    public var ordering: WriteOrdering = .strong
 
     public init(url: String, apiKey: String? = nil, timeout: Duration = .seconds(30)) {
         self.url = url
@@ -64,6 +66,7 @@ public struct QdrantConfiguration: Sendable {
 /// | `qdrant.api_key` / `qdrant.api_key_file` | string / path | none | yes |
 /// | `qdrant.timeout` | duration | `30s` | |
 /// | `qdrant.max_request_bytes` | int | `33554432` | |
+/// | `qdrant.ordering` | `weak` \| `medium` \| `strong` | `strong` | |
 /// | `schema.directory` | path | `../schema` | |
 ///
 /// Durations are a number with a unit: `250ms`, `5s`, `2m`, `1h`, `7d` (a bare number means seconds).
@@ -158,6 +161,11 @@ public struct OutboxConfiguration: Sendable {
         guard qdrant.url.hasPrefix("http://") || qdrant.url.hasPrefix("https://") else {
             throw ConfigurationError(key: "qdrant.url", problem: "must start with http:// or https://")
         }
+        let ordering = try c.string("qdrant.ordering", default: qdrant.ordering.rawValue)
+        guard let ordering = WriteOrdering(rawValue: ordering) else {
+            throw ConfigurationError(key: "qdrant.ordering", problem: "must be weak, medium or strong, got \"\(ordering)\"")
+        }
+        qdrant.ordering = ordering
         qdrant.tls = HTTPConnection.TLSFiles(
             caFile: try c.file("qdrant.ca_file"), clientCertificateFile: try c.file("qdrant.client_cert_file"),
             clientKeyFile: try c.file("qdrant.client_key_file"))
@@ -177,6 +185,16 @@ public struct OutboxConfiguration: Sendable {
                     key: "embedding.dimensions",
                     problem: "is \(embedding.dimensions), but qdrant.collections.\(spec.name).size is \(spec.size) "
                         + "(tables.\(mapping.name) embeds its text into it): make them agree")
+            }
+            // The reconciler's repairs are upserts whose point payload is the row's payload_columns:
+            // without the shard key field among them, every repair would be dead-lettered.
+            if case .field(let field)? = collections[mapping.collection]?.shardKey,
+                !mapping.payloadColumns.contains(where: { $0.name == field })
+            {
+                throw ConfigurationError(
+                    key: "tables.\(mapping.name).payload_columns",
+                    problem: "must include \(field), the shard key field of its collection (qdrant.collections.\(mapping.collection).shard_key_field): "
+                        + "the reconciler's repairs carry the shard key in the point's payload")
             }
         }
     }

@@ -137,11 +137,20 @@ public struct TableMapping: Sendable, Hashable {
     }
 }
 
-/// A Qdrant collection the relay creates when missing (`qdrant.collections:` in config).
+/// A Qdrant collection the relay creates when missing (`qdrant.collections:` in config), and how
+/// writes to it are sent.
 public struct CollectionSpec: Sendable, Hashable {
     public var name: String
     public var size: Int
     public var distance: String
+    /// `ordering`: nil takes `qdrant.ordering`.
+    public var ordering: WriteOrdering? = nil
+    /// `shard_key` or `shard_key_field`. A collection with a shard key uses custom sharding, which
+    /// the relay does not set up: it is never created by the relay.
+    public var shardKey: ShardKeySource? = nil
+
+    /// Whether the relay creates it when missing (at start, and on a 404).
+    public var createdByRelay: Bool { shardKey == nil }
 }
 
 /// How `qdrant.upsert` events with `text` and no `vector` get their vector.
@@ -244,7 +253,40 @@ enum ConfigMaps {
                     throw ConfigurationError(
                         key: "qdrant.collections.\(name).distance", problem: "must be Cosine, Dot, Euclid or Manhattan, got \"\(distance)\"")
                 }
-                collections[name] = CollectionSpec(name: name, size: size, distance: distance)
+                var spec = CollectionSpec(name: name, size: size, distance: distance)
+                if let raw = fields["ordering"] {
+                    guard let text = raw as? String, let ordering = WriteOrdering(rawValue: text) else {
+                        throw ConfigurationError(
+                            key: "qdrant.collections.\(name).ordering", problem: "must be weak, medium or strong, got \"\(raw)\"")
+                    }
+                    spec.ordering = ordering
+                }
+                if fields["shard_key"] != nil, fields["shard_key_field"] != nil {
+                    throw ConfigurationError(
+                        key: "qdrant.collections.\(name).shard_key_field",
+                        problem: "set either shard_key (one key for every write) or shard_key_field (a field of each event), not both")
+                }
+                if let raw = fields["shard_key"] {
+                    // YAML gives an Int for 7, a String for "eu" or '7'.
+                    let json: JSONValue? = switch raw {
+                    case let text as String: .string(text)
+                    case let number as Int: number >= 0 ? .number(Double(number)) : nil
+                    default: nil
+                    }
+                    guard let json, let key = ShardKey(json: json) else {
+                        throw ConfigurationError(
+                            key: "qdrant.collections.\(name).shard_key", problem: "must be a non-empty string or an unsigned integer, got \"\(raw)\"")
+                    }
+                    spec.shardKey = .fixed(key)
+                }
+                if let raw = fields["shard_key_field"] {
+                    guard let field = raw as? String, !field.isEmpty else {
+                        throw ConfigurationError(
+                            key: "qdrant.collections.\(name).shard_key_field", problem: "must be the name of a field of the events' payloads, got \"\(raw)\"")
+                    }
+                    spec.shardKey = .field(field)
+                }
+                collections[name] = spec
             }
         }
         return (tables, collections)

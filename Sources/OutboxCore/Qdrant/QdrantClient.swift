@@ -23,16 +23,17 @@ public struct QdrantClient: Sendable {
     }
 
     /// The REST endpoints the project uses: the only place that spells Qdrant's paths. Writes wait
-    /// for Qdrant to apply them (`wait=true&ordering=strong`): only `"status": "completed"` confirms.
+    /// for Qdrant to apply them (`wait=true`): only `"status": "completed"` confirms; they carry
+    /// their collection's `ordering` (``QdrantWriteSettings``; `strong` unless configured).
     public enum Endpoint: Sendable, Equatable {
         case listCollections
         case collectionExists(String)
         case getCollection(String)
         case createCollection(String)
         case deleteCollection(String)
-        case upsertPoints(collection: String)
-        case deletePoints(collection: String)
-        case setPayload(collection: String)
+        case upsertPoints(collection: String, ordering: WriteOrdering = .strong)
+        case deletePoints(collection: String, ordering: WriteOrdering = .strong)
+        case setPayload(collection: String, ordering: WriteOrdering = .strong)
         case retrievePoints(collection: String)
         case scrollPoints(collection: String)
         case countPoints(collection: String)
@@ -66,20 +67,22 @@ public struct QdrantClient: Sendable {
         }
 
         public var path: String {
-            let write = "?wait=true&ordering=strong"
             return switch self {
             case .listCollections: "/collections"
             case .collectionExists(let name): "/collections/\(escape(name))/exists"
             case .createCollection(let name), .deleteCollection(let name), .getCollection(let name): "/collections/\(escape(name))"
-            case .upsertPoints(let name): "/collections/\(escape(name))/points" + write
-            case .deletePoints(let name): "/collections/\(escape(name))/points/delete" + write
-            case .setPayload(let name): "/collections/\(escape(name))/points/payload" + write
+            case .upsertPoints(let name, let ordering): "/collections/\(escape(name))/points" + Self.write(ordering)
+            case .deletePoints(let name, let ordering): "/collections/\(escape(name))/points/delete" + Self.write(ordering)
+            case .setPayload(let name, let ordering): "/collections/\(escape(name))/points/payload" + Self.write(ordering)
             case .retrievePoints(let name): "/collections/\(escape(name))/points"
             case .scrollPoints(let name): "/collections/\(escape(name))/points/scroll"
             case .countPoints(let name): "/collections/\(escape(name))/points/count"
             case .queryPoints(let name): "/collections/\(escape(name))/points/query"
             }
         }
+
+        /// The query of a point write: wait for it to be applied, in `ordering`.
+        static func write(_ ordering: WriteOrdering) -> String { "?wait=true&ordering=\(ordering.rawValue)" }
     }
 
     public func call(_ endpoint: Endpoint, body: JSONValue) async throws -> Reply {

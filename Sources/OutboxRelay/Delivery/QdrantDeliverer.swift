@@ -6,7 +6,10 @@ import Tracing
 /// Applies `qdrant.*` events in claim order: consecutive operations of one kind on one collection
 /// become one request (upserts capped by bytes), sent with `wait=true` and confirmed only by
 /// `"status": "completed"`. A request rejected as a whole (4xx) is split in halves until the
-/// poison event is alone; it is dead-lettered and its neighbours are delivered.
+/// poison event is alone; it is dead-lettered and its neighbours are delivered. Each request carries
+/// its collection's `ordering` and, for a collection with a shard key, that of its events (events of
+/// different shard keys go in different requests); an event whose shard key field is missing or
+/// not a string or an unsigned integer is dead-lettered with a reason naming the field.
 struct QdrantDeliverer: Deliverer {
     let client: QdrantClient
     let embedder: any Embedder
@@ -33,6 +36,8 @@ struct QdrantDeliverer: Deliverer {
     struct Item {
         let event: ClaimedEvent
         var operation: Operation
+        /// The `shard_key` its request carries (`qdrant.collections.<name>.shard_key` / `shard_key_field`).
+        var shardKey: ShardKey? = nil
         /// JSON size of this item's part of a request body, for the byte cap.
         var bytes: Int
         /// An upsert's point as JSON, encoded once for both the byte cap and the body.
@@ -44,7 +49,11 @@ struct QdrantDeliverer: Deliverer {
         var items: [Item] = []
         for event in events {
             switch parse(event, traceParent: tracePayloadKey == nil ? nil : traces.carried(event.id)) {
-            case .success(let operation): items.append(Item(event: event, operation: operation, bytes: 0))
+            case .success(let operation):
+                switch writeSettings(operation.collection).shardKey(for: event.payload, operation: event.operation, collection: operation.collection) {
+                case .success(let shardKey): items.append(Item(event: event, operation: operation, shardKey: shardKey, bytes: 0))
+                case .failure(let problem): outcomes[event.id] = .dead(reason: problem.message)
+                }
             case .failure(let problem): outcomes[event.id] = .dead(reason: problem.message)
             }
         }
@@ -78,8 +87,8 @@ struct QdrantDeliverer: Deliverer {
             var group = [first]
             var size = first.bytes
             var rest = pending.dropFirst()
-            while let next = rest.first, Self.sameRequest(first.operation, next.operation), !blocker.isBlocked(next.event),
-                size + next.bytes <= maxBatchBytes
+            while let next = rest.first, Self.sameRequest(first.operation, next.operation), first.shardKey == next.shardKey,
+                !blocker.isBlocked(next.event), size + next.bytes <= maxBatchBytes
             {
                 group.append(next)
                 size += next.bytes
@@ -104,6 +113,11 @@ struct QdrantDeliverer: Deliverer {
         }
     }
 
+    /// `ordering` and shard key of writes to `collection`.
+    func writeSettings(_ collection: String) -> QdrantWriteSettings {
+        QdrantWriteSettings.of(collection, in: collections, defaultOrdering: client.configuration.ordering)
+    }
+
     func probe() async -> String? {
         // A configured collection that does not exist yet (404) is created by the first upsert.
         let endpoint = collections.keys.min().map(QdrantClient.Endpoint.getCollection) ?? .listCollections
@@ -120,6 +134,9 @@ struct QdrantDeliverer: Deliverer {
     /// Sends one request for `group`; on a permanent rejection of several events, bisects.
     private func send(_ group: [Item], traces: DeliveryTraces, createdCollection: Bool = false) async -> [(Int64, DeliveryOutcome)] {
         let collection = group[0].operation.collection
+        let ordering = writeSettings(collection).ordering
+        // One shard key per request: `deliver` groups by it.
+        let shardKey = group[0].shardKey
         let body: [UInt8]
         let endpoint: QdrantClient.Endpoint
         switch group[0].operation {
@@ -131,27 +148,34 @@ struct QdrantDeliverer: Deliverer {
                 if i > 0 { bytes.append(UInt8(ascii: ",")) }
                 bytes += item.point
             }
-            bytes += Array("]}".utf8)
+            bytes += Array("]".utf8)
+            if let shardKey { bytes += Array(#","shard_key":"#.utf8) + shardKey.json.jsonBytes }
+            bytes += Array("}".utf8)
             body = bytes
-            endpoint = .upsertPoints(collection: collection)
+            endpoint = .upsertPoints(collection: collection, ordering: ordering)
         case .delete:
-            body = JSONValue.object(["points": .array(group.flatMap { item -> [JSONValue] in
+            var selector: [String: JSONValue] = ["points": .array(group.flatMap { item -> [JSONValue] in
                 if case .delete(_, let ids) = item.operation { return ids }
                 return []
-            })]).jsonBytes
-            endpoint = .deletePoints(collection: collection)
+            })]
+            selector["shard_key"] = shardKey?.json
+            body = JSONValue.object(selector).jsonBytes
+            endpoint = .deletePoints(collection: collection, ordering: ordering)
         case .setPayload(_, _, let payload):
-            body = JSONValue.object(["payload": payload, "points": .array(group.flatMap { item -> [JSONValue] in
+            var request: [String: JSONValue] = ["payload": payload, "points": .array(group.flatMap { item -> [JSONValue] in
                 if case .setPayload(_, let ids, _) = item.operation { return ids }
                 return []
-            })]).jsonBytes
-            endpoint = .setPayload(collection: collection)
+            })]
+            request["shard_key"] = shardKey?.json
+            body = JSONValue.object(request).jsonBytes
+            endpoint = .setPayload(collection: collection, ordering: ordering)
         }
 
         let span = traces.request(
             "qdrant \(endpoint.operationName)", carrying: group.map(\.event),
             attributes: [
                 "http.request.method": .string(endpoint.method.rawValue), "qdrant.collection": .string(collection),
+                "qdrant.ordering": .string(ordering.rawValue),
                 "outbox.events": .int(Int64(group.count)),
             ])
         defer { span?.end() }
@@ -183,7 +207,7 @@ struct QdrantDeliverer: Deliverer {
             // The api-key, not the events: they wait for an operator to fix it.
             return group.map { ($0.event.id, .destinationFault(reason: text)) }
         case .permanent:
-            if reply.status == 404, !createdCollection, let spec = collections[collection] {
+            if reply.status == 404, !createdCollection, let spec = collections[collection], spec.createdByRelay {
                 // A configured collection that does not exist yet: create it, then resend once.
                 if let created = try? await client.ensureCollection(spec), created.status == 200 {
                     logger.info("Created Qdrant collection", metadata: ["qdrant.collection": "\(collection)"])

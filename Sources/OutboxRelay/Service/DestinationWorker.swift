@@ -136,7 +136,7 @@ final class DestinationWorker: Sendable {
             // (A refused key does not stop the start: its events wait, reported as failing.)
             _ = try await client.call(.listCollections)
             if let problem = try await client.collectionProblem(configuration.collections) { throw problem }
-            for spec in configuration.collections.values.sorted(by: { $0.name < $1.name }) {
+            for spec in configuration.collections.values.sorted(by: { $0.name < $1.name }) where spec.createdByRelay {
                 // Best effort at start; a 404 during delivery creates it again.
                 if let reply = try? await client.ensureCollection(spec), reply.status != 200 {
                     logger.warning("Could not create Qdrant collection", metadata: [

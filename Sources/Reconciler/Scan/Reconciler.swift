@@ -82,7 +82,9 @@ public struct Reconciler: Sendable {
         let types = try await SourceColumnTypes.resolve(configuration.tables, on: db)
         for table in configuration.tables.values.sorted(by: { $0.name < $1.name }) {
             let scan = TableScan(
-                table: table, types: types, settings: settings, options: options, qdrant: qdrant, db: db, logger: logger)
+                table: table, types: types, settings: settings, options: options, qdrant: qdrant,
+                writes: QdrantWriteSettings.of(table.collection, in: configuration.collections, defaultOrdering: configuration.qdrant.ordering),
+                db: db, logger: logger)
             var findings: [ReconcileReport.Category: ReconcileReport.Finding] = [:]
             for category in ReconcileReport.Category.allCases where options.categories.contains(category) {
                 findings[category] = ReconcileReport.Finding()
@@ -102,6 +104,11 @@ struct TableScan {
     let settings: ReconcilerSettings
     let options: Reconciler.Options
     let qdrant: QdrantClient
+    /// The shard key of the table's collection. A fixed one confines the reconciler's reads to that
+    /// key's shards, where the relay writes (other keys' points are not this table's); with a shard
+    /// key field they search every shard, and an orphan's delete carries the key found in its payload.
+    /// (Its repairs are events: the relay sends them with the collection's ordering and shard key.)
+    let writes: QdrantWriteSettings
     let db: PostgresConnection
     let logger: Logger
 
@@ -312,10 +319,16 @@ struct TableScan {
         repeat {
             var body: [String: JSONValue] = ["limit": .number(Double(settings.pageSize)), "with_payload": false, "with_vector": false]
             if offset != .null { body["offset"] = offset }
+            switch writes.shardKey {
+            case .fixed(let key)?: body["shard_key"] = key.json
+            case .field(let field)?: body["with_payload"] = [.string(field)]
+            case nil: break
+            }
             let reply = try await qdrant.call(.scrollPoints(collection: t.collection), body: .object(body))
             if reply.status == 404 { break }  // no collection: no points, no orphans
             guard reply.status == 200 else { throw ReconcilerError(message: "qdrant scroll answered \(reply.status): \(reply.error ?? "")") }
-            let points = reply.result?["points"]?.arrayValue?.compactMap { $0["id"] } ?? []
+            let records = reply.result?["points"]?.arrayValue ?? []
+            let points = records.compactMap { $0["id"] }
             offset = reply.result?["next_page_offset"] ?? .null
             report.pointsScanned += points.count
             let ids = points.map(Self.pointText)
@@ -344,12 +357,41 @@ struct TableScan {
             let orphans = ids.filter { !known.contains($0.lowercased()) }
             for id in orphans { add(id, to: &finding) }
             if !options.dryRun, !orphans.isEmpty {
-                let payload: JSONValue = ["collection": .string(t.collection), "ids": .array(points.filter { orphans.contains(Self.pointText($0)) })]
-                try await db.transaction { tx in
-                    try await OutboxWriter.enqueue(
-                        OutboxEvent(destination: .qdrant, operation: "delete", key: "reconciler:orphans:\(t.collection)", payload: payload), on: tx)
+                let orphanSet = Set(orphans)
+                // One delete per shard key (a field-keyed collection: the key in each point's payload).
+                var deletes: [(shardKey: ShardKey?, ids: [JSONValue])] = []
+                var unkeyed: [String] = []
+                for record in records {
+                    guard let id = record["id"], orphanSet.contains(Self.pointText(id)) else { continue }
+                    var shardKey: ShardKey?
+                    if case .field(let field)? = writes.shardKey {
+                        guard let value = record["payload"]?[field], let key = ShardKey(json: value) else {
+                            unkeyed.append(Self.pointText(id))
+                            continue
+                        }
+                        shardKey = key
+                    }
+                    if let index = deletes.firstIndex(where: { $0.shardKey == shardKey }) {
+                        deletes[index].ids.append(id)
+                    } else {
+                        deletes.append((shardKey, [id]))
+                    }
                 }
-                finding.repaired += orphans.count
+                if !unkeyed.isEmpty {
+                    logger.warning("Orphan points without a shard key in their payload are not deleted", metadata: [
+                        "table": "\(name)", "qdrant.collection": "\(t.collection)", "points": "\(unkeyed.prefix(options.sampleLimit))",
+                    ])
+                }
+                try await db.transaction { tx in
+                    for delete in deletes {
+                        var payload: [String: JSONValue] = ["collection": .string(t.collection), "ids": .array(delete.ids)]
+                        if case .field(let field)? = writes.shardKey, let key = delete.shardKey { payload[field] = key.json }
+                        try await OutboxWriter.enqueue(
+                            OutboxEvent(destination: .qdrant, operation: "delete", key: "reconciler:orphans:\(t.collection)", payload: .object(payload)),
+                            on: tx)
+                    }
+                }
+                finding.repaired += deletes.reduce(0) { $0 + $1.ids.count }
             }
         } while offset != .null
         return finding
@@ -370,8 +412,9 @@ struct TableScan {
     /// The subset of `pointIDs` present in the collection (one lookup per call).
     private func existingPoints(_ pointIDs: [String]) async throws -> Set<String> {
         let ids: [JSONValue] = pointIDs.map { UInt64($0).map { .number(Double($0)) } ?? .string($0) }
-        let body: JSONValue = ["ids": .array(ids), "with_payload": false, "with_vector": false]
-        let reply = try await qdrant.call(.retrievePoints(collection: table.collection), body: body)
+        var body: [String: JSONValue] = ["ids": .array(ids), "with_payload": false, "with_vector": false]
+        if case .fixed(let key)? = writes.shardKey { body["shard_key"] = key.json }
+        let reply = try await qdrant.call(.retrievePoints(collection: table.collection), body: .object(body))
         if reply.status == 404 { return [] }
         guard reply.status == 200 else { throw ReconcilerError(message: "qdrant lookup answered \(reply.status): \(reply.error ?? "")") }
         return Set(reply.result?.arrayValue?.compactMap { $0["id"].map(Self.pointText) } ?? [])
