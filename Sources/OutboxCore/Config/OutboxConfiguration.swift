@@ -56,9 +56,10 @@ public struct QdrantConfiguration: Sendable {
 /// | `postgres.password` (`OUTBOX_POSTGRES_PASSWORD`) | string | none | yes |
 /// | `postgres.password_file` (`OUTBOX_POSTGRES_PASSWORD_FILE`) | path | none | contents |
 /// | `postgres.connect_timeout` | duration | `5s` | |
-/// | `redis.url` (`OUTBOX_REDIS_URL`) | `redis://[:password@]host:port/db` | `redis://127.0.0.1:56379/0` | password part |
+/// | `redis.url` (`OUTBOX_REDIS_URL`) | `redis://[:password@]host:port/db` (`rediss://` for TLS) | `redis://127.0.0.1:56379/0` | password part |
 /// | `redis.password` / `redis.password_file` | string / path | none | yes |
 /// | `redis.connect_timeout`, `redis.command_timeout` | duration | `5s`, `10s` | |
+/// | `redis.ca_file`, `redis.tls_server_name`, `redis.client_cert_file` / `redis.client_key_file` | path / name | none | |
 /// | `qdrant.url` (`OUTBOX_QDRANT_URL`) | URL | `http://127.0.0.1:56333` | |
 /// | `qdrant.api_key` / `qdrant.api_key_file` | string / path | none | yes |
 /// | `qdrant.timeout` | duration | `30s` | |
@@ -137,11 +138,15 @@ public struct OutboxConfiguration: Sendable {
         redis.password = try c.secret("redis.password")
         redis.connectTimeout = try c.duration("redis.connect_timeout", default: .seconds(5))
         redis.commandTimeout = try c.duration("redis.command_timeout", default: .seconds(10))
+        redis.tls = RedisTLSOptions(
+            caFile: try c.file("redis.ca_file"), serverName: c.raw("redis.tls_server_name"),
+            clientCertificateFile: try c.file("redis.client_cert_file"), clientKeyFile: try c.file("redis.client_key_file"))
         do {
             _ = try redis.endpoint()
         } catch let error as RedisError {
             throw ConfigurationError(key: "redis.url", problem: error.message)
         }
+        if let (key, problem) = redis.tlsProblem() { throw ConfigurationError(key: key, problem: problem) }
         self.redis = redis
 
         qdrant = QdrantConfiguration(
