@@ -13,11 +13,12 @@
 /// that proves the server accepted it all fit in `connect_timeout_ms`. Blocks the calling thread.
 ///
 /// On success returns a blocking descriptor for `redisConnectFd`: one end of a Unix socket pair
-/// whose other end a thread of this layer (the pump) relays to and from the TLS connection. The
-/// pump ends, closing both its descriptors and the TLS connection, when the caller closes or
-/// `shutdown(2)`s the returned descriptor, or when the server closes the connection or an I/O or
-/// TLS error occurs (the caller then reads end of file). On failure returns -1 and writes a
-/// one-line reason (never a secret: this layer is given none) into `err`.
+/// whose other end a thread of this layer (the pump) relays to and from the TLS connection. When
+/// the server closes the connection or an I/O or TLS error occurs, the pump closes the TLS
+/// connection and the caller reads end of file (its writes still succeed, and are dropped). The
+/// pump ends, closing its descriptors, when the caller closes or `shutdown(2)`s the returned
+/// descriptor. On failure returns -1 and writes a one-line reason (never a secret: this layer is
+/// given none) into `err`.
 int outbox_redis_tls_connect(const char *host, int port, const char *ca_file, const char *server_name,
                              const char *client_cert, const char *client_key, int connect_timeout_ms,
                              char *err, size_t errlen);
