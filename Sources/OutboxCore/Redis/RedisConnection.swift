@@ -28,8 +28,9 @@ public struct RedisConfiguration: Sendable {
         var username: String?
         var password: String?
         var database: Int
-        /// `rediss://`: TLS through the project's layer under hiredis (RedisTLS.swift).
-        var tls = false
+        /// `rediss://`: TLS through the project's layer under hiredis (RedisTLS.swift). No default:
+        /// an endpoint made for another node must say, or it would silently fall back to plain TCP.
+        var tls: Bool
     }
 
     func endpoint() throws -> Endpoint {
