@@ -48,10 +48,15 @@ let package = Package(
             pkgConfig: "libcurl",
             providers: [.apt(["libcurl4-openssl-dev"])]
         ),
+        // TLS for Redis under hiredis 0.14 (which has none): OpenSSL and a pump thread per connection.
+        .target(
+            name: "CRedisTLS",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto"), .linkedLibrary("pthread")]
+        ),
         .target(
             name: "OutboxCore",
             dependencies: [
-                "CLibPQ", "CHiredis", "CCurl",
+                "CLibPQ", "CHiredis", "CCurl", "CRedisTLS",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "SystemPackage", package: "swift-system"),

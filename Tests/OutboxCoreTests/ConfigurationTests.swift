@@ -222,6 +222,51 @@ import Testing
         #expect(error?.key == "redis.url")
     }
 
+    /// `rediss://` turns TLS on; the TLS keys name files relative to the config file, and
+    /// contradictions are refused naming the key (or the variable that set it).
+    @Test func redisTLSKeysAndTheirContradictions() async throws {
+        let files = ["ca.crt": "ca", "client.crt": "cert", "client.key": "key"]
+        let config = try await load("""
+            redis:
+              url: rediss://cache.example:6380/2
+              ca_file: ca.crt
+              tls_server_name: redis.internal
+              client_cert_file: client.crt
+              client_key_file: client.key
+            """, files: files)
+        let endpoint = try config.redis.endpoint()
+        #expect(endpoint.tls && endpoint.host == "cache.example" && endpoint.port == 6380 && endpoint.database == 2)
+        #expect(config.redis.tls.caFile?.hasSuffix("/ca.crt") == true)
+        #expect(config.redis.tls.clientCertificateFile?.hasSuffix("/client.crt") == true)
+        #expect(config.redis.tls.clientKeyFile?.hasSuffix("/client.key") == true)
+        #expect(config.redis.tls.serverName(forHost: "10.0.0.7") == "redis.internal")
+        let plain = try await load("redis:\n  url: rediss://cache.example/0\n")
+        #expect(plain.redis.tls == RedisTLSOptions())
+        #expect(plain.redis.tls.serverName(forHost: "10.0.0.7") == "10.0.0.7", "a node's own host without tls_server_name")
+        #expect(try await load("{}").redis.endpoint().tls == false)
+
+        func problem(_ yaml: String, environment: [String: String] = [:]) async -> ConfigurationError? {
+            do {
+                _ = try await load(yaml, environment: environment, files: files)
+                return nil
+            } catch { return error as? ConfigurationError }
+        }
+        let notTLS = await problem("redis:\n  url: redis://cache.example/0\n  ca_file: ca.crt\n")
+        #expect(notTLS?.description == "config: redis.ca_file: applies only to a rediss:// redis.url (TLS); redis.url is redis://, which is plain TCP")
+        let fromEnvironment = await problem("{}", environment: ["OUTBOX_REDIS_TLS_SERVER_NAME": "redis.internal"])
+        #expect(fromEnvironment?.key == "OUTBOX_REDIS_TLS_SERVER_NAME (redis.tls_server_name)", "\(String(describing: fromEnvironment))")
+        let certAlone = await problem("redis:\n  url: rediss://h/0\n  client_cert_file: client.crt\n")
+        #expect(certAlone?.description == "config: redis.client_key_file: redis.client_cert_file and redis.client_key_file go together")
+        let keyAlone = await problem("redis:\n  url: rediss://h/0\n  client_key_file: client.key\n")
+        #expect(keyAlone?.key == "redis.client_cert_file")
+        let unreadable = await problem("redis:\n  url: rediss://h/0\n  ca_file: missing.crt\n")
+        #expect(unreadable?.key == "redis.ca_file" && unreadable?.problem.hasPrefix("cannot read ") == true)
+        let badName = await problem("redis:\n  url: rediss://h/0\n  tls_server_name: 'not a name'\n")
+        #expect(badName?.key == "redis.tls_server_name")
+        let badScheme = await problem("redis:\n  url: redis+tls://h/0\n")
+        #expect(badScheme?.description == "config: redis.url: redis url must look like redis://[:password@]host[:port][/db] (rediss:// for TLS)")
+    }
+
     @Test func unreadableSecretFileNamesTheKeyNotTheSecret() async {
         let error = await problem("postgres:\n  password_file: /nonexistent/pw\n")
         #expect(error?.key == "postgres.password_file")

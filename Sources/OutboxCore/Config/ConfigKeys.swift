@@ -19,6 +19,7 @@ enum ConfigKeys {
         "postgres.url", "postgres.password", "postgres.password_file", "postgres.connect_timeout",
         "redis.url", "redis.password", "redis.password_file", "redis.connect_timeout", "redis.command_timeout",
         "redis.dedupe_ttl", "redis.dedupe_prefix", "redis.cluster", "redis.wait_replicas", "redis.wait_timeout",
+        "redis.ca_file", "redis.tls_server_name", "redis.client_cert_file", "redis.client_key_file",
         "qdrant.url", "qdrant.api_key", "qdrant.api_key_file", "qdrant.timeout", "qdrant.max_request_bytes", "qdrant.ca_file", "qdrant.client_cert_file",
         "qdrant.client_key_file", "qdrant.ordering",
         "schema.directory",

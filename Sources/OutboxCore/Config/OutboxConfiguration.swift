@@ -58,10 +58,11 @@ public struct QdrantConfiguration: Sendable {
 /// | `postgres.password` (`OUTBOX_POSTGRES_PASSWORD`) | string | none | yes |
 /// | `postgres.password_file` (`OUTBOX_POSTGRES_PASSWORD_FILE`) | path | none | contents |
 /// | `postgres.connect_timeout` | duration | `5s` | |
-/// | `redis.url` (`OUTBOX_REDIS_URL`) | `redis://[:password@]host:port/db` | `redis://127.0.0.1:56379/0` | password part |
+/// | `redis.url` (`OUTBOX_REDIS_URL`) | `redis://[:password@]host:port/db` (`rediss://` for TLS) | `redis://127.0.0.1:56379/0` | password part |
 /// | `redis.password` / `redis.password_file` | string / path | none | yes |
 /// | `redis.connect_timeout`, `redis.command_timeout` | duration | `5s`, `10s` | |
 /// | `redis.cluster` (`OUTBOX_REDIS_CLUSTER`) | bool: `url` names a node of a Redis Cluster | `false` | |
+/// | `redis.ca_file`, `redis.tls_server_name`, `redis.client_cert_file` / `redis.client_key_file` | path / name | none | |
 /// | `qdrant.url` (`OUTBOX_QDRANT_URL`) | URL | `http://127.0.0.1:56333` | |
 /// | `qdrant.api_key` / `qdrant.api_key_file` | string / path | none | yes |
 /// | `qdrant.timeout` | duration | `30s` | |
@@ -142,6 +143,9 @@ public struct OutboxConfiguration: Sendable {
         redis.connectTimeout = try c.duration("redis.connect_timeout", default: .seconds(5))
         redis.commandTimeout = try c.duration("redis.command_timeout", default: .seconds(10))
         redis.cluster = try c.bool("redis.cluster", default: false)
+        redis.tls = RedisTLSOptions(
+            caFile: try c.file("redis.ca_file"), serverName: c.raw("redis.tls_server_name"),
+            clientCertificateFile: try c.file("redis.client_cert_file"), clientKeyFile: try c.file("redis.client_key_file"))
         do {
             let endpoint = try redis.endpoint()
             if redis.cluster, endpoint.database != 0 {
@@ -151,6 +155,7 @@ public struct OutboxConfiguration: Sendable {
         } catch let error as RedisError {
             throw ConfigurationError(key: "redis.url", problem: error.message)
         }
+        if let (key, problem) = redis.tlsProblem() { throw ConfigurationError(key: key, problem: problem) }
         self.redis = redis
 
         qdrant = QdrantConfiguration(

@@ -3,7 +3,8 @@ import Foundation
 import Glibc
 import Logging
 
-/// How to reach Redis: `redis://[:password@]host[:port][/db]`. The password is a secret.
+/// How to reach Redis: `redis://[:password@]host[:port][/db]`, or `rediss://…` for TLS (see
+/// ``RedisTLSOptions``). The password is a secret.
 public struct RedisConfiguration: Sendable {
     public var url: String
     /// Overrides any password in `url`.
@@ -15,6 +16,8 @@ public struct RedisConfiguration: Sendable {
     public var cluster = false
     /// A cluster node's address, in place of the url's host and port (same credentials).
     public var node: RedisNodeAddress?
+    /// For a `rediss://` url: the CA, server name and client certificate (RedisTLS.swift).
+    public var tls = RedisTLSOptions()
 
     public init(url: String, password: String? = nil) {
         self.url = url
@@ -29,11 +32,15 @@ public struct RedisConfiguration: Sendable {
         var username: String?
         var password: String?
         var database: Int
+        /// `rediss://`: TLS through the project's layer under hiredis (RedisTLS.swift). No default:
+        /// an endpoint made for another node must say, or it would silently fall back to plain TCP.
+        var tls: Bool
     }
 
     func endpoint() throws -> Endpoint {
-        guard let parts = URLParts(url), parts.scheme == "redis", !parts.host.isEmpty else {
-            throw RedisError(code: .connectionFailed, message: "redis url must look like redis://[:password@]host[:port][/db]")
+        guard let parts = URLParts(url), parts.scheme == "redis" || parts.scheme == "rediss", !parts.host.isEmpty else {
+            throw RedisError(
+                code: .connectionFailed, message: "redis url must look like redis://[:password@]host[:port][/db] (rediss:// for TLS)")
         }
         let dbText = parts.path.drop(while: { $0 == "/" })
         guard dbText.isEmpty || Int(dbText) != nil else {
@@ -43,7 +50,7 @@ public struct RedisConfiguration: Sendable {
         return Endpoint(
             host: node?.host ?? parts.host, port: Int32(node?.port ?? parts.port ?? 6379), username: user,
             password: password ?? parts.password.flatMap { $0.isEmpty ? nil : $0 },
-            database: Int(dbText) ?? 0)
+            database: Int(dbText) ?? 0, tls: parts.scheme == "rediss")
     }
 }
 
@@ -303,7 +310,11 @@ public actor RedisConnection {
             redisFree(context)
             self.context = nil
         }
-        guard let fresh = redisConnectWithTimeout(endpoint.host, endpoint.port, timeval(configuration.connectTimeout)) else {
+        guard let fresh = try endpoint.tls
+            ? RedisTLS.context(
+                host: endpoint.host, port: endpoint.port, options: configuration.tls, timeout: configuration.connectTimeout, redactor: redactor)
+            : redisConnectWithTimeout(endpoint.host, endpoint.port, timeval(configuration.connectTimeout))
+        else {
             throw RedisError(code: .connectionFailed, message: "out of memory creating a hiredis context")
         }
         if fresh.pointee.err != 0 {
@@ -312,7 +323,8 @@ public actor RedisConnection {
             throw RedisError(code: .connectionFailed, message: "\(endpoint.host):\(endpoint.port): \(message)")
         }
         redisSetTimeout(fresh, timeval(configuration.commandTimeout))
-        redisEnableKeepAlive(fresh)
+        // Over TLS hiredis holds a Unix socket (keepalive would fail on it); the TLS layer sets it on TCP.
+        if !endpoint.tls { redisEnableKeepAlive(fresh) }
         context = fresh
         var handshake: [(name: String, command: RedisCommand)] = []
         if let password = endpoint.password {
