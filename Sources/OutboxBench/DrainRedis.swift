@@ -54,20 +54,32 @@ extension Bench {
     /// is timed on a session already open. Its start-up (a process, three Postgres sessions, Redis,
     /// the script) is a figure of its own: timed in, it was ~9 % of a 200,000-event drain
     /// (docs/PERFORMANCE.md, stop 16). With `traced`, every event carries a sampled `traceparent`.
+    ///
+    /// With `streams` above 1, key `k`'s events go to stream `<stream>:<k % streams>` (spread over
+    /// a cluster's slots), and Redis' CPU is the sum over `redisNodes` (default: `redis`).
     func drainByRelay(
-        events: Int, keys: Int, stream: String, redis: RedisConnection, traced: Bool = false, extra: [String: String] = [:]
+        events: Int, keys: Int, stream: String, redis: RedisConnection, traced: Bool = false, extra: [String: String] = [:],
+        streams: Int = 1, redisNodes: [RedisConnection]? = nil
     ) async throws -> RelayDrain {
-        try await withDatabase { url, db in
+        let nodes = redisNodes ?? [redis]
+        func nodesCPU() async throws -> Double {
+            var total = 0.0
+            for node in nodes { total += try await redisCPU(node) }
+            return total
+        }
+        return try await withDatabase { url, db in
             let spawned = ContinuousClock.now
             return try await withRelay(url, port: 18_470, extra: extra) { relay in
                 try await relay.waitUntilReady()
                 let startup = ContinuousClock.now - spawned
-                try await db.transaction { tx in try await preloadXAdd(tx, events: events, keys: keys, stream: stream, traced: traced) }
-                let (postgresBefore, redisBefore, relayBefore) = (postgresCPU(), try await redisCPU(redis), cpuSeconds(relay.pid))
+                try await db.transaction { tx in
+                    try await preloadXAdd(tx, events: events, keys: keys, stream: stream, traced: traced, streams: streams)
+                }
+                let (postgresBefore, redisBefore, relayBefore) = (postgresCPU(), try await nodesCPU(), cpuSeconds(relay.pid))
                 let started = ContinuousClock.now
                 // The stream's length (cheap to ask) says when the last XADD landed; /metrics then
                 // when its acknowledgement committed.
-                while case .integer(let length) = try await redis.command("XLEN", stream), length < events {
+                while streams == 1, case .integer(let length) = try await redis.command("XLEN", stream), length < events {
                     guard relay.isRunning else { throw BenchError("the relay exited during drain-redis (status \(relay.process.terminationStatus))") }
                     try await Task.sleep(for: .milliseconds(5))
                 }
@@ -76,7 +88,7 @@ extension Bench {
                 let postgres = postgresCPU().reduce(0) { $0 + $1.value - (postgresBefore[$1.key] ?? 0) }
                 return RelayDrain(
                     rate: Double(events) / elapsed, startup: startup,
-                    cpu: (cpuSeconds(relay.pid) - relayBefore, postgres, try await redisCPU(redis) - redisBefore),
+                    cpu: (cpuSeconds(relay.pid) - relayBefore, postgres, try await nodesCPU() - redisBefore),
                     claims: (
                         await relay.metric(#"outbox_relay_claims_total{destination="redis",result="events"}"#),
                         await relay.metric(#"outbox_relay_claims_total{destination="redis",result="empty"}"#)),
@@ -126,18 +138,20 @@ extension Bench {
 
     /// Enqueues `events` redis.xadd events for `stream` over `keys` keys (round robin), 50,000 per
     /// statement; `traced`: each with a sampled `traceparent` of a trace of its own.
-    private func preloadXAdd(_ db: PostgresConnection, events: Int, keys: Int, stream: String, traced: Bool = false) async throws {
+    private func preloadXAdd(_ db: PostgresConnection, events: Int, keys: Int, stream: String, traced: Bool = false, streams: Int = 1)
+        async throws
+    {
         var done = 0
         while done < events {
             let n = min(50_000, events - done)
             try await db.query(
                 """
                 SELECT count(outbox.enqueue('redis', 'xadd', 'k' || (g % $2), jsonb_build_object(
-                  'stream', $3::text, 'fields', jsonb_build_object('seq', g::text)),
+                  'stream', CASE WHEN $6 > 1 THEN $3 || ':' || (g % $2 % $6) ELSE $3 END, 'fields', jsonb_build_object('seq', g::text)),
                   CASE WHEN $5 THEN jsonb_build_object('traceparent', '00-' || lpad(to_hex(g + 1), 32, '0') || '-00f067aa0ba902b7-01')
                        ELSE '{}'::jsonb END))
                 FROM generate_series($1::int8, $1::int8 + $4 - 1) g
-                """, [.int(Int64(done)), .int(Int64(keys)), .text(stream), .int(Int64(n)), .bool(traced)])
+                """, [.int(Int64(done)), .int(Int64(keys)), .text(stream), .int(Int64(n)), .bool(traced), .int(Int64(streams))])
             done += n
         }
     }

@@ -23,6 +23,10 @@ struct OutboxBench: AsyncParsableCommand {
             alternated for --tracing-rounds rounds (2): with it on, every event carries a sampled traceparent of its own \
             (a span per event and one per Redis round trip), exported over OTLP/HTTP to a sink in this process that reads \
             and discards them; each round's rate and relay CPU per event, spans exported and dropped.
+            - drain-redis-cluster: the drain-redis backlog, each key's events into one of 64 streams, drained from the \
+            single Redis, from the Redis Cluster (scripts/services up redis-cluster), and from the cluster with \
+            redis.wait_replicas 1, alternated for --tracing-rounds rounds: each variant's rate and CPU per event of \
+            the relay, Postgres and Redis (all cluster nodes).
             - drain-qdrant: preload --qdrant-events qdrant.upsert events with --vector-size vectors, one key each; the \
             relay's rate against the Qdrant stand-in ingesting the same points directly in the requests the relay \
             makes (a claim of relay.batch_size events, split at relay.qdrant_max_batch_bytes; PUT \
@@ -75,7 +79,7 @@ struct OutboxBench: AsyncParsableCommand {
 
     @Option(help: "Events preloaded for drain-redis.") var drainEvents = 200_000
     @Option(help: "Keys the drain-redis, memory and large-payloads backlogs are spread over (round robin).") var keys = 1000
-    @Option(help: "drain-redis-tracing: rounds, each a drain with span export off and one with it on.") var tracingRounds = 2
+    @Option(help: "drain-redis-tracing and drain-redis-cluster: rounds, each a drain of every variant.") var tracingRounds = 2
     @Option(help: "qdrant.upsert events preloaded for drain-qdrant.") var qdrantEvents = 50_000
     @Option(help: "Vector dimensions for drain-qdrant.") var vectorSize = 384
     @Option(help: "Backlog for the memory scenario.") var memoryEvents = 1_000_000
@@ -114,7 +118,7 @@ struct OutboxBench: AsyncParsableCommand {
     var relayLogLevel = "warning"
 
     static let all = [
-        "drain-redis", "drain-redis-tracing", "drain-qdrant", "idle", "memory", "writer-overhead", "writer-throughput", "latency", "sustained", "catch-up", "catch-up-qdrant",
+        "drain-redis", "drain-redis-tracing", "drain-redis-cluster", "drain-qdrant", "idle", "memory", "writer-overhead", "writer-throughput", "latency", "sustained", "catch-up", "catch-up-qdrant",
         "large-payloads", "reconcile-scan",
     ]
 
@@ -145,6 +149,7 @@ struct OutboxBench: AsyncParsableCommand {
             switch scenario {
             case "drain-redis": figures = try await bench.drainRedis(events: drainEvents, keys: keys)
             case "drain-redis-tracing": figures = try await bench.drainRedisTracing(events: drainEvents, keys: keys, rounds: tracingRounds)
+            case "drain-redis-cluster": figures = try await bench.drainRedisCluster(events: drainEvents, keys: keys, rounds: tracingRounds)
             case "drain-qdrant": figures = try await bench.drainQdrant(events: qdrantEvents, dimensions: vectorSize)
             case "idle": figures = try await bench.idle()
             case "memory": figures = try await bench.memory(events: memoryEvents, keys: keys)
