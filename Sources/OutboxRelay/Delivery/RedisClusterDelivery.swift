@@ -192,7 +192,10 @@ extension RedisDeliverer {
             asking = [:]
             for (index, result) in sent {
                 guard case .refused(let message) = result else {
-                    if case .lost = result { staleMap = true }
+                    switch result {
+                    case .lost, .notSent: staleMap = true  // the node may be gone, its slots served elsewhere
+                    default: break
+                    }
                     results[index] = result
                     continue
                 }
