@@ -128,16 +128,8 @@ extension RedisDeliverer {
             for (index, part) in call.parts.enumerated() {
                 let outcome: DeliveryOutcome
                 switch result {
-                case .ran(let replies, let unreplicated):
-                    outcome = switch Self.outcome(of: part.event, replies[index]) {
-                    case .delivered where unreplicated != nil: .retry(reason: unreplicated!, retryAfter: nil)
-                    case let other: other
-                    }
-                case .refused(let message):
-                    outcome =
-                        FailureClass.redis(errorReply: message) == .destination
-                        ? .destinationFault(reason: "redis refused the relay: \(message)")
-                        : Self.unanswered(part.event, reason: "redis: \(message)")
+                case .ran(let replies, let unreplicated): outcome = Self.outcome(of: part.event, replies[index], unreplicated: unreplicated)
+                case .refused(let message): outcome = Self.refused(part.event, message)
                 case .lost(let reason): outcome = Self.unanswered(part.event, reason: reason)
                 case .notSent(let reason): outcome = .retry(reason: "not sent: \(reason)", retryAfter: nil)
                 }

@@ -180,20 +180,16 @@ struct RedisDeliverer: Deliverer {
             for (chunk, reply) in zip(chunks, replies) {
                 guard case .array(let results) = reply, results.count == chunk.count else {
                     // Refused as a whole (or not understood): nothing of it was applied this time.
-                    if case .error(let message) = reply, FailureClass.redis(errorReply: message) == .destination {
-                        // The credentials or ACL user refused, not the events: they wait for an operator.
-                        for (event, _) in chunk { outcomes[event.id] = .destinationFault(reason: "redis refused the relay: \(message)") }
-                        continue
+                    for (event, _) in chunk {
+                        outcomes[event.id] =
+                            if case .error(let message) = reply { Self.refused(event, message) } else {
+                                Self.unanswered(event, reason: "redis: unexpected reply \(reply)")
+                            }
                     }
-                    let reason = if case .error(let message) = reply { "redis: \(message)" } else { "redis: unexpected reply \(reply)" }
-                    for (event, _) in chunk { outcomes[event.id] = Self.unanswered(event, reason: reason) }
                     continue
                 }
                 for ((event, _), result) in zip(chunk, results) {
-                    outcomes[event.id] = switch Self.outcome(of: event, result) {
-                    case .delivered where unreplicated != nil: .retry(reason: unreplicated!, retryAfter: nil)
-                    case let outcome: outcome
-                    }
+                    outcomes[event.id] = Self.outcome(of: event, result, unreplicated: unreplicated)
                 }
             }
             return
@@ -282,6 +278,22 @@ struct RedisDeliverer: Deliverer {
             roundBytes += size
         }
         return rounds
+    }
+
+    /// The outcome of an event whose script call Redis refused as a whole with `message`.
+    static func refused(_ event: ClaimedEvent, _ message: String) -> DeliveryOutcome {
+        // The credentials or ACL user refused, not the events: they wait for an operator.
+        FailureClass.redis(errorReply: message) == .destination
+            ? .destinationFault(reason: "redis refused the relay: \(message)") : unanswered(event, reason: "redis: \(message)")
+    }
+
+    /// The outcome of the script's `result` for `event`; `unreplicated` (``unreplicated(_:)``)
+    /// turns a delivery into a retry.
+    static func outcome(of event: ClaimedEvent, _ result: RedisReply, unreplicated: String?) -> DeliveryOutcome {
+        switch outcome(of: event, result) {
+        case .delivered where unreplicated != nil: .retry(reason: unreplicated!, retryAfter: nil)
+        case let outcome: outcome
+        }
     }
 
     static func outcome(of event: ClaimedEvent, _ result: RedisReply) -> DeliveryOutcome {
