@@ -341,10 +341,10 @@ def test_the_cluster_mode_options(monkeypatch):
         monkeypatch.setattr(sys, "argv", ["chaos", *argv])
         return chaos.parse_args()
     args = parse("--short", "--cluster")
-    assert (args.duration, args.fault_interval, args.faults, args.streams) == (
-        120.0, (4.0, 7.0), chaos.CLUSTER_MODE_FAULT_KINDS, chaos.CLUSTER_STREAMS)
+    assert (args.duration, args.fault_interval, args.faults, args.streams, args.drain_timeout) == (
+        120.0, (4.0, 7.0), chaos.CLUSTER_MODE_FAULT_KINDS, chaos.CLUSTER_STREAMS, 240.0)
     args = parse("--short")
-    assert (args.duration, args.faults, args.streams) == (100.0, chaos.FAULT_KINDS, 1)
+    assert (args.duration, args.faults, args.streams, args.drain_timeout) == (100.0, chaos.FAULT_KINDS, 1, 120.0)
     assert parse("--cluster", "--faults", "cluster_reshard,relay_kill").faults == ("cluster_reshard", "relay_kill")
     with pytest.raises(SystemExit):
         parse("--cluster", "--faults", "redis_restart")
