@@ -7,7 +7,7 @@ SWIFT_BUILD_FLAGS ?=
 BIN := .build/debug
 SERVICES_ENV := eval "$$(scripts/services env)"
 
-.PHONY: demo test build services-up services-down unit-test chaos
+.PHONY: demo test build services-up services-down unit-test chaos chaos-cluster
 
 build:
 	swift build $(SWIFT_BUILD_FLAGS)
@@ -36,3 +36,7 @@ unit-test:
 ## chaos: the short chaos soak (scripts/chaos --help); it runs on its own instance of the services.
 chaos:
 	scripts/chaos --short
+
+## chaos-cluster: the short chaos soak with a Redis Cluster (of its own) as the Redis destination.
+chaos-cluster:
+	scripts/chaos --short --cluster

@@ -51,13 +51,23 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FAULT_KINDS = ("relay_kill", "postgres_restart", "postgres_terminate", "redis_restart", "qdrant_503",
                "qdrant_429", "qdrant_slow", "qdrant_drop", "relay_pause")
+# --cluster: the Redis destination is a Redis Cluster (3 masters + 3 replicas), and its faults
+# replace the single Redis's restart.
+CLUSTER_FAULT_KINDS = ("cluster_failover", "cluster_kill_master", "cluster_reshard", "cluster_node_restart")
+CLUSTER_MODE_FAULT_KINDS = tuple(k for k in FAULT_KINDS if k != "redis_restart") + CLUSTER_FAULT_KINDS
+ALL_FAULT_KINDS = FAULT_KINDS + CLUSTER_FAULT_KINDS
 STREAM = "chaos:events"
+CLUSTER_STREAMS = 16       # --cluster: a key's entries go to one of this many streams, spread over slots
+CLUSTER_SLOTS = 16384
+CLUSTER_NODES = 6
+CLUSTER_WAIT_REPLICAS = 1  # --cluster: redis.wait_replicas of the daemons
 COLLECTION = "chaos"
 DIMENSIONS = 64
 WORDS = ("invoice contract tensor vector postgres redis qdrant outbox relay ledger shard "
@@ -104,10 +114,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fault-interval", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="seconds between fault starts (default: 5 9 short, 12 24 long)")
     p.add_argument("--faults", metavar="KIND,...", type=lambda v: tuple(k.strip() for k in v.split(",") if k.strip()),
-                   default=FAULT_KINDS, help="only these fault kinds, comma-separated (default: all of "
-                   + ", ".join(FAULT_KINDS) + ")")
-    p.add_argument("--drain-timeout", type=float, default=120.0,
-                   help="seconds allowed to drain after the faults (default: 120)")
+                   help="only these fault kinds, comma-separated (default: all of "
+                   + ", ".join(FAULT_KINDS) + "; with --cluster, redis_restart is replaced by "
+                   + ", ".join(CLUSTER_FAULT_KINDS) + ")")
+    p.add_argument("--cluster", action="store_true",
+                   help="the Redis destination is a Redis Cluster of the chaos instance (3 masters + 3 replicas; "
+                   "relays with redis.cluster and redis.wait_replicas 1), the xadds go to "
+                   f"{CLUSTER_STREAMS} streams spread over its slots, and the Redis faults are a replica's "
+                   "CLUSTER FAILOVER, kill -9 of a master, a reshard and a node restart (default short run: "
+                   "120 s, faults every 4-7 s)")
+    p.add_argument("--drain-timeout", type=float,
+                   help="seconds allowed to drain after the faults (default: 120; 240 with --cluster, where every "
+                   "round trip also waits for a replica, and a master's new replica resyncs after each fault)")
     p.add_argument("--release", action="store_true", help="build and run the release binaries (implied by --long)")
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
     p.add_argument("--json", metavar="PATH", help="also write the summary as JSON to PATH")
@@ -116,10 +134,19 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.long:
         args.release = True
+    # A cluster run has 12 fault kinds instead of 9, and its Redis faults take longer (a promotion,
+    # a node's resync): the short run is longer and its faults come faster, so that every kind
+    # still occurs in the first ~80 s.
     if args.duration is None:
-        args.duration = 1800.0 if args.long else 100.0
+        args.duration = 1800.0 if args.long else 120.0 if args.cluster else 100.0
     if args.fault_interval is None:
-        args.fault_interval = (12.0, 24.0) if args.long else (5.0, 9.0)
+        args.fault_interval = (12.0, 24.0) if args.long else (4.0, 7.0) if args.cluster else (5.0, 9.0)
+    mode_kinds = CLUSTER_MODE_FAULT_KINDS if args.cluster else FAULT_KINDS
+    if args.faults is None:
+        args.faults = mode_kinds
+    if args.drain_timeout is None:
+        args.drain_timeout = 240.0 if args.cluster else 120.0
+    args.streams = CLUSTER_STREAMS if args.cluster else 1
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1, 2**31)
     for name in ("duration", "rate", "drain_timeout"):
@@ -127,9 +154,10 @@ def parse_args() -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.writers < 1 or args.keys < args.writers:
         p.error("--writers must be >= 1 and --keys >= --writers")
-    unknown = [k for k in args.faults if k not in FAULT_KINDS]
+    unknown = [k for k in args.faults if k not in mode_kinds]
     if unknown or not args.faults:
-        p.error(f"--faults: unknown kind {', '.join(unknown) or '(none given)'}; choose from {', '.join(FAULT_KINDS)}")
+        p.error(f"--faults: unknown kind {', '.join(unknown) or '(none given)'}"
+                f"{' with' if args.cluster else ' without'} --cluster; choose from {', '.join(mode_kinds)}")
     lo, hi = args.fault_interval
     if not 0 < lo <= hi:
         p.error("--fault-interval needs 0 < MIN <= MAX")
@@ -167,9 +195,10 @@ class Services:
     pg_password: str
     redis_password: str
     api_key: str
+    cluster_port: int | None = None   # --cluster: the chaos instance's Redis Cluster, nodes on port .. port+5
 
     @staticmethod
-    def from_env() -> "Services":
+    def from_env(cluster: bool = False) -> "Services":
         try:
             state = Path(os.environ["OUTBOX_STATE_DIR"])
             secrets = state / "secrets"
@@ -177,19 +206,34 @@ class Services:
                             int(os.environ["OUTBOX_QDRANT_PORT"]),
                             (secrets / "postgres-password").read_text().strip(),
                             (secrets / "redis-password").read_text().strip(),
-                            (secrets / "qdrant-api-key").read_text().strip())
+                            (secrets / "qdrant-api-key").read_text().strip(),
+                            int(os.environ["OUTBOX_REDIS_CLUSTER_PORT"]) if cluster else None)
         except (KeyError, OSError) as e:
             raise SetupError(f"run this through scripts/chaos (missing {e})") from None
+
+    @property
+    def cluster_ports(self) -> list[int]:
+        return [] if self.cluster_port is None else [self.cluster_port + i for i in range(CLUSTER_NODES)]
+
+    def redis(self):
+        """A client of the soak's Redis destination: the single Redis, or the cluster (routed by slot)."""
+        if self.cluster_port is not None:
+            return ClusterRedis(self.cluster_ports, self.redis_password)
+        return Redis(self.redis_port, self.redis_password)
 
     def dsn(self, database: str) -> str:
         return (f"host=127.0.0.1 port={self.pg_port} user=outbox dbname={database} "
                 f"password={self.pg_password} connect_timeout=3")
 
     def restart(self, service: str) -> None:
-        out = subprocess.run([str(REPO / "scripts/services"), "restart", service],
+        self.services("restart", service)
+
+    def services(self, *arguments: str) -> None:
+        """scripts/services on the chaos instance (scripts/chaos exported its OUTBOX_STATE_DIR and ports)."""
+        out = subprocess.run([str(REPO / "scripts/services"), *arguments],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if out.returncode != 0:
-            raise RuntimeError(f"scripts/services restart {service} failed: {out.stdout.strip()}")
+            raise RuntimeError(f"scripts/services {' '.join(arguments)} failed: {out.stdout.strip()[-1500:]}")
 
     def secrets(self) -> list[str]:
         return [self.pg_password, self.redis_password, self.api_key]
@@ -198,8 +242,8 @@ class Services:
 class Redis:
     """A minimal RESP2 client (the venv has no redis package; this is all the checks need)."""
 
-    def __init__(self, port: int, password: str):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    def __init__(self, port: int, password: str, host: str = "127.0.0.1", timeout: float = 30):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.reader = self.sock.makefile("rb")
         self.call("AUTH", "default", password)
 
@@ -232,6 +276,137 @@ class Redis:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Redis Cluster (--cluster): slots, the slot map, a client that routes each key to its master
+
+def crc16(data: bytes) -> int:
+    """CRC16-CCITT (XMODEM), Redis Cluster's key hash."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def key_slot(key: str | bytes) -> int:
+    """The cluster slot of a key: CRC16 of the key, or of its hash tag (the text between the first
+    `{` and the next `}`, when not empty), modulo 16384."""
+    k = key.encode() if isinstance(key, str) else key
+    start = k.find(b"{")
+    if start >= 0:
+        end = k.find(b"}", start + 1)
+        if end > start + 1:
+            k = k[start + 1:end]
+    return crc16(k) % CLUSTER_SLOTS
+
+
+def slot_table(reply: list, asked: tuple[str, int]) -> list[tuple[str, int] | None]:
+    """The master (host, port) of each slot from a CLUSTER SLOTS reply; a node announced with an
+    empty host is the node asked. None for a slot no master serves."""
+    table: list[tuple[str, int] | None] = [None] * CLUSTER_SLOTS
+    for entry in reply:
+        start, end, master = int(entry[0]), int(entry[1]), entry[2]
+        host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+        address = (host or asked[0], int(master[1]))
+        for slot in range(start, end + 1):
+            table[slot] = address
+    return table
+
+
+@dataclass
+class ClusterNode:
+    id: str
+    host: str
+    port: int
+    master: bool
+    master_id: str | None
+    slots: int
+    failed: bool
+    connected: bool
+
+
+def parse_cluster_nodes(text: str | bytes) -> list[ClusterNode]:
+    """CLUSTER NODES: one line per node — id, ip:port@bus, flags, master id, ..., link state, slot
+    ranges (open-slot markers `[slot->-id]` left out)."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    nodes = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 8:
+            continue
+        address = f[1].split("@")[0]
+        host, _, port = address.rpartition(":")
+        flags = f[2].split(",")
+        slots = 0
+        for r in f[8:]:
+            if r.startswith("["):
+                continue
+            lo, _, hi = r.partition("-")
+            slots += int(hi or lo) - int(lo) + 1
+        nodes.append(ClusterNode(id=f[0], host=host, port=int(port) if port.isdigit() else 0, master="master" in flags,
+                                 master_id=None if f[3] == "-" else f[3], slots=slots,
+                                 failed="fail" in flags or "fail?" in flags, connected=f[7] == "connected"))
+    return nodes
+
+
+class ClusterRedis:
+    """Just enough of a cluster client for the checks and the setup: a command on one key goes to the
+    master of the key's slot (CLUSTER SLOTS, read again after a MOVED or ASK); `masters()` gives a
+    client of every master, for what is per node (FLUSHALL, SCAN)."""
+
+    def __init__(self, ports: list[int], password: str, host: str = "127.0.0.1"):
+        self.seeds = [(host, p) for p in ports]
+        self.password = password
+        self.conns: dict[tuple[str, int], Redis] = {}
+        self.table: list[tuple[str, int] | None] = []
+        self.refresh()
+
+    def node(self, address: tuple[str, int]) -> Redis:
+        if address not in self.conns:
+            self.conns[address] = Redis(address[1], self.password, host=address[0])
+        return self.conns[address]
+
+    def refresh(self) -> None:
+        errors = []
+        for address in list(self.conns) + [s for s in self.seeds if s not in self.conns]:
+            try:
+                self.table = slot_table(self.node(address).call("CLUSTER", "SLOTS"), address)
+                return
+            except (OSError, RuntimeError, ConnectionError) as e:
+                errors.append(f"{address[0]}:{address[1]}: {e}")
+                dropped = self.conns.pop(address, None)
+                if dropped is not None:
+                    dropped.close()
+        raise RuntimeError("no cluster node answers CLUSTER SLOTS: " + "; ".join(errors))
+
+    def call(self, command: str, key, *args):
+        for _ in range(6):
+            address = self.table[key_slot(key)]
+            if address is None:
+                self.refresh()
+                time.sleep(0.2)
+                continue
+            try:
+                return self.node(address).call(command, key, *args)
+            except RuntimeError as e:
+                if not str(e).startswith(("redis: MOVED", "redis: ASK", "redis: TRYAGAIN", "redis: CLUSTERDOWN")):
+                    raise
+                self.refresh()
+                time.sleep(0.2)
+        raise RuntimeError(f"redis cluster: {command} {key!r} still redirected after 6 tries")
+
+    def masters(self) -> list[Redis]:
+        return [self.node(a) for a in sorted({a for a in self.table if a is not None})]
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()
 
 
 class Qdrant:
@@ -277,13 +452,21 @@ class Qdrant:
 
 def write_config(svc: Services, path: Path, batch_bytes: int = 16 * MIB) -> None:
     secrets = svc.state / "secrets"
+    if svc.cluster_port is None:
+        redis = f"url: redis://127.0.0.1:{svc.redis_port}/0"
+    else:
+        # Any node is the seed (the others are discovered). A master killed with -9 may have taken
+        # writes its replica never saw: with WAIT, an event counts as delivered only once a replica
+        # holds it (docs/RELIABILITY.md, "Redis failover").
+        redis = (f"url: redis://127.0.0.1:{svc.cluster_port}/0\n  cluster: true\n"
+                 f"  wait_replicas: {CLUSTER_WAIT_REPLICAS}\n  wait_timeout: 1s")
     path.write_text(f"""# Generated by scripts/chaos for one run; short timeouts so that faults bite.
 postgres:
   url: postgresql://outbox@127.0.0.1:{svc.pg_port}/chaos
   password_file: {secrets / 'postgres-password'}
   connect_timeout: {CLIENT_TIMEOUT_S}s
 redis:
-  url: redis://127.0.0.1:{svc.redis_port}/0
+  {redis}
   password_file: {secrets / 'redis-password'}
   connect_timeout: {CLIENT_TIMEOUT_S}s
   command_timeout: {CLIENT_TIMEOUT_S}s
@@ -487,14 +670,28 @@ class PacedWriter(threading.Thread):
             conn.close()
 
 
+def streams(count: int) -> list[str]:
+    """The streams of the xadds: STREAM alone, or (--cluster) `count` streams STREAM:s00, ... whose
+    names hash to slots all over the cluster."""
+    return [STREAM] if count == 1 else [f"{STREAM}:s{i:02d}" for i in range(count)]
+
+
+def stream_for(key: str, count: int) -> str:
+    """The stream of an ordering key's xadds: always the same one for a key, so that the key's
+    entries are in one stream, in order (crc32: unlike hash(), the same in every process)."""
+    return STREAM if count == 1 else streams(count)[zlib.crc32(key.encode()) % count]
+
+
 class Writer(PacedWriter):
     """Each transaction: an extraction row with its qdrant.upsert, and redis.xadds carrying a key
-    and its per-key seq, recorded in chaos_ledger in the same transaction."""
+    and its per-key seq (to the key's stream: stream_for), recorded in chaos_ledger in the same
+    transaction."""
 
     def __init__(self, index: int, keys: list[str], dsn: str, rate: float, seed: int,
-                 stop: threading.Event, stats: WriterStats):
+                 stop: threading.Event, stats: WriterStats, stream_count: int = 1):
         super().__init__(f"writer-{index}", dsn, rate, stop, stats)
         self.keys = keys
+        self.stream_count = stream_count
         self.rng = random.Random(seed * 1009 + index)
         self.seq = dict.fromkeys(keys, 0)
 
@@ -519,7 +716,7 @@ class Writer(PacedWriter):
                 "source": {"table": "extractions", "id": row}})))
             for k, s in events:
                 conn.execute("SELECT outbox.enqueue('redis', 'xadd', %s, %s)", (k, Jsonb({
-                    "stream": STREAM, "fields": {"key": k, "seq": str(s), "row": row}})))
+                    "stream": stream_for(k, self.stream_count), "fields": {"key": k, "seq": str(s), "row": row}})))
             conn.execute("INSERT INTO chaos_ledger (key, seq, row_id) SELECT k, s, %s FROM unnest(%s::text[], %s::int[]) AS t(k, s)",
                          (row, [k for k, _ in events], [s for _, s in events]))
         return body, len(events) + 1, 0
@@ -598,6 +795,65 @@ def fault_schedule(rng: random.Random, duration: float, interval: tuple[float, f
     return schedule
 
 
+# Cluster faults: which node each one hits is chosen from the cluster's shape at that moment (roles
+# move with every failover), with the run's seeded rng, nodes taken in port order.
+
+def live(nodes: list[ClusterNode]) -> list[ClusterNode]:
+    return sorted((n for n in nodes if not n.failed and n.connected), key=lambda n: n.port)
+
+
+def pick_failover(nodes: list[ClusterNode], rng: random.Random) -> ClusterNode:
+    """A replica to take over from its master with CLUSTER FAILOVER (its master serving slots)."""
+    masters = {n.id for n in live(nodes) if n.master and n.slots > 0}
+    replicas = [n for n in live(nodes) if not n.master and n.master_id in masters]
+    if not replicas:
+        raise RuntimeError("no replica of a live master to fail over to")
+    return rng.choice(replicas)
+
+
+def pick_master_to_kill(nodes: list[ClusterNode], rng: random.Random) -> tuple[ClusterNode, ClusterNode]:
+    """A master serving slots that has a live replica (which takes over), and that replica."""
+    pairs = [(m, r) for m in live(nodes) if m.master and m.slots > 0
+             for r in live(nodes) if not r.master and r.master_id == m.id]
+    if not pairs:
+        raise RuntimeError("no master with a live replica to kill")
+    master = rng.choice(sorted({m.port: m for m, _ in pairs}.values(), key=lambda n: n.port))
+    return master, next(r for m, r in pairs if m.id == master.id)
+
+
+def plan_reshard(nodes: list[ClusterNode], rng: random.Random, slots: tuple[int, int] = (100, 800)
+                 ) -> tuple[ClusterNode, ClusterNode, int]:
+    """Move some slots from the master serving most (so that repeated reshards do not drain one) to
+    another master: (from, to, how many), never more than half of what `from` serves."""
+    masters = sorted((n for n in live(nodes) if n.master and n.slots > 0), key=lambda n: (-n.slots, n.port))
+    if len(masters) < 2:
+        raise RuntimeError("fewer than two masters serve slots: nothing to reshard between")
+    source = masters[0]
+    target = rng.choice(masters[1:])
+    return source, target, min(rng.randint(*slots), source.slots // 2)
+
+
+def pick_node_to_restart(nodes: list[ClusterNode], rng: random.Random) -> ClusterNode:
+    """Any node, master or replica."""
+    candidates = live(nodes)
+    if not candidates:
+        raise RuntimeError("no live cluster node")
+    return rng.choice(candidates)
+
+
+def wait_until(what: str, condition, timeout: float = 30.0) -> float:
+    """Polls `condition` (exceptions count as not yet) until true; the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if condition():
+                return time.monotonic() - start
+        except (OSError, RuntimeError, ConnectionError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what}: not within {timeout:.0f} s")
+
+
 class FaultInjector(threading.Thread):
     def __init__(self, schedule, rng: random.Random, svc: Services, qdrant: Qdrant,
                  relays: list[Daemon], stop: threading.Event, start_time: float):
@@ -652,6 +908,8 @@ class FaultInjector(threading.Thread):
         elif kind == "redis_restart":
             say("fault redis_restart: SIGTERM, then start on the append-only file")
             self.svc.restart("redis")
+        elif kind in CLUSTER_FAULT_KINDS:
+            self.inject_cluster(kind)
         else:
             seconds = self.window()
             spec = {"qdrant_503": {"status": 503},
@@ -662,39 +920,132 @@ class FaultInjector(threading.Thread):
             self.qdrant.inject({**spec, "duration_s": seconds})
 
 
+    # --- cluster faults (--cluster). Each ends with `scripts/services up redis-cluster`, which
+    # starts any stopped node and waits until every node agrees on roles and slots, all served.
+
+    def node_call(self, node: ClusterNode, *args):
+        conn = Redis(node.port, self.svc.redis_password, host=node.host, timeout=10)
+        try:
+            return conn.call(*args)
+        finally:
+            conn.close()
+
+    def nodes(self) -> list[ClusterNode]:
+        """CLUSTER NODES as the first node that answers sees it."""
+        errors = []
+        for port in self.svc.cluster_ports:
+            try:
+                conn = Redis(port, self.svc.redis_password, timeout=5)
+                try:
+                    return parse_cluster_nodes(conn.call("CLUSTER", "NODES"))
+                finally:
+                    conn.close()
+            except (OSError, RuntimeError, ConnectionError) as e:
+                errors.append(f"{port}: {e}")
+        raise RuntimeError("no cluster node answers CLUSTER NODES: " + "; ".join(errors))
+
+    def is_master(self, node: ClusterNode) -> bool:
+        role = self.node_call(node, "ROLE")
+        return role[0] in (b"master", "master")
+
+    def pid_of(self, node: ClusterNode) -> int:
+        info = self.node_call(node, "INFO", "server").decode()
+        return int(next(line.split(":")[1] for line in info.splitlines() if line.startswith("process_id:")))
+
+    def cluster_healthy(self) -> float:
+        start = time.monotonic()
+        self.svc.services("up", "redis-cluster")
+        return time.monotonic() - start
+
+    def inject_cluster(self, kind: str) -> None:
+        nodes = self.nodes()
+        if kind == "cluster_failover":
+            replica = pick_failover(nodes, self.rng)
+            master = next(n for n in nodes if n.id == replica.master_id)
+            say(f"fault cluster_failover: CLUSTER FAILOVER on replica :{replica.port} of master :{master.port}")
+            self.node_call(replica, "CLUSTER", "FAILOVER")
+            took = wait_until(f"replica :{replica.port} to become master", lambda: self.is_master(replica))
+            say(f"   :{replica.port} is master after {took:.1f} s; cluster ok after {self.cluster_healthy():.1f} s more")
+        elif kind == "cluster_kill_master":
+            master, replica = pick_master_to_kill(nodes, self.rng)
+            pid = self.pid_of(master)
+            down = round(self.rng.uniform(0.0, 3.0), 1)
+            say(f"fault cluster_kill_master: kill -9 of master :{master.port} (pid {pid}, {master.slots} slots); "
+                f"restart {down} s after replica :{replica.port} took over")
+            os.kill(pid, signal.SIGKILL)
+            took = wait_until(f"replica :{replica.port} to replace master :{master.port}",
+                              lambda: self.is_master(replica), timeout=45)
+            time.sleep(down)
+            say(f"   :{replica.port} is master after {took:.1f} s; :{master.port} restarted and cluster ok after "
+                f"{self.cluster_healthy():.1f} s more")
+        elif kind == "cluster_reshard":
+            source, target, count = plan_reshard(nodes, self.rng)
+            say(f"fault cluster_reshard: {count} slots from :{source.port} ({source.slots}) to :{target.port} "
+                f"({target.slots})")
+            start = time.monotonic()
+            out = subprocess.run(["redis-cli", "--no-auth-warning", "--cluster", "reshard", f"{source.host}:{source.port}",
+                                  "--cluster-from", source.id, "--cluster-to", target.id,
+                                  "--cluster-slots", str(count), "--cluster-yes"],
+                                 env={**os.environ, "REDISCLI_AUTH": self.svc.redis_password, "TERM": "dumb"},
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+            if out.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster reshard exited {out.returncode}: {out.stdout.strip()[-1500:]}")
+            say(f"   moved in {time.monotonic() - start:.1f} s; cluster ok after {self.cluster_healthy():.1f} s more")
+        elif kind == "cluster_node_restart":
+            node = pick_node_to_restart(nodes, self.rng)
+            pid = self.pid_of(node)
+            down = round(self.rng.uniform(0.5, 4.0), 1)
+            say(f"fault cluster_node_restart: SIGTERM of {'master' if node.master else 'replica'} :{node.port} "
+                f"(pid {pid}), started again {down} s after it exited")
+            os.kill(pid, signal.SIGTERM)
+            took = wait_until(f"node :{node.port} (pid {pid}) to exit", lambda: not Path(f"/proc/{pid}").exists())
+            time.sleep(down)
+            say(f"   exited after {took:.1f} s; started and cluster ok after {self.cluster_healthy():.1f} s")
+
+
 # --------------------------------------------------------------------------------------------
 # Checks
 
-def check_stream(redis: Redis, ledger: dict[tuple[str, int], str]) -> dict:
+def check_stream(redis: Redis, ledger: dict[tuple[str, int], str], stream_names: list[str] | tuple[str, ...] = (STREAM,)
+                 ) -> dict:
+    """Reads every stream to its end. A key's entries are all in one stream (stream_for), so per-key
+    order is the order within it; an entry of a key in another stream than its own is misplaced."""
     seen_outbox: collections.Counter = collections.Counter()
     seen_pair: collections.Counter = collections.Counter()
     last_seq: dict[str, int] = {}
-    out_of_order = phantom = entries = 0
-    start = "-"
-    while True:
-        batch = redis.call("XRANGE", STREAM, start, "+", "COUNT", 10000)
-        if not batch:
-            break
-        for entry_id, flat in batch:
-            fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
-            entries += 1
-            key, seq = fields.get("key", "?"), int(fields.get("seq", "0"))
-            seen_outbox[fields.get("outbox_id")] += 1
-            seen_pair[(key, seq)] += 1
-            if (key, seq) not in ledger:
-                phantom += 1
-            if seen_pair[(key, seq)] == 1:  # a duplicate is counted once, as a duplicate
-                if seq <= last_seq.get(key, 0):
-                    out_of_order += 1
-                last_seq[key] = max(seq, last_seq.get(key, 0))
-        start = "(" + batch[-1][0].decode()
+    out_of_order = phantom = entries = misplaced = 0
+    per_stream: dict[str, int] = {}
+    for stream in stream_names:
+        start = "-"
+        per_stream[stream] = 0
+        while True:
+            batch = redis.call("XRANGE", stream, start, "+", "COUNT", 10000)
+            if not batch:
+                break
+            for entry_id, flat in batch:
+                fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+                entries += 1
+                per_stream[stream] += 1
+                key, seq = fields.get("key", "?"), int(fields.get("seq", "0"))
+                if len(stream_names) > 1 and stream_for(key, len(stream_names)) != stream:
+                    misplaced += 1
+                seen_outbox[fields.get("outbox_id")] += 1
+                seen_pair[(key, seq)] += 1
+                if (key, seq) not in ledger:
+                    phantom += 1
+                if seen_pair[(key, seq)] == 1:  # a duplicate is counted once, as a duplicate
+                    if seq <= last_seq.get(key, 0):
+                        out_of_order += 1
+                    last_seq[key] = max(seq, last_seq.get(key, 0))
+            start = "(" + batch[-1][0].decode()
     lost = [pair for pair in ledger if seen_pair[pair] == 0]
     return {
-        "committed": len(ledger), "entries": entries,
+        "committed": len(ledger), "entries": entries, "streams": len(stream_names), "misplaced": misplaced,
+        "per_stream": per_stream,
         "lost": len(lost), "duplicated": sum(n - 1 for n in seen_pair.values() if n > 1),
         "duplicated_outbox_ids": sum(n - 1 for n in seen_outbox.values() if n > 1),
         "missing_outbox_id": seen_outbox[None], "out_of_order": out_of_order, "phantom": phantom,
-        "lost_sample": [f"{k}#{s}" for k, s in lost[:5]],
+        "lost_sample": [f"{k}#{s}" for k, s in lost[:5]], "lost_pairs": lost,
     }
 
 
@@ -730,12 +1081,14 @@ def check_large(redis: Redis, ledger: list[tuple[str, int, int, str]], seed: int
                 wrong += 1
             bad_sample.append(f"{key}#{seq}: {len(value)} bytes, seq {got} (want {length} bytes)")
     in_redis: set[str] = set()
-    cursor = b"0"
-    while True:
-        cursor, names = redis.call("SCAN", cursor, "MATCH", LARGE_PREFIX + "*", "COUNT", 1000)
-        in_redis.update(n.decode()[len(LARGE_PREFIX):] for n in names)
-        if cursor in (b"0", "0", 0):
-            break
+    # SCAN is per node: a cluster's keys are on its masters, each scanned to its end.
+    for node in (redis.masters() if hasattr(redis, "masters") else [redis]):
+        cursor = b"0"
+        while True:
+            cursor, names = node.call("SCAN", cursor, "MATCH", LARGE_PREFIX + "*", "COUNT", 1000)
+            in_redis.update(n.decode()[len(LARGE_PREFIX):] for n in names)
+            if cursor in (b"0", "0", 0):
+                break
     return {
         "committed": len(ledger), "bytes": sum(n for _, _, n, _ in ledger), "keys": len(last),
         "intact": intact, "missing": missing, "stale": stale, "wrong": wrong,
@@ -754,14 +1107,19 @@ def run_checks(args, svc: Services, qdrant: Qdrant, config: Path, bin_dir: Path)
         wrong_embedding = db.execute(
             "SELECT count(*) FROM public.extractions WHERE embedding_id IS DISTINCT FROM id").fetchone()[0] - unembedded
         pending = db.execute("SELECT count(*) FROM outbox.events").fetchone()[0]
+        # After a drain that timed out, a ledger entry missing from the stream may still be waiting.
+        pending_xadds = {(k, int(s)) for k, s in db.execute(
+            "SELECT payload->'fields'->>'key', payload->'fields'->>'seq' FROM outbox.events "
+            "WHERE destination = 'redis' AND operation = 'xadd'")}
         dead = db.execute("SELECT destination || '.' || operation, error, count(*) FROM outbox.dead_letters "
                           "GROUP BY 1, 2 ORDER BY 3 DESC").fetchall()
         large_ledger = db.execute("SELECT key, seq, bytes, sha256 FROM chaos_large_ledger").fetchall()
         large_dead = db.execute("SELECT count(*) FROM outbox.dead_letters WHERE destination = 'redis' "
                                 "AND operation = 'set' AND payload->>'key' LIKE %s", (LARGE_PREFIX + "%",)).fetchone()[0]
-    redis = Redis(svc.redis_port, svc.redis_password)
+    redis = svc.redis()
     try:
-        stream = check_stream(redis, ledger)
+        stream = check_stream(redis, ledger, streams(args.streams))
+        stream["lost_pending"] = len(set(stream.pop("lost_pairs")) & pending_xadds)
         large = {**check_large(redis, large_ledger, args.seed, tuple(args.large_bytes)), "dead_letters": large_dead}
     finally:
         redis.close()
@@ -819,6 +1177,19 @@ def build(args) -> Path:
     return bin_dir
 
 
+def cluster_layout(svc: Services) -> str:
+    """Which master serves how many of the soak's streams and large keys (they should spread)."""
+    redis = svc.redis()
+    try:
+        names = streams(CLUSTER_STREAMS)
+        per_master = collections.Counter(redis.table[key_slot(n)] for n in names)
+        large = collections.Counter(redis.table[key_slot(f"{LARGE_PREFIX}L{i:02d}")] for i in range(20))
+        return f"{len(names)} streams and 20 large keys over {len(set(per_master) | set(large))} masters (" + ", ".join(
+            f":{a[1]} {per_master[a]} streams + {large[a]} large keys" for a in sorted(set(per_master) | set(large))) + ")"
+    finally:
+        redis.close()
+
+
 def prepare(svc: Services, qdrant: Qdrant, config: Path, bin_dir: Path) -> None:
     import psycopg
     with psycopg.connect(svc.dsn("outbox"), autocommit=True) as admin:
@@ -834,9 +1205,19 @@ def prepare(svc: Services, qdrant: Qdrant, config: Path, bin_dir: Path) -> None:
                    "PRIMARY KEY (key, seq))")
         db.execute("CREATE TABLE chaos_large_ledger (key text NOT NULL, seq int NOT NULL, bytes int NOT NULL, "
                    "sha256 text NOT NULL, PRIMARY KEY (key, seq))")
-    redis = Redis(svc.redis_port, svc.redis_password)
-    redis.call("FLUSHALL")
-    redis.close()
+    # Empty, dedupe marks included: the new database's event ids start again at 1.
+    redis = svc.redis()
+    try:
+        for node in (redis.masters() if isinstance(redis, ClusterRedis) else [redis]):
+            node.call("FLUSHALL")
+        if isinstance(redis, ClusterRedis):
+            # The slot routing of the checks is this file's own CRC16: the cluster must agree with it.
+            for name in streams(CLUSTER_STREAMS) + [LARGE_PREFIX + "L00", "{chaos}:x"]:
+                theirs = redis.masters()[0].call("CLUSTER", "KEYSLOT", name)
+                if theirs != key_slot(name):
+                    raise SetupError(f"key_slot({name!r}) is {key_slot(name)}, the cluster says {theirs}")
+    finally:
+        redis.close()
     qdrant.clear_faults()
     qdrant.request("DELETE", f"/collections/{COLLECTION}", ok=(200, 404))
 
@@ -854,21 +1235,35 @@ def summarize(args, result: dict, faults: collections.Counter, retries: collecti
         return "ok" if ok else "FAILED"
 
     print()
+    cluster = getattr(args, "cluster", False)
     print(f"chaos summary (seed {args.seed}, {args.duration:.0f} s of writes, "
-          f"{'release' if args.release else 'debug'} build)")
-    print(f"  faults        {sum(faults.values())}: " + ", ".join(f"{k} {faults[k]}" for k in FAULT_KINDS))
+          f"{'release' if args.release else 'debug'} build"
+          f"{', Redis Cluster 3 masters + 3 replicas, redis.wait_replicas %d' % CLUSTER_WAIT_REPLICAS if cluster else ''})")
+    kinds = CLUSTER_MODE_FAULT_KINDS if cluster else FAULT_KINDS
+    print(f"  faults        {sum(faults.values())}: " + ", ".join(f"{k} {faults[k]}" for k in kinds))
+    missed = [k for k in getattr(args, "faults", kinds) if not faults[k]]
+    if missed and sum(faults.values()):
+        # Not a failed check (the schedule has each kind in its first round, and slow faults only
+        # push the round later), but a run that did not exercise a kind says so.
+        print(f"                warning: never injected: {', '.join(missed)} (a longer --duration fits them)")
     print(f"  retries       the relays logged {retries['qdrant']} failed qdrant and {retries['redis']} failed redis "
-          "delivery attempts (batches), all retried")
+          "delivery attempts (batches), all retried"
+          + (f"; {retries['redis_wait']} of them for want of a replica's acknowledgement (WAIT); "
+             f"{retries['slot_maps']} slot maps read" if cluster else ""))
     print(f"  written       {result['transactions']} transactions committed: "
           f"{result['transactions']} qdrant.upsert + {r['committed']} redis.xadd events "
           f"({writer.errors} writer transactions failed during faults: "
           f"{', '.join(f'{k} {n}' for k, n in writer.error_kinds.most_common()) or 'none'})")
-    print(f"  redis stream  {r['entries']} entries; lost {r['lost']}, duplicated {r['duplicated']}, "
-          f"out of order {r['out_of_order']}, not committed {r['phantom']}  "
-          + check(r["lost"] == r["duplicated"] == r["out_of_order"] == r["phantom"] == 0
+    streams_note = f" in {r['streams']} streams" if r.get("streams", 1) > 1 else ""
+    misplaced = f", in another key's stream {r['misplaced']}" if r.get("misplaced") else ""
+    print(f"  redis stream  {r['entries']} entries{streams_note}; lost {r['lost']}, duplicated {r['duplicated']}, "
+          f"out of order {r['out_of_order']}, not committed {r['phantom']}{misplaced}  "
+          + check(r["lost"] == r["duplicated"] == r["out_of_order"] == r["phantom"] == r.get("misplaced", 0) == 0
                   and r["duplicated_outbox_ids"] == r["missing_outbox_id"] == 0, "redis stream"))
     if r["lost_sample"]:
-        print(f"                lost, e.g.: {' '.join(r['lost_sample'])}")
+        print(f"                lost, e.g.: {' '.join(r['lost_sample'])}"
+              + (f"; {r['lost_pending']} of the lost are still pending in outbox.events (not drained)"
+                 if r.get("lost_pending") else ""))
     if "large" in result:
         g = result["large"]
         lw = large_writer or WriterStats()
@@ -924,7 +1319,7 @@ def summarize(args, result: dict, faults: collections.Counter, retries: collecti
 def main() -> int:
     args = parse_args()
     try:
-        svc = Services.from_env()
+        svc = Services.from_env(cluster=args.cluster)
         import psycopg  # noqa: F401  (fail early, in setup, when the venv lacks it)
     except (SetupError, ImportError) as e:
         print(f"chaos: error: {e}", file=sys.stderr)
@@ -944,6 +1339,9 @@ def main() -> int:
         bin_dir = build(args)
         write_config(svc, config, args.batch_bytes)
         prepare(svc, qdrant, config, bin_dir)
+        if args.cluster:
+            say(f"redis cluster on 127.0.0.1:{svc.cluster_port}-{svc.cluster_ports[-1]}, redis.wait_replicas "
+                f"{CLUSTER_WAIT_REPLICAS}: " + cluster_layout(svc))
         for log in logs.glob("chaos-*.log"):
             log.unlink()
         relay_argv = [str(bin_dir / "outbox-relay"), "--config", str(config)]
@@ -963,7 +1361,8 @@ def main() -> int:
     keys = [f"k{i:04d}" for i in range(args.keys)]
     rng.shuffle(keys)
     writers: list[threading.Thread] = [
-        Writer(i, keys[i::args.writers], svc.dsn("chaos"), args.rate / args.writers, args.seed, stop_writers, stats)
+        Writer(i, keys[i::args.writers], svc.dsn("chaos"), args.rate / args.writers, args.seed, stop_writers, stats,
+               args.streams)
         for i in range(args.writers)]
     large_stats = WriterStats()
     if args.large_rate > 0:
@@ -1007,6 +1406,14 @@ def main() -> int:
         retries = collections.Counter(
             destination for text in logs_text.values() for line in text.splitlines() if "will retry" in line
             for destination in ("qdrant", "redis") if f"outbox.destination={destination}" in line)
+        # In a cluster, evidence that its faults bit: deliveries retried because no replica
+        # acknowledged them in time (WAIT), and slot maps read again (MOVED, lost connections, ...).
+        for text in logs_text.values():
+            for line in text.splitlines():
+                if "will retry" in line and "replicas acknowledged" in line:
+                    retries["redis_wait"] += 1
+                elif "Redis Cluster slot map read" in line:
+                    retries["slot_maps"] += 1
     except KeyboardInterrupt:
         print("chaos: interrupted", file=sys.stderr)
         return 130
@@ -1026,7 +1433,8 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "seed": args.seed, "duration_s": args.duration, "rate": args.rate, "writers": args.writers,
-            "keys": args.keys, "build": "release" if args.release else "debug",
+            "keys": args.keys, "build": "release" if args.release else "debug", "cluster": args.cluster,
+            "streams": args.streams,
             "large_rate": args.large_rate, "large_keys": args.large_keys, "large_bytes": list(args.large_bytes),
             "batch_bytes": args.batch_bytes, "max_rss_mib": args.max_rss_mib,
             "faults": dict(injector.done), "delivery_retries": dict(retries), "writer_errors": stats.errors,
