@@ -149,10 +149,15 @@ extension RedisDeliverer {
         var asking: [Int: RedisNodeAddress] = [:]
         var lastError: [Int: String] = [:]
         var staleMap = false
+        /// Set by a reply that only time fixes (TRYAGAIN, CLUSTERDOWN); MOVED and ASK are followed at once.
+        var pause = false
         for attempt in 0..<Self.clusterAttempts where !pending.isEmpty {
-            if attempt > 0 {
-                // TRYAGAIN (a slot half migrated) and failovers settle in milliseconds to seconds.
-                try? await Task.sleep(for: .milliseconds(min(1000, 25 << attempt)))
+            if pause {
+                // A slot half migrated, or a failover under way: 20 ms, doubling to 320 ms. The whole wave
+                // waits for its slowest call, so this stays short; what does not settle in time is
+                // retried with the relay's backoff.
+                try? await Task.sleep(for: .milliseconds(10 << attempt))
+                pause = false
             }
             if staleMap {
                 try? await cluster.refresh()
@@ -168,7 +173,7 @@ extension RedisDeliverer {
                 } else {
                     lastError[index] = "CLUSTERDOWN no master serves slot \(calls[index].slot)"
                     unrouted.append(index)
-                    staleMap = true
+                    (staleMap, pause) = (true, true)
                 }
             }
             let sent = await withTaskGroup(of: [(Int, CallResult)].self) { group in
@@ -199,8 +204,10 @@ extension RedisDeliverer {
                         asking[index] = redirect.address
                     }
                 } else if message.hasPrefix("CLUSTERDOWN") {
-                    staleMap = true
-                } else if !message.hasPrefix("TRYAGAIN") && !message.hasPrefix("NOSCRIPT") {
+                    (staleMap, pause) = (true, true)
+                } else if message.hasPrefix("TRYAGAIN") {
+                    pause = true
+                } else if !message.hasPrefix("NOSCRIPT") {
                     results[index] = result
                     continue
                 }
