@@ -126,7 +126,7 @@ extension Bench {
 
     /// Enqueues `events` redis.xadd events for `stream` over `keys` keys (round robin), 50,000 per
     /// statement; `traced`: each with a sampled `traceparent` of a trace of its own.
-    private func preloadXAdd(_ db: PostgresConnection, events: Int, keys: Int, stream: String, traced: Bool = false) async throws {
+    func preloadXAdd(_ db: PostgresConnection, events: Int, keys: Int, stream: String, traced: Bool = false) async throws {
         var done = 0
         while done < events {
             let n = min(50_000, events - done)

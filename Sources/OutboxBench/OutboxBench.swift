@@ -23,6 +23,10 @@ struct OutboxBench: AsyncParsableCommand {
             alternated for --tracing-rounds rounds (2): with it on, every event carries a sampled traceparent of its own \
             (a span per event and one per Redis round trip), exported over OTLP/HTTP to a sink in this process that reads \
             and discards them; each round's rate and relay CPU per event, spans exported and dropped.
+            - relays: the drain-redis backlog drained by --relays relay processes (1,2,4) on one database, the counts \
+            alternated for --relays-rounds rounds (3): each round's events/s and their median; CPU µs per event of all \
+            relays summed, of Postgres and of Redis; claims with events and empty (contention) of all relays; the cores \
+            each party kept busy and what the rest of the machine used meanwhile (/proc/stat); events delivered by each relay.
             - drain-qdrant: preload --qdrant-events qdrant.upsert events with --vector-size vectors, one key each; the \
             relay's rate against the Qdrant stand-in ingesting the same points directly in the requests the relay \
             makes (a claim of relay.batch_size events, split at relay.qdrant_max_batch_bytes; PUT \
@@ -76,6 +80,15 @@ struct OutboxBench: AsyncParsableCommand {
     @Option(help: "Events preloaded for drain-redis.") var drainEvents = 200_000
     @Option(help: "Keys the drain-redis, memory and large-payloads backlogs are spread over (round robin).") var keys = 1000
     @Option(help: "drain-redis-tracing: rounds, each a drain with span export off and one with it on.") var tracingRounds = 2
+    @Option(help: ArgumentHelp("relays: relay process counts, comma-separated (default: 1,2,4).", valueName: "n,n,..."),
+            transform: { text in
+                try text.split(separator: ",").map {
+                    guard let n = Int($0.trimmingCharacters(in: .whitespaces)), (1...16).contains(n) else { throw ValidationError("--relays: \(text) is not a list of counts from 1 to 16") }
+                    return n
+                }
+            })
+    var relays: [Int] = [1, 2, 4]
+    @Option(help: "relays: rounds, each draining the backlog once with every count.") var relaysRounds = 3
     @Option(help: "qdrant.upsert events preloaded for drain-qdrant.") var qdrantEvents = 50_000
     @Option(help: "Vector dimensions for drain-qdrant.") var vectorSize = 384
     @Option(help: "Backlog for the memory scenario.") var memoryEvents = 1_000_000
@@ -114,7 +127,7 @@ struct OutboxBench: AsyncParsableCommand {
     var relayLogLevel = "warning"
 
     static let all = [
-        "drain-redis", "drain-redis-tracing", "drain-qdrant", "idle", "memory", "writer-overhead", "writer-throughput", "latency", "sustained", "catch-up", "catch-up-qdrant",
+        "drain-redis", "drain-redis-tracing", "relays", "drain-qdrant", "idle", "memory", "writer-overhead", "writer-throughput", "latency", "sustained", "catch-up", "catch-up-qdrant",
         "large-payloads", "reconcile-scan",
     ]
 
@@ -124,7 +137,7 @@ struct OutboxBench: AsyncParsableCommand {
         }
         for (name, value) in [("--writers", writers), ("--rate", rate ?? 1), ("--sustained-seconds", sustainedSeconds), ("--report-every", reportEvery ?? 1),
                               ("--step-seconds", stepSeconds), ("--outage-seconds", outageSeconds), ("--large-events", largeEvents), ("--large-bytes", largeBytes),
-                              ("--writer-seconds", writerSeconds), ("--tracing-rounds", tracingRounds), ("--writer-rounds", writerRounds), ("--writer-clients", writerClients.count)]
+                              ("--writer-seconds", writerSeconds), ("--tracing-rounds", tracingRounds), ("--relays-rounds", relaysRounds), ("--relays", relays.count), ("--writer-rounds", writerRounds), ("--writer-clients", writerClients.count)]
         where value < 1 {
             throw ValidationError("\(name) must be at least 1")
         }
@@ -145,6 +158,7 @@ struct OutboxBench: AsyncParsableCommand {
             switch scenario {
             case "drain-redis": figures = try await bench.drainRedis(events: drainEvents, keys: keys)
             case "drain-redis-tracing": figures = try await bench.drainRedisTracing(events: drainEvents, keys: keys, rounds: tracingRounds)
+            case "relays": figures = try await bench.relays(counts: relays, events: drainEvents, keys: keys, rounds: relaysRounds)
             case "drain-qdrant": figures = try await bench.drainQdrant(events: qdrantEvents, dimensions: vectorSize)
             case "idle": figures = try await bench.idle()
             case "memory": figures = try await bench.memory(events: memoryEvents, keys: keys)
