@@ -138,7 +138,7 @@ extension Bench {
 
     /// Enqueues `events` redis.xadd events for `stream` over `keys` keys (round robin), 50,000 per
     /// statement; `traced`: each with a sampled `traceparent` of a trace of its own.
-    private func preloadXAdd(_ db: PostgresConnection, events: Int, keys: Int, stream: String, traced: Bool = false, streams: Int = 1)
+    func preloadXAdd(_ db: PostgresConnection, events: Int, keys: Int, stream: String, traced: Bool = false, streams: Int = 1)
         async throws
     {
         var done = 0

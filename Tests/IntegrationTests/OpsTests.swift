@@ -170,15 +170,20 @@ import OutboxTestSupport
 
     /// The units pass `systemd-analyze verify` (an unknown key or a bad value is printed, and any
     /// output fails the test) and `systemd-analyze security` rates each service's exposure at most
-    /// 2.0 ("OK"). verify checks that ExecStart's binary exists, so it checks copies in a temporary
-    /// folder whose /usr/local/bin/ is this build's folder; nothing else is changed. Without
-    /// systemd-analyze this is skipped, except in CI (`CI` set), where it fails.
+    /// 2.0 ("OK"). The template outbox-relay@.service is verified as a file and as an instance
+    /// (outbox-relay@orders.service, made from the template as systemd makes it), and its
+    /// [Service] section is outbox-relay.service's plus the instance's environment file: the same
+    /// command, restart policy and hardening. verify checks that ExecStart's binary exists, so it
+    /// checks copies in a temporary folder whose /usr/local/bin/ is this build's folder; nothing
+    /// else is changed. Without systemd-analyze this is skipped, except in CI (`CI` set), where it fails.
     @Test(.enabled(if: systemdAnalyze != nil || ProcessInfo.processInfo.environment["CI"] != nil, "systemd-analyze is not installed"))
     func systemdUnitsPassVerifyAndAreHardened() async throws {
         let analyze = try #require(Self.systemdAnalyze, "systemd-analyze not found: CI must check the units (apt-get install systemd)")
         let shipped = Self.ops.appendingPathComponent("systemd")
         let units = try FileManager.default.contentsOfDirectory(atPath: shipped.path).sorted()
-        #expect(units == ["outbox-reconcile.service", "outbox-reconcile.timer", "outbox-reconciler.service", "outbox-relay.service"])
+        #expect(units == [
+            "outbox-reconcile.service", "outbox-reconcile.timer", "outbox-reconciler.service", "outbox-relay.service", "outbox-relay@.service",
+        ])
         let copies = FileManager.default.temporaryDirectory.appendingPathComponent(TestEnvironment.uniqueName("units"))
         try FileManager.default.createDirectory(at: copies, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: copies) }
@@ -193,20 +198,46 @@ import OutboxTestSupport
             try text.replacingOccurrences(of: "/usr/local/bin/", with: binaries)
                 .write(to: copies.appendingPathComponent(unit), atomically: true, encoding: .utf8)
         }
+        // An instance has no file of its own: systemd-analyze loads it from the template beside it.
+        let instance = copies.appendingPathComponent("outbox-relay@orders.service").path
         let paths = units.map { copies.appendingPathComponent($0).path }
-        let verify = try await runProcess(analyze, ["verify", "--man=no"] + paths)
+        let verify = try await runProcess(analyze, ["verify", "--man=no"] + paths + [instance])
         #expect(verify.status == 0 && (verify.stdout + verify.stderr).isEmpty, "systemd-analyze verify:\n\(verify.stdout)\(verify.stderr)")
-        for path in paths where path.hasSuffix(".service") {
+        for path in paths.map({ $0.hasSuffix("@.service") ? instance : $0 }) where path.hasSuffix(".service") {
             let security = try await runProcess(analyze, ["security", "--offline=true", "--threshold=20", path])
             #expect(security.status == 0, "\(path):\n\(security.stdout.split(separator: "\n").suffix(20).joined(separator: "\n"))\(security.stderr)")
         }
 
-        // SIGTERM gives the relay relay.shutdown_grace to finish its batch: systemd must wait longer.
+        // One relay per database: the template is the relay's unit plus the instance's own
+        // environment file (after the shared one, so its settings win), required to be there.
         let relayUnit = try String(contentsOf: shipped.appendingPathComponent("outbox-relay.service"), encoding: .utf8)
+        let template = try String(contentsOf: shipped.appendingPathComponent("outbox-relay@.service"), encoding: .utf8)
+        let instanceFile = "EnvironmentFile=/etc/outbox/relay-%i.env"
+        let service = Self.section("Service", of: template)
+        #expect(service.filter { $0 != instanceFile } == Self.section("Service", of: relayUnit),
+                "outbox-relay@.service's [Service] must be outbox-relay.service's plus \(instanceFile)")
+        #expect((service.firstIndex(of: instanceFile) ?? -1) > (service.firstIndex(of: "EnvironmentFile=/etc/outbox/outbox.env") ?? .max),
+                "\(instanceFile) must come after the shared EnvironmentFile, so the database's settings win")
+        #expect(Self.section("Unit", of: template).contains("AssertFileNotEmpty=/etc/outbox/relay-%i.env"))
+        #expect(Self.section("Install", of: template) == Self.section("Install", of: relayUnit))
+
+        // SIGTERM gives the relay relay.shutdown_grace to finish its batch: systemd must wait longer.
         let config = try String(contentsOf: TestEnvironment.repositoryRoot.appendingPathComponent("config/outbox.yaml"), encoding: .utf8)
-        let stopTimeout = try #require(Self.seconds(after: "TimeoutStopSec=", in: relayUnit))
         let grace = try #require(Self.seconds(after: "shutdown_grace: ", in: config))
-        #expect(stopTimeout > grace, "TimeoutStopSec=\(stopTimeout)s must exceed relay.shutdown_grace (\(grace)s)")
+        for unit in [relayUnit, template] {
+            let stopTimeout = try #require(Self.seconds(after: "TimeoutStopSec=", in: unit))
+            #expect(stopTimeout > grace, "TimeoutStopSec=\(stopTimeout)s must exceed relay.shutdown_grace (\(grace)s)")
+        }
+    }
+
+    /// The settings of a unit file's `[name]` section, in order, without comments and blank lines.
+    static func section(_ name: String, of unit: String) -> [String] {
+        var inside = false, lines: [String] = []
+        for line in unit.split(separator: "\n").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+            if line.hasPrefix("[") { inside = line == "[\(name)]"; continue }
+            if inside, !line.isEmpty, !line.hasPrefix("#") { lines.append(line) }
+        }
+        return lines
     }
 
     // MARK: - Helpers

@@ -75,7 +75,9 @@ import Testing
             try await PostgresConnection.connect(config, logger: TestEnvironment.logger)
         }
         #expect(error.code == .connectionFailed)
-        #expect(ContinuousClock.now - started < .seconds(3))
+        // A refused port fails at once; the bound is the 2 s timeout plus slack for a machine
+        // loaded by the whole suite starting at once (3 s failed at 3.8 s under load, twice).
+        #expect(ContinuousClock.now - started < .seconds(5))
     }
 
     @Test func transactionCommitsAndRollsBack() async throws {
