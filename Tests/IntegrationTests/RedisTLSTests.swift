@@ -334,6 +334,106 @@ import OutboxTestSupport
             await redis.close()
         }
     }
+
+    /// Issue 22: a Redis Cluster over TLS (clients and cluster bus), three masters of the suite's
+    /// own (``TLSRedisCluster``). Discovery through the one node the `rediss://` url names finds the
+    /// other two at the TLS ports `CLUSTER SLOTS` announces, each verified with the same CA and
+    /// name rule; the relay delivers across all three masters, each event once and each key's in
+    /// order; a CA that did not sign the nodes' certificates is refused naming the host.
+    @Test func aClusterOverTLSIsDiscoveredDeliveredToAndVerified() async throws {
+        let suite = try server
+        let cluster = try await TLSRedisCluster.start(directory: suite.directory, password: suite.password)
+        try await cluster.whileRunning {
+            // (1) The slot map, read over TLS from the seed: three masters, every slot served,
+            // at the nodes' TLS ports (they have no other).
+            let map = try await RedisCluster.connect(cluster.configuration(), logger: TestEnvironment.logger)
+            #expect(await map.knownMasters == cluster.addresses.sorted { $0.port < $1.port })
+            #expect(await map.unservedSlots == 0)
+            for address in await map.knownMasters {
+                #expect(try await map.connection(to: address).command("PING") == .status("PONG"), "\(address)")
+            }
+            // redis.tls_server_name applies to every node, discovered ones included.
+            var named = cluster.configuration()
+            named.tls.serverName = "localhost"
+            let byName = try await RedisCluster.connect(named, logger: TestEnvironment.logger)
+            for address in await byName.knownMasters {
+                #expect(try await byName.connection(to: address).command("PING") == .status("PONG"), "\(address)")
+            }
+            await byName.close()
+
+            // (2) The relay: 6 streams, 2 in each master's slots, 12 keys, 360 events.
+            let masters = await map.knownMasters
+            let prefix = TestEnvironment.uniqueName("tlscluster")
+            var streams: [String] = []
+            var owners: [RedisNodeAddress?] = []
+            for slot in 0..<RedisSlot.count { owners.append(await map.master(of: slot)) }
+            for master in masters {
+                let slots = owners.indices.filter { owners[$0] == master }
+                for slot in [slots[10], slots[slots.count - 10]] { streams.append("\(prefix):{\(RedisSlot.tag(for: slot))}") }
+            }
+            #expect(Set(streams.map { owners[RedisSlot.of($0)] }).count == 3, "streams on every master")
+            func delivered() async throws -> [(key: String, n: Int)] {
+                var entries: [(key: String, n: Int)] = []
+                for stream in streams {
+                    let master = try #require(await map.master(of: RedisSlot.of(stream)))
+                    let reply = try await map.connection(to: master).command("XRANGE", stream, "-", "+")
+                    for entry in reply.array ?? [] {
+                        guard let fields = entry.array?.last?.array?.compactMap(\.string) else { continue }
+                        let values = Dictionary(stride(from: 0, to: fields.count - 1, by: 2).map { (fields[$0], fields[$0 + 1]) }) { a, _ in a }
+                        if let key = values["k"], let n = values["n"].flatMap(Int.init) { entries.append((key, n)) }
+                    }
+                }
+                return entries
+            }
+            try await TestEnvironment.withFreshDatabase(migrated: true) { url, db in
+                try await db.query("""
+                    SELECT outbox.enqueue('redis', 'xadd', 'k' || (n % 12), jsonb_build_object('stream', ($1::text[])[1 + n % 6],
+                        'fields', jsonb_build_object('k', 'k' || (n % 12), 'n', n::text))) FROM generate_series(1, 360) n
+                    """, [.textArray(streams)])
+                let relay = try DaemonProcess.relay(databaseURL: url, environment: [
+                    "OUTBOX_REDIS_URL": cluster.url, "OUTBOX_REDIS_PASSWORD": cluster.password, "OUTBOX_REDIS_CLUSTER": "true",
+                    "OUTBOX_REDIS_CA_FILE": suite.ca,
+                ])
+                try await relay.waitUntilReady()
+                try await eventually("360 events delivered to the TLS cluster", timeout: .seconds(60)) { try await delivered().count >= 360 }
+                try await eventually("the outbox drained", timeout: .seconds(10)) { try await db.count("outbox.events") == 0 }
+                let entries = try await delivered()
+                #expect(entries.count == 360 && Set(entries.map(\.n)) == Set(1...360), "each event once: \(entries.count) entries")
+                for key in Set(entries.map(\.key)) {
+                    let order = entries.filter { $0.key == key }.map(\.n)
+                    #expect(order == order.sorted(), "key \(key) out of order")
+                }
+                #expect(try await db.count("outbox.dead_letters") == 0)
+                await relay.stop()
+                #expect(relay.log.contains("Redis Cluster slot map read"), "\(relay.log.suffix(2000))")
+                #expect(!relay.log.contains(cluster.password))
+            }
+            await map.close()
+
+            // (3) `check`: the cluster over TLS, and a CA that did not sign it refused naming the host.
+            let environment = [
+                "OUTBOX_REDIS_URL": cluster.url, "OUTBOX_REDIS_PASSWORD": cluster.password, "OUTBOX_REDIS_CLUSTER": "true",
+                "OUTBOX_REDIS_CA_FILE": suite.ca,
+            ]
+            let binary = try TestEnvironment.executable("outbox-relay")
+            let check = try await runProcess(binary, ["check", "--config", "config/outbox.yaml"], environment: environment)
+            #expect(check.status == 0, "\(check.stdout) \(check.stderr)")
+            #expect(check.stdout.contains("Redis Cluster of 3 masters, all 16384 slots served"), "\(check.stdout)")
+            var wrongCA = environment
+            wrongCA["OUTBOX_REDIS_CA_FILE"] = suite.otherCA
+            let refused = try await runProcess(binary, ["check", "--config", "config/outbox.yaml"], environment: wrongCA)
+            #expect(refused.status == 2)
+            #expect(refused.stdout.contains("127.0.0.1:\(cluster.nodes[0].port): TLS certificate verify failed"), "\(refused.stdout)")
+            #expect(refused.stdout.contains("not signed by a CA in \(suite.otherCA)"), "\(refused.stdout)")
+            let error = try #require(await #expect(throws: RedisError.self) {
+                await (try await RedisCluster.connect(cluster.configuration(trust: .otherCA), logger: TestEnvironment.logger)).close()
+            })
+            #expect(error.message.hasPrefix("127.0.0.1:\(cluster.nodes[0].port): TLS certificate verify failed: "), "\(error)")
+            for output in [check, refused].flatMap({ [$0.stdout, $0.stderr] }) {
+                #expect(!output.contains(cluster.password), "the password was shown: \(output)")
+            }
+        }
+    }
 }
 
 // MARK: - The suite's Redis
@@ -416,11 +516,16 @@ struct TLSRedis: Sendable {
     }
 
     /// Starts redis-server on a free port with `--tls-auth-clients authClients`; waits until it
-    /// answers over TLS.
-    static func start(directory: String, password: String, authClients: String = "no") async throws -> TLSRedis {
+    /// answers over TLS. `cluster`: as a Redis Cluster node whose bus is TLS too (`--tls-cluster
+    /// yes`, on a free `--cluster-port`), not yet part of a cluster (``TLSRedisCluster``).
+    static func start(directory: String, password: String, authClients: String = "no", cluster: Bool = false) async throws -> TLSRedis {
         // freePort() only finds a port free: another process may bind it first, and then Redis exits.
         for attempt in 1... {
             let port = try freePort()
+            let clusterArguments = cluster ? [
+                "--cluster-enabled", "yes", "--cluster-port", String(try freePort()), "--cluster-config-file", directory + "/nodes-\(port).conf",
+                "--cluster-node-timeout", "2000", "--tls-cluster", "yes", "--tls-replication", "yes", "--masterauth", password,
+            ] : []
             let child = Child()
             child.process.executableURL = URL(fileURLWithPath: binary)
             child.process.arguments = [
@@ -428,7 +533,7 @@ struct TLSRedis: Sendable {
                 "--tls-key-file", directory + "/server.key", "--tls-ca-cert-file", directory + "/ca.crt", "--tls-auth-clients", authClients,
                 "--requirepass", password, "--save", "", "--appendonly", "no", "--dir", directory, "--daemonize", "no",
                 "--logfile", directory + "/redis-\(port).log",
-            ]
+            ] + clusterArguments
             child.process.currentDirectoryURL = URL(fileURLWithPath: directory)
             child.process.standardOutput = FileHandle.nullDevice
             child.process.standardError = FileHandle.nullDevice
@@ -500,6 +605,68 @@ struct TLSRedis: Sendable {
 
     private static func firstNumber(_ path: String) -> Int32? {
         (try? String(contentsOfFile: path, encoding: .utf8))?.split(separator: "\n").first.flatMap { Int32($0.trimmingCharacters(in: .whitespaces)) }
+    }
+}
+
+/// A throwaway Redis Cluster over TLS: three ``TLSRedis`` nodes in the suite's directory (its CA
+/// and certificates, its password), clients and cluster bus both TLS-only, joined by `redis-cli
+/// --tls --cluster create` as three masters without replicas. Killed with SIGKILL by
+/// ``whileRunning(_:)``.
+struct TLSRedisCluster {
+    let nodes: [TLSRedis]
+    var password: String { nodes[0].password }
+    var addresses: [RedisNodeAddress] { nodes.map { RedisNodeAddress(host: "127.0.0.1", port: $0.port) } }
+    /// `rediss://` naming the first node only: the others are discovered.
+    var url: String { nodes[0].url() }
+
+    /// The seed node's configuration with `redis.cluster` set.
+    func configuration(trust: TLSRedis.Trust = .testCA) -> RedisConfiguration {
+        var configuration = nodes[0].configuration(trust: trust)
+        configuration.cluster = true
+        return configuration
+    }
+
+    /// Starts the nodes, creates the cluster and waits until every node reports `cluster_state:ok`
+    /// with all slots served and the three nodes known. Kills the nodes started when any step fails.
+    static func start(directory: String, password: String) async throws -> TLSRedisCluster {
+        var nodes: [TLSRedis] = []
+        do {
+            for _ in 0..<3 { nodes.append(try await TLSRedis.start(directory: directory, password: password, cluster: true)) }
+            let cluster = TLSRedisCluster(nodes: nodes)
+            let create = try await runProcess(
+                URL(fileURLWithPath: "/usr/bin/redis-cli"),
+                ["--tls", "--cacert", directory + "/ca.crt", "--cluster", "create"] + cluster.addresses.map(\.description)
+                    + ["--cluster-replicas", "0", "--cluster-yes"],
+                environment: ["REDISCLI_AUTH": password])
+            guard create.status == 0 else {
+                throw HarnessError("redis-cli --cluster create failed (\(create.status)): \(create.stdout.suffix(2000)) \(create.stderr.suffix(1000))")
+            }
+            try await eventually("every TLS cluster node reports cluster_state:ok", timeout: .seconds(30)) {
+                for node in nodes {
+                    let redis = try await RedisConnection.connect(node.configuration(), logger: TestEnvironment.logger)
+                    let info = try await redis.command("CLUSTER", "INFO").string ?? ""
+                    await redis.close()
+                    guard info.contains("cluster_state:ok"), info.contains("cluster_slots_ok:16384"), info.contains("cluster_known_nodes:3")
+                    else { return false }
+                }
+                return true
+            }
+            return cluster
+        } catch {
+            for node in nodes { await node.stop() }
+            throw error
+        }
+    }
+
+    /// Runs `body`, then kills every node (also when `body` throws).
+    func whileRunning(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch {
+            for node in nodes { await node.stop() }
+            throw error
+        }
+        for node in nodes { await node.stop() }
     }
 }
 
