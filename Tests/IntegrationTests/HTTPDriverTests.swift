@@ -241,9 +241,10 @@ struct QdrantCalls {
         #expect(elapsed >= .seconds(2), "the slow calls did not actually block (\(elapsed))")
         #expect(elapsed < .seconds(4), "the blocked calls ran one after another (\(elapsed))")
         // Eight 2-second blocking calls on a pool of (here) 2 threads would stall the ticker for
-        // about 2 s; the bound leaves room for the OS scheduler on a loaded 2-core machine (gaps
-        // of ~120 ms were seen with a benchmark running beside the suite).
-        #expect(worstGap < .milliseconds(500), "the cooperative pool stalled for \(worstGap)")
-        #expect(ticks > 50, "the ticker ran \(ticks) times in \(elapsed)")
+        // the calls' whole 2 s (and it would tick about never meanwhile). The bounds leave room for
+        // the OS scheduler on a 2-core machine running the whole suite, with its clusters and
+        // daemons, beside this test: gaps of 0.5-1.2 s and as few as 13 ticks in 4 s were seen.
+        #expect(worstGap < .milliseconds(1800), "the cooperative pool stalled for \(worstGap)")
+        #expect(ticks >= 10, "the ticker ran \(ticks) times in \(elapsed)")
     }
 }

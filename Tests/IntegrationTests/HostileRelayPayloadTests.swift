@@ -287,5 +287,10 @@ extension HostileInput {
 /// Runs CPU-heavy test work (copying or parsing megabytes) on a Dispatch thread, so that it does
 /// not hold a cooperative-pool thread that other tests in this process are timing.
 func offPool<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
-    await withCheckedContinuation { continuation in DispatchQueue.global().async { continuation.resume(returning: work()) } }
+    // A serial queue of its own runs on an overcommitting thread. `DispatchQueue.global()` does not
+    // do: on Linux its threads are the ones Swift's global executor runs tasks on, so this work
+    // stalled the pool (HTTPDriverTests' ticker saw gaps of 1 s while a 10 MB payload was parsed).
+    await withCheckedContinuation { continuation in
+        DispatchQueue(label: "tests.off-pool").async { continuation.resume(returning: work()) }
+    }
 }

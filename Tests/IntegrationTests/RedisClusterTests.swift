@@ -85,6 +85,7 @@ import OutboxTestSupport
                 databaseURL: url, environment: wait.merging(["OUTBOX_REDIS_URL": cluster.url, "OUTBOX_REDIS_CLUSTER": "true"]) { $1 })
             try await eventually("delivery through the cluster", timeout: .seconds(30)) { try await db.count("outbox.events") == 0 }
             // The single Redis got the entry too (WAIT came after it): the event is in both, once each.
+            try await cluster.cluster.refresh()
             let node = try await cluster.connection(for: stream)
             #expect(try await node.command("XLEN", stream).integer == 1)
             try await node.command("DEL", stream)
@@ -163,6 +164,7 @@ struct ClusterWorkload {
 
     /// What differs from applying every key's events once, in order.
     func verify(on cluster: LocalRedisCluster) async throws -> [String] {
+        try await cluster.cluster.refresh()
         var problems: [String] = []
         var seen: [Int: [Int]] = [:]
         for s in 0..<min(64, keys) {
@@ -199,6 +201,7 @@ struct ClusterWorkload {
     }
 
     func clean(on cluster: LocalRedisCluster) async throws {
+        try await cluster.cluster.refresh()
         for s in 0..<64 { try await cluster.connection(for: "\(prefix):s\(s)").command("DEL", "\(prefix):s\(s)") }
         for key in 0..<keys {
             for name in [cache(key), aux(key)] { try await cluster.connection(for: name).command("DEL", name) }
@@ -226,9 +229,9 @@ struct LocalRedisCluster {
         addresses = text.split(separator: "\n").compactMap { RedisNodeAddress($0.split(separator: " ")[1].split(separator: "@")[0]) }
     }
 
-    /// The master serving `key` now.
+    /// The master serving `key` as last read (``RedisCluster/refresh()`` after changing the cluster;
+    /// a read per key kept the cooperative pool busy for seconds in a debug build).
     func connection(for key: String) async throws -> RedisConnection {
-        try await cluster.refresh()
         guard let master = await cluster.master(of: RedisSlot.of(key)) else {
             throw RedisError(code: .server, message: "no master serves \(key)")
         }

@@ -82,7 +82,8 @@ import Testing
         try await Task.sleep(for: .milliseconds(200))
         blocked.cancel()
         await #expect(throws: CancellationError.self) { try await blocked.value }
-        #expect(ContinuousClock.now - started < .seconds(2))
+        // Well before BLPOP's own 8 s (2.35 s seen with the whole suite on two cores).
+        #expect(ContinuousClock.now - started < .seconds(4))
         #expect(try await redis.command("PING") == .status("PONG"))
     }
 

@@ -194,10 +194,15 @@ import Testing
     }
 
     @Test func everySlotHasAShortTagThatHashesToIt() {
-        for slot in 0..<RedisSlot.count {
+        // One expectation for all 16,384: an #expect each kept the test's thread busy for a second.
+        let wrong = (0..<RedisSlot.count).filter { slot in
             let tag = RedisSlot.tag(for: slot)
-            #expect(tag.count <= 3 && RedisSlot.of("ns:{\(tag)}:key:any}thing{") == slot, "slot \(slot): tag \(tag)")
+            return tag.count > 3 || RedisSlot.of("ns:{\(tag)}:key:any}thing{") != slot
         }
+        #expect(wrong.isEmpty, "slots whose tag is wrong: \(wrong.prefix(10))")
+        // The tags name the relay's keys in Redis: a different choice in a later version would make
+        // a relay miss the marks an earlier one wrote (computed independently, in Python).
+        #expect([0, 1, 16383, 15495].map(RedisSlot.tag(for:)) == ["06S", "Qi", "6ZJ", "a"])
     }
 
     @Test func redirectsAndSlotMapsParse() throws {

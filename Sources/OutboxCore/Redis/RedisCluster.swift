@@ -53,21 +53,29 @@ public enum RedisSlot {
     public static func tag(for slot: Int) -> String { tags[slot] }
 
     private static let tags: [String] = {
+        // Every slot has a tag of at most 3 of these 62 characters (62³ candidates for 16,384
+        // slots): shortest first, in a fixed order, hashed in place (~2 ms, once).
         let alphabet = Array("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
         var tags = [String?](repeating: nil, count: count)
         var found = 0
-        var candidates: [[UInt8]] = [[]]
-        // Every slot has a tag of at most 3 of these characters (62³ candidates for 16,384 slots).
-        while found < count {
-            candidates = candidates.flatMap { prefix in alphabet.map { prefix + [$0] } }
-            for candidate in candidates {
+        var candidate: [UInt8] = []
+        func visit(length: Int) {
+            if candidate.count == length {
                 let slot = candidate.withUnsafeBufferPointer { of(bytes: $0) }
                 if tags[slot] == nil {
                     tags[slot] = String(decoding: candidate, as: UTF8.self)
                     found += 1
                 }
+                return
+            }
+            for character in alphabet where found < count {
+                candidate.append(character)
+                visit(length: length)
+                candidate.removeLast()
             }
         }
+        for length in 1...3 where found < count { visit(length: length) }
+        precondition(found == count, "a slot without a 1-3 character tag")
         return tags.map { $0! }
     }()
 
