@@ -65,8 +65,7 @@ public enum Connectivity {
 
     static func probeRedis(_ config: RedisConfiguration, logger: Logger) async -> Probe {
         do {
-            let cluster = config.cluster ? try await RedisCluster.connect(config, logger: logger) : nil
-            let connection = if let cluster { try await cluster.seedConnection() } else { try await RedisConnection.connect(config, logger: logger) }
+            let (connection, cluster) = try await RedisCluster.open(config, logger: logger)
             let info = try await connection.command("INFO", "server").string ?? ""
             let version = info.split(whereSeparator: \.isNewline)
                 .first { $0.hasPrefix("redis_version:") }?.dropFirst("redis_version:".count) ?? "?"
@@ -77,10 +76,9 @@ public enum Connectivity {
                     store: "redis", address: config.redactedURL, problem: unserved == 0 ? nil : slots,
                     detail: "server \(version), Redis Cluster of \(masters) masters, \(slots)")
             }
-            if try await RedisCluster.isClusterNode(connection) {
-                return Probe(store: "redis", key: "redis.cluster", address: config.redactedURL, problem: RedisCluster.unsetProblem, detail: "")
-            }
             return Probe(store: "redis", address: config.redactedURL, problem: nil, detail: "server \(version)")
+        } catch let error as ConfigurationError {
+            return Probe(store: "redis", key: error.key, address: config.redactedURL, problem: error.problem, detail: "")
         } catch {
             return Probe(store: "redis", address: config.redactedURL, problem: "\(error)", detail: "")
         }

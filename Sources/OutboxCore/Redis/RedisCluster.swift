@@ -125,14 +125,29 @@ public actor RedisCluster {
     private var refreshing: Task<Void, any Error>?
 
     /// Whether `redis` is a node of a Redis Cluster (`INFO cluster`: `cluster_enabled:1`).
-    public static func isClusterNode(_ redis: RedisConnection) async throws -> Bool {
+    static func isClusterNode(_ redis: RedisConnection) async throws -> Bool {
         try await redis.command("INFO", "cluster").string?.contains("cluster_enabled:1") ?? false
     }
 
     /// Why a cluster node cannot be used with `redis.cluster` unset: scripts that touch keys of
     /// other nodes' slots fail there, every time.
-    public static let unsetProblem =
+    static let unsetProblem =
         "redis.url names a Redis Cluster node (cluster_enabled:1): set redis.cluster: true (OUTBOX_REDIS_CLUSTER=true)"
+
+    /// What `configuration` names: a cluster (with its seed node's connection) when `cluster` is
+    /// set, else the one node. Throws ``ConfigurationError`` for `redis.cluster` when an unset
+    /// `cluster` names a cluster node (``unsetProblem``).
+    public static func open(_ configuration: RedisConfiguration, logger: Logger) async throws
+        -> (connection: RedisConnection, cluster: RedisCluster?)
+    {
+        if configuration.cluster {
+            let cluster = try await connect(configuration, logger: logger)
+            return (try await cluster.seedConnection(), cluster)
+        }
+        let connection = try await RedisConnection.connect(configuration, logger: logger)
+        if try await isClusterNode(connection) { throw ConfigurationError(key: "redis.cluster", problem: unsetProblem) }
+        return (connection, nil)
+    }
 
     /// Connects to the seed node and reads the slot map. Throws when no node answers `CLUSTER
     /// SLOTS`, or when the seed is not a cluster node.

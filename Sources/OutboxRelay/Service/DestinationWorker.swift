@@ -118,11 +118,7 @@ final class DestinationWorker: Sendable {
         let deliverer: any Deliverer
         switch destination {
         case .redis:
-            let cluster = configuration.redis.cluster ? try await RedisCluster.connect(configuration.redis, logger: logger) : nil
-            let redis = if let cluster { try await cluster.seedConnection() } else { try await RedisConnection.connect(configuration.redis, logger: logger) }
-            if cluster == nil, try await RedisCluster.isClusterNode(redis) {
-                throw ConfigurationError(key: "redis.cluster", problem: RedisCluster.unsetProblem)
-            }
+            let (redis, cluster) = try await RedisCluster.open(configuration.redis, logger: logger)
             let instance = try await db.query("SELECT id FROM outbox.instance").first?.decode("id", as: String.self) ?? "default"
             deliverer = RedisDeliverer(
                 redis: redis, dedupeNamespace: "\(configuration.relay.dedupePrefix):\(instance)",
