@@ -770,12 +770,13 @@ class Store:
         os.makedirs(self.root, exist_ok=True)
         self._lock = threading.Lock()
         self._collections: dict[str, Collection] = {}
+        self._creating: set[str] = set()
         self._load_all()
 
     def _load_all(self) -> None:
         for entry in sorted(os.listdir(self.root)):
             path = os.path.join(self.root, entry)
-            if entry.startswith(".trash-"):  # a delete that was interrupted
+            if entry.startswith(".trash-"):  # an interrupted delete of an earlier stand-in version
                 shutil.rmtree(path, ignore_errors=True)
                 continue
             meta_path = os.path.join(path, "meta.json")
@@ -807,37 +808,49 @@ class Store:
         with self._lock:
             return sorted(self._collections)
 
+    # The registry lock is only held for dictionary and single-file operations: opening,
+    # flushing and closing shards (which fsync, and under a loaded disk take seconds) happen
+    # outside it, so that listing collections and reaching other collections never waits for
+    # another collection's create or delete.
+
     def create(self, name: str, meta: dict) -> None:
         with self._lock:
-            if name in self._collections:
+            if name in self._collections or name in self._creating:
                 raise ApiError(409, f"Wrong input: Collection `{name}` already exists!")
-            path = os.path.join(self.root, collection_slug(name))
-            shutil.rmtree(path, ignore_errors=True)
+            self._creating.add(name)
+        # A directory of its own per created collection: a create never meets the files of a
+        # deleted collection of the same name that is still closing.
+        path = os.path.join(self.root, f"{collection_slug(name)}-{uuid.uuid4().hex[:8]}")
+        try:
             try:
                 shard = qe.EdgeShard.create(os.path.join(path, "shard"), edge_config(meta))
             except Exception as e:
-                shutil.rmtree(path, ignore_errors=True)
                 raise engine_error(e) from None
             col = Collection(name, path, meta, shard)
             col.write_meta()  # written last: its presence marks a complete collection
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            with self._lock:
+                self._creating.discard(name)
+            raise
+        with self._lock:
+            self._creating.discard(name)
             self._collections[name] = col
 
     def delete(self, name: str) -> bool:
-        # The registry lock is held until the directory is moved away, so that a create of the
-        # same name cannot reuse the path while the old shard is still closing. (Requests take
-        # the registry lock only briefly and never while holding a collection lock.)
         with self._lock:
             col = self._collections.pop(name, None)
             if col is None:
                 return False
-            with col.lock:  # waits for in-flight requests on this collection
-                try:
-                    col.close()
-                except Exception as e:
-                    log(f"closing collection {name!r}: {e}")
-            trash = os.path.join(self.root, f".trash-{uuid.uuid4().hex}")
-            os.rename(col.path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+            # Without meta.json the directory is an incomplete collection, removed at the next
+            # start: a crash from here on never brings the deleted collection back.
+            os.unlink(os.path.join(col.path, "meta.json"))
+        with col.lock:  # waits for in-flight requests on this collection
+            try:
+                col.close()
+            except Exception as e:
+                log(f"closing collection {name!r}: {e}")
+        shutil.rmtree(col.path, ignore_errors=True)
         return True
 
     def close_all(self) -> None:

@@ -749,6 +749,53 @@ def test_restart_persistence(tmp_path):
         s.stop()
 
 
+def test_creates_and_deletes_of_one_name_race_and_a_kill_keeps_what_was_answered(tmp_path):
+    """Creates and deletes run outside the registry lock; racing ones of the same name still
+    answer like Qdrant (one create wins, the rest 409; a delete is true once), and after
+    `kill -9` the collections that exist are exactly those whose last answer said they do."""
+    data = tmp_path / "data"
+    auth = {"api-key": "k"}
+    s = Standin(data, "--api-key", "k")
+    names = [f"race{i}" for i in range(6)]
+    answers = {n: [] for n in names}
+
+    def worker(name):
+        for _ in range(5):
+            created = call(s.url, "PUT", f"/collections/{name}",
+                           {"vectors": {"size": 2, "distance": "Dot"}}, headers=auth).status
+            deleted = call(s.url, "DELETE", f"/collections/{name}", headers=auth).result
+            answers[name].append((created, deleted))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in names for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for n in names:
+            assert {c for c, _ in answers[n]} <= {200, 409}
+            wins = sum(1 for c, _ in answers[n] if c == 200)
+            assert wins == sum(1 for _, d in answers[n] if d is True) and wins >= 1
+        keep = names[:3]
+        for n in keep:
+            assert call(s.url, "PUT", f"/collections/{n}", {"vectors": {"size": 2, "distance": "Dot"}},
+                        headers=auth).status == 200
+        listed = {c["name"] for c in call(s.url, "GET", "/collections", headers=auth).result["collections"]}
+        assert listed == set(keep)
+    finally:
+        s.proc.kill()
+        s.proc.wait()
+        s.proc.stdout.close()
+
+    s = Standin(data, "--api-key", "k")
+    try:
+        listed = {c["name"] for c in call(s.url, "GET", "/collections", headers=auth).result["collections"]}
+        assert listed == set(keep)
+        assert len(os.listdir(data / "collections")) == len(keep)  # the deleted ones' files are gone
+    finally:
+        s.stop()
+
+
 # --------------------------------------------------------------------------------------------
 # contract: every exchange validates against Qdrant's OpenAPI spec
 # --------------------------------------------------------------------------------------------

@@ -85,11 +85,11 @@ public enum Connectivity {
     }
 
     static func probeQdrant(_ configuration: OutboxConfiguration, logger: Logger) async -> Probe {
-        var quick = configuration.qdrant
-        quick.timeout = .seconds(5)
+        // The configured `qdrant.timeout`, as the daemons use it: `check` fails where they
+        // would, not where a busy Qdrant is merely slower than a stricter bound of its own.
         let config = configuration.qdrant
         do {
-            let client = QdrantClient(configuration: quick, logger: logger)
+            let client = QdrantClient(configuration: config, logger: logger)
             let reply = try await client.call(.listCollections)
             guard reply.status == 200 else {
                 return Probe(store: "qdrant", address: config.redactedURL, problem: "GET /collections answered \(reply.status)", detail: "")
