@@ -43,13 +43,20 @@ public enum ScratchDatabase {
 
     /// `DROP DATABASE … WITH (FORCE)`, waiting out an autovacuum worker in it (after a bulk load):
     /// a role that is not a superuser may not terminate one (42501), and Postgres ends it within a
-    /// few seconds.
+    /// few seconds; and a replication reader that is still ending (55006, its slot still active).
     static func drop(_ name: String, admin: PostgresConnection) async throws {
+        // A database with a replication slot cannot be dropped: end its readers, drop its slots.
+        try await admin.query("""
+            SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL
+            """, [.text(name)])
         for attempt in 1... {
             do {
+                try await admin.query("""
+                    SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active
+                    """, [.text(name)])
                 try await admin.query("DROP DATABASE \(name) WITH (FORCE)")
                 return
-            } catch let error as PostgresError where error.sqlState == "42501" && attempt < 30 {
+            } catch let error as PostgresError where ["42501", "55006"].contains(error.sqlState) && attempt < 30 {
                 try await Task.sleep(for: .milliseconds(500))
             }
         }

@@ -13,15 +13,7 @@ extension PostgresConnection {
             return decodeRows(result)
         default:
             if PQstatus(conn) != CONNECTION_OK { throw connectionError(conn) }
-            func field(_ code: Int32) -> String? {
-                PQresultErrorField(result, code).map { redactor.redact(String(cString: $0)) }
-            }
-            throw PostgresError(
-                code: .server,
-                sqlState: field(Int32(UInt8(ascii: "C"))),
-                message: field(Int32(UInt8(ascii: "M"))) ?? redactor.redact(String(cString: PQresultErrorMessage(result))),
-                detail: field(Int32(UInt8(ascii: "D"))),
-                hint: field(Int32(UInt8(ascii: "H"))))
+            throw PostgresError.server(result, redactor: redactor)
         }
     }
 
@@ -86,5 +78,20 @@ extension PostgresConnection {
         default:
             return .text(text())
         }
+    }
+}
+
+extension PostgresError {
+    /// The server's error in `result`: SQLSTATE, message, detail and hint, secrets redacted.
+    static func server(_ result: OpaquePointer, redactor: Redactor) -> PostgresError {
+        func field(_ code: Int32) -> String? {
+            PQresultErrorField(result, code).map { redactor.redact(String(cString: $0)) }
+        }
+        return PostgresError(
+            code: .server,
+            sqlState: field(Int32(UInt8(ascii: "C"))),
+            message: field(Int32(UInt8(ascii: "M"))) ?? redactor.redact(String(cString: PQresultErrorMessage(result))),
+            detail: field(Int32(UInt8(ascii: "D"))),
+            hint: field(Int32(UInt8(ascii: "H"))))
     }
 }
