@@ -46,7 +46,8 @@ struct OutboxBench: AsyncParsableCommand {
             - writer-throughput: concurrent writers (issue 20) from libpq's own client, pgbench (when installed; -M prepared, \
             synchronous_commit on, --max-tries 1 --failures-detailed so a deadlock counts as a failed transaction) at \
             --writer-clients (1, 8, 16) clients: the domain insert alone and with an outbox.enqueue, a bare outbox.events row, \
-            outbox.enqueue alone, 10 enqueues in one transaction (keys random over 1,000) and ten bare rows with the same keys. \
+            outbox.enqueue alone, 10 enqueues in one transaction (keys random over 1,000), ten bare rows with the same keys, and \
+            the domain insert with the event as a logical WAL message (what WAL capture, issue 23, writes instead of a row). \
             --writer-rounds rounds in which every (transaction, clients) cell runs --writer-seconds in turn, the outbox and \
             extractions emptied before each; per cell the median tps and each round's, latency p50 / p99 (pgbench's \
             per-transaction log) and failed transactions; then enqueue / bare row and 10-key / ten bare rows' tps. No relay runs.
@@ -68,6 +69,10 @@ struct OutboxBench: AsyncParsableCommand {
             starts; its peak RSS, the drain's time, failed attempts, dead letters, and every value's length (a few byte for \
             byte) in Redis.
             - reconcile-scan: outbox-reconciler reconcile (database-side categories) over --scan-rows rows, 1 % unembedded.
+            - wal-read: the reading side of WAL capture (issue 23): --wal-events logical messages read from a logical slot \
+            and decoded by this process (PostgresReplicationConnection), events/s and CPU per event, against Postgres' \
+            own reader, pg_recvlogical, reading the same WAL from a second slot in the same run; with 1 and with 100 \
+            events per transaction. Needs wal_level = logical (scripts/services sets it).
 
             Each scenario runs in a fresh database (created and dropped on the server of postgres.url); the relay \
             runs as its own process. Needs the local services (scripts/services up; eval "$(scripts/services env)") \
@@ -120,6 +125,7 @@ struct OutboxBench: AsyncParsableCommand {
     @Option(help: "catch-up: seconds of writing before the outage.") var warmupSeconds = 10
     @Option(help: "catch-up: seconds the destination is unreachable.") var outageSeconds = 300
     @Option(help: "redis.set events preloaded for large-payloads.") var largeEvents = 400
+    @Option(help: "wal-read: logical messages written, then read from a slot (in each of two transaction sizes).") var walEvents = 200_000
     @Option(help: ArgumentHelp(
         "Bytes of each large-payloads value: base64 text of a seeded PRNG, which TOAST cannot compress (e.g. 65536 with --large-events 20000).",
         valueName: "bytes"))
@@ -132,7 +138,7 @@ struct OutboxBench: AsyncParsableCommand {
 
     static let all = [
         "drain-redis", "drain-redis-tracing", "relays", "drain-qdrant", "idle", "memory", "writer-overhead", "writer-throughput", "latency", "sustained", "catch-up", "catch-up-qdrant",
-        "large-payloads", "reconcile-scan",
+        "large-payloads", "reconcile-scan", "wal-read",
     ]
     /// Named only: they need what `scripts/services up` does not start (the Redis Cluster).
     static let optIn = ["drain-redis-cluster"]
@@ -142,7 +148,7 @@ struct OutboxBench: AsyncParsableCommand {
             throw ValidationError("unknown scenario \(s); scenarios: \((Self.all + Self.optIn).joined(separator: ", "))")
         }
         for (name, value) in [("--writers", writers), ("--rate", rate ?? 1), ("--sustained-seconds", sustainedSeconds), ("--report-every", reportEvery ?? 1),
-                              ("--step-seconds", stepSeconds), ("--outage-seconds", outageSeconds), ("--large-events", largeEvents), ("--large-bytes", largeBytes),
+                              ("--step-seconds", stepSeconds), ("--outage-seconds", outageSeconds), ("--large-events", largeEvents), ("--wal-events", walEvents), ("--large-bytes", largeBytes),
                               ("--writer-seconds", writerSeconds), ("--tracing-rounds", tracingRounds), ("--relays-rounds", relaysRounds), ("--relays", relays.count), ("--writer-rounds", writerRounds), ("--writer-clients", writerClients.count)]
         where value < 1 {
             throw ValidationError("\(name) must be at least 1")
@@ -179,6 +185,7 @@ struct OutboxBench: AsyncParsableCommand {
                 figures = try await bench.catchUp(
                     qdrant: scenario == "catch-up-qdrant", writers: writers, rate: rate ?? 1000, warmup: warmupSeconds, outage: outageSeconds)
             case "large-payloads": figures = try await bench.largePayloads(events: largeEvents, bytes: largeBytes, keys: keys)
+            case "wal-read": figures = try await bench.walRead(events: walEvents)
             default: figures = try await bench.reconcileScan(rows: scanRows)
             }
             results.append((scenario, figures))

@@ -5,9 +5,11 @@ extension Bench {
 
     /// Concurrent writers' throughput (issue 20), measured with libpq's own client: pgbench, every
     /// statement prepared, synchronous_commit on (as users run their writers), at each of `clients`
-    /// for six transactions: the domain insert alone and with one event, a bare `outbox.events` row
-    /// against `outbox.enqueue` alone, and ten events in one transaction (keys random over 1,000)
-    /// against ten bare rows with the same keys. No relay runs: the figures are the writers' side.
+    /// for seven transactions: the domain insert alone and with one event, a bare `outbox.events` row
+    /// against `outbox.enqueue` alone, ten events in one transaction (keys random over 1,000)
+    /// against ten bare rows with the same keys, and the domain insert with the event as a logical
+    /// WAL message (`pg_logical_emit_message`, what WAL capture writes instead of a row; issue 23).
+    /// No relay runs: the figures are the writers' side.
     ///
     /// In `rounds` rounds every (transaction, clients) cell runs `seconds` in turn, so a change in
     /// the machine's load hits every cell alike; a cell's tps is the median over rounds, its latency
@@ -100,6 +102,9 @@ extension Bench {
             for n in clients {
                 figures.append(("domain insert + event tps / domain insert alone, \(n) cl.", ratio(1, 0, n)))
             }
+            for n in clients {
+                figures.append(("domain insert + WAL message tps / domain insert alone, \(n) cl. (issue 23: >= 90 %)", ratio(6, 0, n)))
+            }
             return figures
         }
     }
@@ -129,7 +134,7 @@ extension Bench {
         var aborted: String?
     }
 
-    /// The six transactions (pgbench scripts). Every event is a `redis.xadd` with the same payload
+    /// The seven transactions (pgbench scripts). Every event is a `redis.xadd` with the same payload
     /// (`:payload`, defined with -D, sent as a parameter as a writer sends it); keys are random.
     private static let writerThroughputScripts: [(name: String, script: String)] = {
         let insert = "INSERT INTO extractions (id, source_id, content) VALUES (gen_random_uuid(), 'doc', 'text');"
@@ -146,6 +151,9 @@ extension Bench {
             ("outbox.enqueue alone", "\(key)BEGIN;\n\(enqueue("key"))\nCOMMIT;\n"),
             ("10-key: 10 x enqueue, keys of 1,000", "\(keys)BEGIN;\n\((1...10).map { enqueue("k\($0)") }.joined(separator: "\n"))\nCOMMIT;\n"),
             ("ten bare rows, same keys", "\(keys)BEGIN;\n\((1...10).map { bare("k\($0)") }.joined(separator: "\n"))\nCOMMIT;\n"),
+            // WAL capture (issue 23) carries the event in the transaction's WAL instead of a row:
+            // its floor, before validation and the event's envelope are added.
+            ("domain insert + WAL message", "BEGIN;\n\(insert)\nSELECT pg_logical_emit_message(true, 'outbox', :payload);\nCOMMIT;\n"),
         ]
     }()
 
@@ -172,7 +180,7 @@ extension Bench {
     /// among them, and pgbench ends a `-T` run on SIGALRM; a run of 3 s went on for 10 minutes. So
     /// posix_spawn with an empty signal mask and default handlers. Killed (SIGKILL) past `deadline`
     /// or when the task is cancelled.
-    private func runUnblocked(
+    func runUnblocked(
         _ executable: String, _ arguments: [String], environment: [String: String], stdout: String, stderr: String,
         deadline: ContinuousClock.Instant
     ) async throws -> Int32 {

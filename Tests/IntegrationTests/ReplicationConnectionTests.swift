@@ -47,8 +47,8 @@ import Testing
         while done.count < count {
             try #require(ContinuousClock.now < deadline, "\(done.count) of \(count) transactions within \(limit)")
             for frame in try await reader.read(timeout: .milliseconds(500)) {
-                guard case .walData(_, _, let payload) = frame else { continue }
-                switch try PgOutputMessage.decode(payload) {
+                guard case .walData(_, _, let message) = frame else { continue }
+                switch message {
                 case .begin:
                     open = []
                 case .message(let transactional, _, let messagePrefix, let content):

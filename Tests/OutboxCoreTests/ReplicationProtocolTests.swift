@@ -21,9 +21,10 @@ import Testing
     }
 
     @Test func walDataAndKeepalivesDecode() throws {
-        let payload: [UInt8] = [UInt8(ascii: "B"), 1, 2]
-        let wal = [UInt8(ascii: "w")] + be64(0x10) + be64(0x20) + be64(7) + payload
-        #expect(try ReplicationFrame.decode(wal) == .walData(start: .init(rawValue: 0x10), serverEnd: .init(rawValue: 0x20), payload: payload))
+        let begin = [UInt8(ascii: "B")] + be64(0x500) + be64(99) + be32(731)
+        let wal = [UInt8(ascii: "w")] + be64(0x10) + be64(0x20) + be64(7) + begin
+        #expect(try ReplicationFrame.decode(wal)
+            == .walData(start: .init(rawValue: 0x10), serverEnd: .init(rawValue: 0x20), message: .begin(finalLSN: .init(rawValue: 0x500), xid: 731)))
         let keepalive = [UInt8(ascii: "k")] + be64(0x30) + be64(7) + [1]
         #expect(try ReplicationFrame.decode(keepalive) == .keepalive(serverEnd: .init(rawValue: 0x30), replyRequested: true))
         #expect(try ReplicationFrame.decode([UInt8(ascii: "k")] + be64(0x30) + be64(7) + [0])
@@ -45,8 +46,8 @@ import Testing
     }
 
     @Test func pgoutputBeginCommitAndMessagesDecode() throws {
-        let begin = [UInt8(ascii: "B")] + be64(0x500) + be64(99) + be32(731)
-        #expect(try PgOutputMessage.decode(begin) == .begin(finalLSN: .init(rawValue: 0x500), xid: 731))
+        let begin = [UInt8(ascii: "B")] + be64(0x500) + be64(99) + be32(0xFFFF_FFF0)
+        #expect(try PgOutputMessage.decode(begin) == .begin(finalLSN: .init(rawValue: 0x500), xid: 0xFFFF_FFF0))
         let commit = [UInt8(ascii: "C"), 0] + be64(0x500) + be64(0x538) + be64(99)
         #expect(try PgOutputMessage.decode(commit) == .commit(commitLSN: .init(rawValue: 0x500), endLSN: .init(rawValue: 0x538)))
         let content = Array(#"{"k":"é"}"#.utf8)

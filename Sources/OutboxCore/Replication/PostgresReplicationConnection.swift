@@ -175,9 +175,8 @@ public actor PostgresReplicationConnection {
                     var buffer: UnsafeMutablePointer<CChar>?
                     let length = PQgetCopyData(conn, &buffer, 1)
                     if length > 0, let buffer {
-                        let bytes = Array(UnsafeRawBufferPointer(start: buffer, count: Int(length)))
-                        PQfreemem(buffer)
-                        let frame = try ReplicationFrame.decode(bytes)
+                        defer { PQfreemem(buffer) }
+                        let frame = try ReplicationFrame.decode(UnsafeRawBufferPointer(start: buffer, count: Int(length)))
                         if case .keepalive(_, true) = frame { try sendStatus(replyRequested: false) }
                         frames.append(frame)
                         continue

@@ -6,19 +6,25 @@ import Foundation
 /// References: "Streaming Replication Protocol" and "Logical Replication Message Formats" in the
 /// Postgres 15 documentation.
 public enum ReplicationFrame: Equatable, Sendable {
-    /// `w`: WAL data from `start`; `serverEnd` is the end of WAL on the server when it was sent.
-    case walData(start: LogSequenceNumber, serverEnd: LogSequenceNumber, payload: [UInt8])
+    /// `w`: WAL data from `start`, one `pgoutput` message; `serverEnd` is the end of WAL on the
+    /// server when it was sent.
+    case walData(start: LogSequenceNumber, serverEnd: LogSequenceNumber, message: PgOutputMessage)
     /// `k`: the server's end of WAL, and whether it wants a status update at once.
     case keepalive(serverEnd: LogSequenceNumber, replyRequested: Bool)
 
     public static func decode(_ bytes: [UInt8]) throws(ReplicationDecodingError) -> ReplicationFrame {
+        try bytes.withUnsafeBytes { raw in Result { () throws(ReplicationDecodingError) in try decode(raw) } }.get()
+    }
+
+    /// Decodes from the buffer libpq returned, copying only a message's prefix and content.
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(ReplicationDecodingError) -> ReplicationFrame {
         var reader = ByteReader(bytes)
         switch try reader.byte() {
         case UInt8(ascii: "w"):
             let start = try reader.lsn()
             let end = try reader.lsn()
             _ = try reader.int64()  // the server's clock
-            return .walData(start: start, serverEnd: end, payload: Array(bytes[reader.offset...]))
+            return .walData(start: start, serverEnd: end, message: try PgOutputMessage.decode(&reader))
         case UInt8(ascii: "k"):
             let end = try reader.lsn()
             _ = try reader.int64()
@@ -59,13 +65,21 @@ public enum PgOutputMessage: Equatable, Sendable {
     case other(tag: UInt8)
 
     public static func decode(_ bytes: [UInt8]) throws(ReplicationDecodingError) -> PgOutputMessage {
-        var reader = ByteReader(bytes)
+        try bytes.withUnsafeBytes { raw in
+            Result { () throws(ReplicationDecodingError) in
+                var reader = ByteReader(raw)
+                return try decode(&reader)
+            }
+        }.get()
+    }
+
+    static func decode(_ reader: inout ByteReader) throws(ReplicationDecodingError) -> PgOutputMessage {
         let tag = try reader.byte()
         switch tag {
         case UInt8(ascii: "B"):
             let final = try reader.lsn()
             _ = try reader.int64()  // commit time
-            return .begin(finalLSN: final, xid: UInt32(truncatingIfNeeded: try reader.int32()))
+            return .begin(finalLSN: final, xid: UInt32(bitPattern: try reader.int32()))
         case UInt8(ascii: "C"):
             _ = try reader.byte()  // flags, unused
             let commit = try reader.lsn()
@@ -89,12 +103,12 @@ public struct ReplicationDecodingError: Error, CustomStringConvertible, Sendable
     init(_ description: String) { self.description = "replication stream: " + description }
 }
 
-/// Big-endian reads over a byte array, throwing on truncation.
+/// Big-endian reads over a byte buffer, throwing on truncation. Valid while the buffer is.
 struct ByteReader {
-    let bytes: [UInt8]
+    let bytes: UnsafeRawBufferPointer
     var offset = 0
 
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
     mutating func byte() throws(ReplicationDecodingError) -> UInt8 {
         guard offset < bytes.count else { throw truncated(1) }
@@ -104,18 +118,14 @@ struct ByteReader {
 
     mutating func int64() throws(ReplicationDecodingError) -> UInt64 {
         guard bytes.count - offset >= 8 else { throw truncated(8) }
-        var value: UInt64 = 0
-        for i in 0..<8 { value = value << 8 | UInt64(bytes[offset + i]) }
-        offset += 8
-        return value
+        defer { offset += 8 }
+        return UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
     }
 
     mutating func int32() throws(ReplicationDecodingError) -> Int32 {
         guard bytes.count - offset >= 4 else { throw truncated(4) }
-        var value: UInt32 = 0
-        for i in 0..<4 { value = value << 8 | UInt32(bytes[offset + i]) }
-        offset += 4
-        return Int32(bitPattern: value)
+        defer { offset += 4 }
+        return Int32(bigEndian: bytes.loadUnaligned(fromByteOffset: offset, as: Int32.self))
     }
 
     mutating func lsn() throws(ReplicationDecodingError) -> LogSequenceNumber {
@@ -127,13 +137,13 @@ struct ByteReader {
             throw ReplicationDecodingError("a string without its terminating NUL at byte \(offset)")
         }
         defer { offset = end + 1 }
-        return String(decoding: bytes[offset..<end], as: UTF8.self)
+        return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[offset..<end]), as: UTF8.self)
     }
 
     mutating func bytes(_ count: Int) throws(ReplicationDecodingError) -> [UInt8] {
         guard bytes.count - offset >= count else { throw truncated(count) }
         defer { offset += count }
-        return Array(bytes[offset..<offset + count])
+        return Array(UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + count]))
     }
 
     private func truncated(_ wanted: Int) -> ReplicationDecodingError {
