@@ -38,6 +38,21 @@ import Testing
         return try await PostgresReplicationConnection.connect(configuration, statusInterval: statusInterval, logger: TestEnvironment.logger)
     }
 
+    /// A reader streaming `slot` as soon as the slot is free: the walsender of a reader that went
+    /// away may take a moment to release it (55006 until then).
+    func startWhenFree(_ url: String, _ slot: String) async throws -> PostgresReplicationConnection {
+        let reader = try await replication(url)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while true {
+            do {
+                try await reader.startReplication(slot: slot, publication: Self.publication, after: .zero)
+                return reader
+            } catch let error as PostgresError where error.sqlState == "55006" && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+    }
+
     /// Reads until `count` transactions carrying messages with `prefix` have committed.
     func transactions(_ reader: PostgresReplicationConnection, count: Int, prefix: String = "outbox",
                       within limit: Duration = .seconds(20)) async throws -> [Transaction] {
@@ -150,16 +165,7 @@ import Testing
             await first.close()
             await second.close()
 
-            let standby = try await replication(url)
-            let deadline = ContinuousClock.now + .seconds(10)
-            while true {  // the walsender of the first may take a moment to release the slot
-                do {
-                    try await standby.startReplication(slot: slot, publication: Self.publication, after: .zero)
-                    break
-                } catch let error as PostgresError where error.sqlState == "55006" && ContinuousClock.now < deadline {
-                    try await Task.sleep(for: .milliseconds(100))
-                }
-            }
+            let standby = try await startWhenFree(url, slot)
             #expect(try await transactions(standby, count: 1).map(\.messages) == [["x"]])
             await standby.close()
         }
@@ -219,6 +225,27 @@ import Testing
             for wait in waits { await #expect(throws: CancellationError.self) { try await wait.value } }
             #expect(clock.now - cancelled < .seconds(3))
             for reader in readers { await reader.close() }
+        }
+    }
+
+    /// A walsender that goes away (terminated, a server restart) ends the reader's read with an
+    /// error saying so, not a wait that never ends; the slot keeps what was not confirmed.
+    @Test func aTerminatedWalsenderEndsTheReadWithAnErrorAndTheSlotKeepsItsPlace() async throws {
+        try await withSlot { url, connection, slot in
+            try await emit(connection, "kept")
+            let reader = try await replication(url)
+            try await reader.startReplication(slot: slot, publication: Self.publication, after: .zero)
+            #expect(try await transactions(reader, count: 1).map(\.messages) == [["kept"]])
+            try await connection.query("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", [.text(slot)])
+            let error = await #expect(throws: PostgresError.self) {
+                for _ in 0..<40 { _ = try await reader.read(timeout: .milliseconds(500)) }
+            }
+            #expect(error?.sqlState == "57P01" || error?.code == .connectionLost, "\(String(describing: error))")
+            await reader.close()
+
+            let again = try await startWhenFree(url, slot)
+            #expect(try await transactions(again, count: 1).map(\.messages) == [["kept"]])
+            await again.close()
         }
     }
 

@@ -55,21 +55,12 @@ public actor PostgresReplicationConnection {
         streaming = false
     }
 
-    /// `IDENTIFY_SYSTEM`: the server's current end of WAL, among others.
-    public func currentPosition() throws -> LogSequenceNumber {
-        let row = try command("IDENTIFY_SYSTEM")
-        guard let text = row.first?[2], let position = LogSequenceNumber(text) else {
-            throw PostgresError(code: .decoding, message: "IDENTIFY_SYSTEM answered no WAL position")
-        }
-        return position
-    }
-
     /// Creates the logical slot `name` with the `pgoutput` plugin unless it exists; true when it
     /// was created. Postgres waits for the transactions running at that moment to end first.
     public func createSlotIfMissing(_ name: String) throws -> Bool {
         try Self.checkName(name, what: "slot")
         do {
-            _ = try command("CREATE_REPLICATION_SLOT \(quoteIdentifier(name)) LOGICAL pgoutput NOEXPORT_SNAPSHOT")
+            try command("CREATE_REPLICATION_SLOT \(quoteIdentifier(name)) LOGICAL pgoutput NOEXPORT_SNAPSHOT")
             return true
         } catch let error as PostgresError where error.sqlState == "42710" {  // duplicate_object
             return false
@@ -90,6 +81,7 @@ public actor PostgresReplicationConnection {
         streaming = true
         confirmed = position
         lastStatus = DispatchTime.now()
+        logger.debug("Streaming a replication slot", metadata: ["slot": "\(slot)", "after": "\(position)"])
     }
 
     /// What the server sent, waiting up to `timeout` for the first frame; `[]` when nothing came.
@@ -144,8 +136,8 @@ public actor PostgresReplicationConnection {
         return conn
     }
 
-    /// A replication command answering rows (or none), as text.
-    private func command(_ sql: String) throws -> [[String?]] {
+    /// A replication command other than `START_REPLICATION`; its rows are not needed.
+    private func command(_ sql: String) throws {
         executor.preconditionOnQueue()
         guard !streaming else { throw PostgresError(code: .usage, message: "a replication command while streaming") }
         let conn = try live()
@@ -153,11 +145,6 @@ public actor PostgresReplicationConnection {
         defer { PQclear(result) }
         guard let result, [PGRES_TUPLES_OK, PGRES_COMMAND_OK].contains(PQresultStatus(result)) else {
             throw failure(result, conn)
-        }
-        return (0..<PQntuples(result)).map { r in
-            (0..<PQnfields(result)).map { c in
-                PQgetisnull(result, r, c) == 1 ? nil : String(cString: PQgetvalue(result, r, c))
-            }
         }
     }
 
@@ -186,7 +173,8 @@ public actor PostgresReplicationConnection {
                     throw streamEnded(conn)
                 }
                 let now = DispatchTime.now()
-                if now.uptimeNanoseconds - lastStatus.uptimeNanoseconds >= UInt64(statusInterval.milliseconds) * 1_000_000 {
+                let interval = UInt64(statusInterval.milliseconds) * 1_000_000
+                if now.uptimeNanoseconds - lastStatus.uptimeNanoseconds >= interval {
                     try sendStatus(replyRequested: false)
                 }
                 if !frames.isEmpty { return frames }
@@ -194,7 +182,7 @@ public actor PostgresReplicationConnection {
                 if now.uptimeNanoseconds >= deadline { return [] }
                 var fds = [pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0),
                            pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
-                let untilStatus = UInt64(statusInterval.milliseconds) * 1_000_000
+                let untilStatus = interval - min(interval, now.uptimeNanoseconds - lastStatus.uptimeNanoseconds)
                 let wait = min(deadline - now.uptimeNanoseconds, untilStatus)
                 if poll(&fds, 2, Int32(min(UInt64(Int32.max), (wait + 999_999) / 1_000_000))) < 0, errno != EINTR {
                     throw PostgresError(code: .connectionLost, message: "poll failed: \(String(cString: strerror(errno)))")
