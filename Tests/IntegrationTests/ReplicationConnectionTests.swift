@@ -249,6 +249,47 @@ import Testing
         }
     }
 
+    /// The figures an operator watches: WAL the slot retains and the reader's lag grow while
+    /// nothing is confirmed; active, and confirmed where the reader said, while a reader streams.
+    @Test func aSlotsStatusShowsRetainedWALLagAndWhetherItIsRead() async throws {
+        try await withSlot { url, connection, slot in
+            #expect(try await ReplicationSlotStatus.read("no_such_slot", on: connection) == nil)
+            let idle = try #require(try await ReplicationSlotStatus.read(slot, on: connection))
+            #expect(!idle.active && idle.walStatus == "reserved" && !idle.isLost)
+
+            try await connection.query("CREATE TABLE filler AS SELECT n, repeat('x', 200) AS pad FROM generate_series(1, 20000) AS n")
+            try await emit(connection, "last")
+            let behind = try #require(try await ReplicationSlotStatus.read(slot, on: connection))
+            #expect(behind.retainedBytes > 4_000_000 && behind.confirmedLagBytes > 4_000_000, "\(behind)")
+
+            let reader = try await replication(url)
+            try await reader.startReplication(slot: slot, publication: Self.publication, after: .zero)
+            let last = try await transactions(reader, count: 1)
+            try await reader.confirm(last[0].end)
+            _ = try await slotPosition(connection, slot, reaching: last[0].end)
+            let caughtUp = try #require(try await ReplicationSlotStatus.read(slot, on: connection))
+            // The lag is now only what the whole server (other tests' databases too) wrote since.
+            #expect(caughtUp.active && caughtUp.confirmed == last[0].end && caughtUp.confirmedLagBytes >= 0)
+            await reader.close()
+        }
+    }
+
+    /// A status update due on every pass of a read (an interval shorter than a pass, as when a
+    /// slow start-up or a loaded machine delays the first read past it): reading goes on, and
+    /// messages still arrive. (A status sent after the pass had read the clock once made the
+    /// time left until the next one underflow, and trapped.)
+    @Test func statusUpdatesDueOnEveryPassLeaveReadingIntact() async throws {
+        try await withSlot { url, connection, slot in
+            let reader = try await replication(url, statusInterval: .milliseconds(1))
+            try await reader.startReplication(slot: slot, publication: Self.publication, after: .zero)
+            try await Task.sleep(for: .milliseconds(20))
+            for _ in 0..<3 { _ = try await reader.read(timeout: .milliseconds(100)) }
+            try await emit(connection, "after many updates")
+            #expect(try await transactions(reader, count: 1).map(\.messages) == [["after many updates"]])
+            await reader.close()
+        }
+    }
+
     @Test func namesThatAreNotPlainSlotNamesAreRefusedBeforeAnythingIsSent() async throws {
         try await withSlot { url, _, _ in
             let reader = try await replication(url)

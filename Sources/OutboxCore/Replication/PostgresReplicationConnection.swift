@@ -172,24 +172,29 @@ public actor PostgresReplicationConnection {
                     streaming = false
                     throw streamEnded(conn)
                 }
-                let now = DispatchTime.now()
                 let interval = UInt64(statusInterval.milliseconds) * 1_000_000
-                if now.uptimeNanoseconds - lastStatus.uptimeNanoseconds >= interval {
-                    try sendStatus(replyRequested: false)
-                }
+                if sinceLastStatus() >= interval { try sendStatus(replyRequested: false) }
                 if !frames.isEmpty { return frames }
                 if hook.isCancelled { throw CancellationError() }
-                if now.uptimeNanoseconds >= deadline { return [] }
+                let now = DispatchTime.now().uptimeNanoseconds
+                if now >= deadline { return [] }
                 var fds = [pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0),
                            pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
-                let untilStatus = interval - min(interval, now.uptimeNanoseconds - lastStatus.uptimeNanoseconds)
-                let wait = min(deadline - now.uptimeNanoseconds, untilStatus)
+                let untilStatus = interval - min(interval, sinceLastStatus())
+                let wait = min(deadline - now, untilStatus)
                 if poll(&fds, 2, Int32(min(UInt64(Int32.max), (wait + 999_999) / 1_000_000))) < 0, errno != EINTR {
                     throw PostgresError(code: .connectionLost, message: "poll failed: \(String(cString: strerror(errno)))")
                 }
                 if PQconsumeInput(conn) == 0 { throw lost(conn) }
             }
         }
+    }
+
+    /// Nanoseconds since the last status update; saturating, as a status sent after the caller
+    /// read the clock is later than its reading.
+    private func sinceLastStatus() -> UInt64 {
+        let now = DispatchTime.now().uptimeNanoseconds
+        return now > lastStatus.uptimeNanoseconds ? now - lastStatus.uptimeNanoseconds : 0
     }
 
     private func sendStatus(replyRequested: Bool) throws {
