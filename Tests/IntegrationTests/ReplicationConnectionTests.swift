@@ -85,8 +85,7 @@ import Testing
     func slotPosition(_ connection: PostgresConnection, _ slot: String, reaching target: LogSequenceNumber) async throws -> LogSequenceNumber? {
         let deadline = ContinuousClock.now + .seconds(10)
         while true {
-            let row = try await connection.query("SELECT confirmed_flush_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = $1", [.text(slot)])
-            let position = try row.first.flatMap { LogSequenceNumber(try $0.decode("lsn", as: String.self)) }
+            let position = try await ReplicationSlotStatus.read(slot, on: connection)?.confirmed
             if let position, position >= target { return position }
             if ContinuousClock.now > deadline { return position }
             try await Task.sleep(for: .milliseconds(50))

@@ -109,39 +109,7 @@ public actor PostgresConnection {
     private func connectBlocking() throws {
         executor.preconditionOnQueue()
         dropConnection()
-        let c = configuration
-        var keywords = [
-            "dbname", "connect_timeout", "application_name", "keepalives", "keepalives_idle",
-            "keepalives_interval", "keepalives_count", "client_encoding",
-        ]
-        var values = [
-            c.url, String(max(1, c.connectTimeout.components.seconds)), c.applicationName, "1",
-            String(c.keepalivesIdle.components.seconds), String(c.keepalivesInterval.components.seconds),
-            String(c.keepalivesCount), "UTF8",
-        ]
-        if let password = c.password {
-            keywords.append("password")
-            values.append(password)
-        }
-        if !c.sessionSettings.isEmpty {
-            keywords.append("options")
-            values.append(c.sessionSettings.sorted { $0.key < $1.key }.map { name, value in
-                "-c \(name)=" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: " ", with: "\\ ")
-            }.joined(separator: " "))
-        }
-        let connection = withCStringArray(keywords) { keywordPointers in
-            withCStringArray(values) { valuePointers in
-                PQconnectdbParams(keywordPointers, valuePointers, 1)
-            }
-        }
-        guard let connection else {
-            throw PostgresError(code: .connectionFailed, message: "out of memory creating a libpq connection")
-        }
-        guard PQstatus(connection) == CONNECTION_OK else {
-            let message = redactor.redact(String(cString: PQerrorMessage(connection)))
-            PQfinish(connection)
-            throw PostgresError(code: .connectionFailed, message: message.trimmingCharacters(in: .whitespacesAndNewlines))
-        }
+        let connection = try configuration.openLibpq()
         conn = connection
         canceller = PQgetCancel(connection)
         PQsetNoticeProcessor(connection, noticeProcessor, Unmanaged.passUnretained(noticeSink).toOpaque())
@@ -224,6 +192,51 @@ public actor PostgresConnection {
             .trimmingCharacters(in: .whitespacesAndNewlines)
         if activeTransaction != nil { transactionBroken = true }
         return PostgresError(code: .connectionLost, message: message.isEmpty ? "connection lost" : message)
+    }
+}
+
+extension PostgresConfiguration {
+    /// A new libpq connection (blocking: a connection's queue only), or a `.connectionFailed`
+    /// error with the secrets redacted. `replication`: a logical replication session
+    /// (`replication=database`) instead of a normal one.
+    func openLibpq(replication: Bool = false) throws -> OpaquePointer {
+        var keywords = [
+            "dbname", "connect_timeout", "application_name", "keepalives", "keepalives_idle",
+            "keepalives_interval", "keepalives_count", "client_encoding",
+        ]
+        var values = [
+            url, String(max(1, connectTimeout.components.seconds)), applicationName, "1",
+            String(keepalivesIdle.components.seconds), String(keepalivesInterval.components.seconds),
+            String(keepalivesCount), "UTF8",
+        ]
+        if replication {
+            keywords.append("replication")
+            values.append("database")
+        }
+        if let password {
+            keywords.append("password")
+            values.append(password)
+        }
+        if !sessionSettings.isEmpty {
+            keywords.append("options")
+            values.append(sessionSettings.sorted { $0.key < $1.key }.map { name, value in
+                "-c \(name)=" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: " ", with: "\\ ")
+            }.joined(separator: " "))
+        }
+        let connection = withCStringArray(keywords) { keywordPointers in
+            withCStringArray(values) { valuePointers in
+                PQconnectdbParams(keywordPointers, valuePointers, 1)
+            }
+        }
+        guard let connection else {
+            throw PostgresError(code: .connectionFailed, message: "out of memory creating a libpq connection")
+        }
+        guard PQstatus(connection) == CONNECTION_OK else {
+            let message = redactor.redact(String(cString: PQerrorMessage(connection)))
+            PQfinish(connection)
+            throw PostgresError(code: .connectionFailed, message: message.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        return connection
     }
 }
 

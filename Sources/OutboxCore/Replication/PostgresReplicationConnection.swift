@@ -107,26 +107,7 @@ public actor PostgresReplicationConnection {
 
     private func open(_ configuration: PostgresConfiguration) throws {
         executor.preconditionOnQueue()
-        let c = configuration
-        var keywords = ["dbname", "replication", "connect_timeout", "application_name", "keepalives",
-                        "keepalives_idle", "keepalives_interval", "keepalives_count", "client_encoding"]
-        var values = [c.url, "database", String(max(1, c.connectTimeout.components.seconds)), c.applicationName, "1",
-                      String(c.keepalivesIdle.components.seconds), String(c.keepalivesInterval.components.seconds),
-                      String(c.keepalivesCount), "UTF8"]
-        if let password = c.password {
-            keywords.append("password")
-            values.append(password)
-        }
-        let connection = withCStringArray(keywords) { k in withCStringArray(values) { v in PQconnectdbParams(k, v, 1) } }
-        guard let connection else {
-            throw PostgresError(code: .connectionFailed, message: "out of memory creating a libpq connection")
-        }
-        guard PQstatus(connection) == CONNECTION_OK else {
-            let message = redactor.redact(String(cString: PQerrorMessage(connection)))
-            PQfinish(connection)
-            throw PostgresError(code: .connectionFailed, message: message.trimmingCharacters(in: .whitespacesAndNewlines))
-        }
-        conn = connection
+        conn = try configuration.openLibpq(replication: true)
     }
 
     private func live() throws -> OpaquePointer {
